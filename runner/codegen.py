@@ -1,0 +1,1 @@
+class CodeGenerator: pass

@@ -1,0 +1,252 @@
+"""The Docker seam: every docker-py call of the project passes through here.
+
+Docker's exceptions are caught here and re-raised as ``ExperimentExecutionError``
+with a hint, ``from`` the original. Unit tests replace this one object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker
+import requests
+from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
+
+from runner.exceptions import ExperimentExecutionError
+
+ENGINE_HINT = (
+    "start a Docker engine (as root on Debian or Ubuntu, `bash scripts/setup.sh` installs "
+    "and starts one) or point DOCKER_HOST at a running one."
+)
+IMAGE_HINT = "build it with `runner image build`."
+
+
+class OutputStream(Protocol):
+    """Frames of a container's output as ``(stdout, stderr)`` pairs, one side None."""
+
+    def __iter__(self) -> Iterator[tuple[bytes | None, bytes | None]]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """How a container ended, as the engine saw it."""
+
+    running: bool
+    exit_code: int
+    oom_killed: bool
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container found by label."""
+
+    id: str
+    name: str
+    status: str
+    labels: Mapping[str, str]
+
+
+class DockerEngine:
+    """A thin, typed wrapper around ``docker.DockerClient``."""
+
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        if client is None:
+            try:
+                client = docker.from_env()
+            except DockerException as e:
+                raise ExperimentExecutionError(
+                    f"Cannot reach a Docker engine: {e}", hint=ENGINE_HINT
+                ) from e
+        self._client = client
+        self._api = client.api
+
+    # engine ---------------------------------------------------------------
+
+    def runtimes(self) -> set[str]:
+        """Names of the OCI runtimes registered with the engine."""
+        info = self._call(self._client.info)
+        return set(info.get("Runtimes", {}))
+
+    # images ---------------------------------------------------------------
+
+    def image_id(self, ref: str) -> str:
+        """The immutable ID of image ``ref``; raises when it is not there."""
+        try:
+            return str(self._api.inspect_image(ref)["Id"])
+        except ImageNotFound as e:
+            raise ExperimentExecutionError(f"Image {ref!r} not found.", hint=IMAGE_HINT) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+
+    def image_exists(self, ref: str) -> bool:
+        try:
+            self._api.inspect_image(ref)
+        except ImageNotFound:
+            return False
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return True
+
+    def image_inspect(self, ref: str) -> dict[str, Any]:
+        try:
+            return dict(self._api.inspect_image(ref))
+        except ImageNotFound as e:
+            raise ExperimentExecutionError(f"Image {ref!r} not found.", hint=IMAGE_HINT) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+
+    def pull(self, ref: str) -> str:
+        """Pull ``ref`` (which should carry a digest) and return its image ID."""
+        try:
+            image = self._client.images.pull(ref)
+        except DockerException as e:
+            raise ExperimentExecutionError(
+                f"Could not pull {ref!r}: {e}",
+                hint="unset RUNNER_BASE_IMAGE_DIGEST to build the base with debootstrap.",
+            ) from e
+        return str(image.id)
+
+    def import_tarball(self, tarball: Path, repository: str, tag: str, changes: list[str]) -> str:
+        """Import a root filesystem tarball as ``repository:tag``; return its ID."""
+        try:
+            self._api.import_image_from_file(
+                str(tarball), repository=repository, tag=tag, changes=changes
+            )
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return self.image_id(f"{repository}:{tag}")
+
+    def build(
+        self, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str]
+    ) -> str:
+        """Build ``context`` with no network and return the image ID."""
+        try:
+            image, _ = self._client.images.build(
+                path=str(context),
+                tag=tag,
+                buildargs=buildargs,
+                labels=labels,
+                network_mode="none",  # the build must never need the network
+                pull=False,
+                rm=True,
+                forcerm=True,
+                use_config_proxy=False,
+            )
+        except BuildError as e:
+            tail = "".join(str(chunk.get("stream", "")) for chunk in e.build_log)[-3000:]
+            raise ExperimentExecutionError(
+                f"Building {tag} failed: {e.msg}\n{tail}",
+                hint="read the build log above; the lock file and the wheels must match.",
+            ) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return str(image.id)
+
+    # containers -------------------------------------------------------------
+
+    def create(self, image: str, command: list[str], **config: Any) -> str:
+        """Create (not start) a container and return its ID."""
+        try:
+            container = self._client.containers.create(image, command, **config)
+        except ImageNotFound as e:
+            raise ExperimentExecutionError(f"Image {image!r} not found.", hint=IMAGE_HINT) from e
+        except APIError as e:
+            raise ExperimentExecutionError(
+                f"The Docker engine refused the sandbox: {e.explanation or e}",
+                hint="check that the runtime and limits are supported by this engine "
+                "(`docker info`).",
+            ) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return str(container.id)
+
+    def attach(self, container_id: str) -> OutputStream:
+        """Stream stdout and stderr separately; call before ``start`` to miss nothing."""
+        stream = self._call(
+            self._api.attach, container_id, stdout=True, stderr=True, stream=True, demux=True
+        )
+        return stream  # type: ignore[no-any-return]
+
+    def start(self, container_id: str) -> None:
+        self._call(self._api.start, container_id)
+
+    def wait(self, container_id: str, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds; the exit code, or None if still running."""
+        try:
+            status = self._api.wait(container_id, timeout=max(timeout, 0.001))
+        except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
+            # docker-py reports a wait that ran out of time as a connection error.
+            return None
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return int(status["StatusCode"])
+
+    def kill(self, container_id: str) -> None:
+        """SIGKILL the container; a container that already stopped is fine."""
+        try:
+            self._api.kill(container_id, signal="SIGKILL")
+        except NotFound:
+            return
+        except APIError as e:
+            if e.status_code == 409:  # not running any more
+                return
+            raise _engine_error(e) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+
+    def state(self, container_id: str) -> ContainerState:
+        data = self._call(self._api.inspect_container, container_id)
+        state = data["State"]
+        return ContainerState(
+            running=bool(state.get("Running")),
+            exit_code=int(state.get("ExitCode", -1)),
+            oom_killed=bool(state.get("OOMKilled")),
+        )
+
+    def remove(self, container_id: str) -> None:
+        """Remove the container, killing it if it still runs; gone already is fine."""
+        try:
+            self._api.remove_container(container_id, force=True, v=True)
+        except NotFound:
+            return
+        except APIError as e:
+            if e.status_code == 409 and "already in progress" in str(e.explanation):
+                return
+            raise _engine_error(e) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+
+    def containers(self, label: str) -> list[ContainerInfo]:
+        """All containers, running or not, that carry ``label``."""
+        rows = self._call(self._api.containers, all=True, filters={"label": label})
+        return [
+            ContainerInfo(
+                id=str(row["Id"]),
+                name=str((row.get("Names") or ["?"])[0]).lstrip("/"),
+                status=str(row.get("Status", "")),
+                labels=dict(row.get("Labels") or {}),
+            )
+            for row in rows
+        ]
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NotFound as e:
+            raise ExperimentExecutionError(
+                f"Docker object not found: {e.explanation or e}",
+                hint="it may have been removed by `runner cleanup` or another process.",
+            ) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+        except requests.exceptions.RequestException as e:
+            raise _engine_error(e) from e
+
+
+def _engine_error(e: Exception) -> ExperimentExecutionError:
+    return ExperimentExecutionError(f"Docker engine error: {e}", hint=ENGINE_HINT)

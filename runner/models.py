@@ -1,0 +1,75 @@
+"""Typed models: what an experiment is, and what running it produced."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MissingValues = Literal["mean", "median", "most_frequent", "none"]
+Scaling = Literal["standard", "minmax", "robust", "none"]
+Encoding = Literal["onehot", "ordinal", "none"]
+TaskType = Literal["classification", "regression"]
+
+
+class PreprocessingConfig(BaseModel):
+    """How the generated pipeline treats missing values, scale and categories."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    missing_values: MissingValues = "median"
+    scaling: Scaling = "standard"
+    encoding: Encoding = "onehot"
+
+
+class ExperimentSpec(BaseModel):
+    """One experiment as an agent proposes it."""
+
+    # "model_type" and "model_params" are the reference document's names.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    experiment_name: str = Field(min_length=1, max_length=200)
+    hypothesis: str = ""
+    model_type: str = Field(min_length=1)
+    model_params: dict[str, Any] = Field(default_factory=dict)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    reasoning: str = ""
+
+
+class ExperimentResult(BaseModel):
+    """What one run produced and exactly how it ended.
+
+    Every field of the reference document, plus what a sandboxed run adds: the
+    exit code, whether the deadline or the memory cap ended it, the captured
+    (capped) output, and the immutable ID of the image that ran it.
+    """
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    experiment_name: str
+    iteration: int
+    model_type: str
+    model_params: dict[str, Any] = Field(default_factory=dict)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    hypothesis: str = ""
+    reasoning: str = ""
+    execution_time: float
+    success: bool
+    error_message: str | None = None
+    code_path: str
+    timestamp: datetime
+
+    exit_code: int | None = None
+    timed_out: bool = False
+    oom_killed: bool = False
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    image_id: str | None = None
+
+    def get_primary_metric(self, name: str) -> float | None:
+        """The metric called ``name``, or None when the run did not report it."""
+        return self.metrics.get(name)

@@ -1,0 +1,122 @@
+"""Turning what a script printed, and how it ended, into a verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the container ended, as far as parsing needs to know."""
+
+    exit_code: int | None
+    timed_out: bool = False
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    success: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    error_message: str | None = None
+
+
+def find_result_line(stdout: str) -> dict[str, Any] | None:
+    """The last line of ``stdout`` that is a JSON object (scripts print progress first)."""
+    for line in reversed(stdout.splitlines()):
+        candidate = line.strip()
+        if not candidate.startswith("{"):
+            continue
+        try:
+            value = json.loads(candidate)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def json_error(stdout: str) -> str:
+    """The decoder's complaint about the last non-empty line, as the document words it."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    try:
+        json.loads(last)
+    except RecursionError:
+        return "Failed to parse JSON output: nested too deeply"
+    except ValueError as e:
+        return f"Failed to parse JSON output: {e}"
+    return "Failed to parse JSON output: the last JSON value is not an object"
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def parse_metrics(raw: Any) -> tuple[dict[str, float], str | None]:
+    """Metrics as floats, or the reason they are not acceptable."""
+    if raw is None:
+        return {}, None
+    if not isinstance(raw, dict):
+        return {}, f"Invalid metrics: expected a JSON object, got {type(raw).__name__}"
+    metrics: dict[str, float] = {}
+    for name, value in raw.items():
+        # bool is an int in Python, but never a metric.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return {}, (
+                f"Invalid metrics: {name!r} must be a number, got "
+                f"{type(value).__name__} {_short(value)}"
+            )
+        number = float(value)
+        if not math.isfinite(number):
+            return {}, f"Invalid metrics: {name!r} must be a finite number, got {number}"
+        metrics[str(name)] = number
+    return metrics, None
+
+
+def interpret(
+    ending: Ending, stdout: str, stderr: str, *, timeout: float, memory_limit: str
+) -> Verdict:
+    """Decide success, metrics and the error message of one run."""
+    if ending.timed_out:
+        return Verdict(False, error_message=f"Experiment timed out after {_seconds(timeout)} seconds")
+    if ending.oom_killed:
+        return Verdict(
+            False,
+            error_message=f"Experiment ran out of memory: killed at the memory limit of "
+            f"{memory_limit} (exit code {ending.exit_code})",
+        )
+    payload = find_result_line(stdout)
+    if ending.exit_code != 0:
+        detail = ""
+        if payload is not None and payload.get("success") is False and payload.get("error"):
+            detail = str(payload["error"])
+        detail = detail or last_line(stderr) or "no output on stderr"
+        return Verdict(False, error_message=f"Script exited with code {ending.exit_code}: {detail}")
+    if payload is None:
+        return Verdict(False, error_message=json_error(stdout))
+    if payload.get("success") is not True:
+        error = payload.get("error")
+        if payload.get("success") is False:
+            return Verdict(False, error_message=str(error) if error else "Script reported failure")
+        return Verdict(
+            False,
+            error_message="Invalid result: the JSON object needs \"success\": true or false",
+        )
+    metrics, problem = parse_metrics(payload.get("metrics"))
+    if problem is not None:
+        return Verdict(False, error_message=problem)
+    return Verdict(True, metrics=metrics)
+
+
+def _seconds(timeout: float) -> str:
+    return str(int(timeout)) if float(timeout).is_integer() else f"{timeout:g}"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

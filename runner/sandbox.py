@@ -1,0 +1,186 @@
+"""The hardened container configuration, built for docker-py.
+
+Everything here is the safe default; loosening any part of it needs an explicit,
+named argument of ``ExperimentRunner``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docker.types import LogConfig, Mount, Ulimit
+
+from runner.exceptions import ExperimentExecutionError
+
+#: Every container the project starts carries this label (value: "1").
+LABEL = "io.experiment-runner.managed"
+LABEL_OWNER = "io.experiment-runner.owner"
+LABEL_DEADLINE = "io.experiment-runner.deadline"
+
+#: The non-root user baked into the pinned image.
+SANDBOX_UID = 10001
+SANDBOX_GID = 10001
+
+SANDBOX_PATH = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "LOKY_MAX_CPU_COUNT",
+)
+_SIZE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """The limits and isolation of one sandboxed run."""
+
+    image: str
+    memory_limit: str = "2g"
+    cpu_limit: float = 1.0
+    pids_limit: int = 256
+    runtime: str | None = None
+    tmpfs_size: str = "256m"
+    #: Cap of the engine's own json log of the container (the runner streams
+    #: the output itself; this only bounds what the engine keeps on disk).
+    engine_log_size: str = "1m"
+
+    def __post_init__(self) -> None:
+        if not _SIZE.match(self.memory_limit):
+            raise ValueError(f"memory_limit must look like '512m' or '2g', not {self.memory_limit!r}")
+        if not _SIZE.match(self.tmpfs_size):
+            raise ValueError(f"tmpfs_size must look like '256m', not {self.tmpfs_size!r}")
+        if not (self.cpu_limit > 0 and math.isfinite(self.cpu_limit)):
+            raise ValueError(f"cpu_limit must be a positive number, not {self.cpu_limit!r}")
+        if self.pids_limit < 8:
+            raise ValueError("pids_limit must be at least 8 (Python and tini need a few)")
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one container runs and what it may see."""
+
+    command: list[str]
+    workdir: Path
+    read_only_paths: tuple[Path, ...]
+    deadline: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def thread_count(cpu_limit: float) -> int:
+    """Threads a BLAS or OpenMP pool should use under ``cpu_limit`` CPUs."""
+    return max(1, math.floor(cpu_limit))
+
+
+def sandbox_environment(cpu_limit: float) -> dict[str, str]:
+    """The whole environment of the script: nothing of the caller's leaks in."""
+    threads = str(thread_count(cpu_limit))
+    env = {
+        "PATH": SANDBOX_PATH,
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        # Output reaches the runner as it is printed and survives a timeout kill.
+        "PYTHONUNBUFFERED": "1",
+        # The root filesystem and the script's directory are read-only anyway.
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "JOBLIB_TEMP_FOLDER": "/tmp",
+        "MPLCONFIGDIR": "/tmp",
+    }
+    # BLAS starts a thread per host core; under a CPU quota they throttle each other.
+    env.update(dict.fromkeys(THREAD_VARIABLES, threads))
+    return env
+
+
+def owner_label() -> str:
+    """Who started a container: host, PID and the PID's start time (against PID reuse)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{process_start_time(pid)}"
+
+
+def process_start_time(pid: int) -> str:
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    # Field 22 (starttime) follows the parenthesised command name.
+    return stat_line.rsplit(")", 1)[1].split()[19]
+
+
+def build_labels(deadline: float, extra: dict[str, str] | None = None) -> dict[str, str]:
+    labels = {LABEL: "1", LABEL_OWNER: owner_label(), LABEL_DEADLINE: f"{deadline:.0f}"}
+    labels.update(extra or {})
+    return labels
+
+
+def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
+    """Keyword arguments for ``docker.DockerClient.containers.create``."""
+    mounts = [
+        Mount(target=str(path), source=str(path), type="bind", read_only=True)
+        for path in run.read_only_paths
+    ]
+    config: dict[str, Any] = {
+        "working_dir": str(run.workdir),
+        "user": f"{SANDBOX_UID}:{SANDBOX_GID}",
+        "environment": sandbox_environment(policy.cpu_limit),
+        "use_config_proxy": False,  # never hand the caller's proxy settings in
+        "labels": run.labels,
+        "hostname": "sandbox",
+        "network_mode": "none",
+        "mounts": mounts,
+        "read_only": True,
+        "tmpfs": {
+            "/tmp": f"rw,noexec,nosuid,nodev,size={policy.tmpfs_size},nr_inodes=16384,mode=1777"
+        },
+        "mem_limit": policy.memory_limit,
+        "memswap_limit": policy.memory_limit,  # equal to mem_limit: no swap at all
+        "nano_cpus": int(policy.cpu_limit * 1e9),
+        "pids_limit": policy.pids_limit,
+        "ulimits": [Ulimit(name="nofile", soft=1024, hard=1024), Ulimit(name="core", soft=0, hard=0)],
+        "cap_drop": ["ALL"],
+        # The engine's default seccomp profile stays on: no "seccomp=unconfined" here.
+        "security_opt": ["no-new-privileges"],
+        "ipc_mode": "private",
+        "init": True,  # tini as PID 1 reaps orphans and forwards the kill
+        "stdin_open": False,
+        "tty": False,
+        "log_config": LogConfig(
+            type="json-file", config={"max-size": policy.engine_log_size, "max-file": "1"}
+        ),
+    }
+    if policy.runtime is not None:
+        config["runtime"] = policy.runtime
+    return config
+
+
+def check_readable(paths: Iterable[Path]) -> None:
+    """Fail early, with a fix, when the sandbox user could not read a mounted path."""
+    for path in paths:
+        st = path.stat()
+        need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else 0)
+        if st.st_uid == SANDBOX_UID:
+            need <<= 6
+        if st.st_mode & need != need:
+            kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
+            raise ExperimentExecutionError(
+                f"The sandbox user (uid {SANDBOX_UID}) cannot read the {kind} {path} "
+                f"(mode {stat.S_IMODE(st.st_mode):o}).",
+                hint=f"make it readable by others: chmod o+r{'x' if kind == 'directory' else ''} "
+                f"{path}",
+            )
+
+
+def deadline_after(timeout: float, grace: float = 30.0) -> float:
+    """The wall-clock time after which a container is fair game for cleanup."""
+    return time.time() + timeout + grace

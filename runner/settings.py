@@ -1,0 +1,43 @@
+"""Configuration: one typed object, fed from ``RUNNER_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The tag ``runner image build`` gives the pinned scikit-learn image.
+DEFAULT_IMAGE = "experiment-runner/sklearn:1.9.1-py3.11"
+#: The tag of the Python base the pinned image is built on.
+DEFAULT_BASE_IMAGE = "experiment-runner/base:bookworm"
+
+
+class ExperimentDefaults(BaseSettings):
+    """Defaults for every run; each can be overridden per runner.
+
+    Read from the environment with the prefix ``RUNNER_``, for example
+    ``RUNNER_EXPERIMENT_TIMEOUT=60`` or ``RUNNER_MEMORY_LIMIT=4g``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RUNNER_", extra="ignore")
+
+    experiment_timeout: int = Field(default=300, gt=0)
+    image: str = DEFAULT_IMAGE
+    memory_limit: str = "2g"
+    cpu_limit: float = Field(default=1.0, gt=0)
+    pids_limit: int = Field(default=256, gt=0)
+    runtime: str | None = None
+    #: Bytes of stdout and of stderr kept per run (the tail is kept).
+    output_limit: int = Field(default=1024 * 1024, gt=0)
+    #: Size of the writable, non-executable ``/tmp`` inside the sandbox.
+    tmpfs_size: str = "256m"
+    #: Where ``CodeGenerator`` puts one directory per generated experiment.
+    experiments_dir: Path = Path("experiments")
+    #: Downloaded wheels and the debootstrap work area.
+    cache_dir: Path = Path.home() / ".cache" / "experiment-runner"
+    #: A base image pinned by digest (``name@sha256:...``) to pull instead of
+    #: building one with debootstrap; only where a registry is reachable.
+    base_image_digest: str | None = None
+    #: The Debian mirror debootstrap builds the base from.
+    debian_mirror: str = "http://deb.debian.org/debian"
