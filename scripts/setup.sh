@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Sets this project up on a fresh machine, then does one thing:
+#
+#   bash scripts/setup.sh demo   # set up, then run demo experiments in the sandbox
+#   bash scripts/setup.sh test   # set up, then lint, type-check and run every test
+#
+# Set-up: a .venv in the repository root with the package; a running Docker
+# engine (installed and started when missing and we are root on Debian or
+# Ubuntu); the pinned sandbox image, built offline from Debian packages and the
+# locked wheels. Every step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+apt_install() {
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+        || die "need $* but cannot install it: run as root on Debian/Ubuntu, or install it yourself"
+    if [ -z "${APT_UPDATED:-}" ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_venv() {
+    if [ ! -x .venv/bin/python ]; then
+        step "creating .venv"
+        python3 -m venv .venv
+    fi
+    step "installing the package and its test tools into .venv"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+}
+
+engine_up() { docker info >/dev/null 2>&1; }
+
+ensure_docker() {
+    if command -v docker >/dev/null && engine_up; then
+        return
+    fi
+    if ! command -v dockerd >/dev/null; then
+        step "installing the Docker engine (docker.io)"
+        apt_install docker.io iptables
+    fi
+    step "starting dockerd (log: /var/log/dockerd.log)"
+    [ "$(id -u)" = 0 ] || die "no Docker engine answers and only root can start one here"
+    nohup dockerd >/var/log/dockerd.log 2>&1 &
+    for _ in $(seq 1 120); do
+        engine_up && return
+        sleep 0.5
+    done
+    tail -20 /var/log/dockerd.log >&2 || true
+    die "dockerd did not answer within 60 s"
+}
+
+ensure_image() {
+    if ! command -v debootstrap >/dev/null && [ -z "${RUNNER_BASE_IMAGE_DIGEST:-}" ] \
+        && ! docker image inspect experiment-runner/base:bookworm >/dev/null 2>&1; then
+        step "installing debootstrap (to build the base image from Debian packages)"
+        apt_install debootstrap
+    fi
+    step "building the pinned sandbox image (skipped when up to date)"
+    .venv/bin/runner image build
+}
+
+case "${1:-}" in
+    demo)
+        ensure_venv
+        ensure_docker
+        ensure_image
+        step "running the demo"
+        .venv/bin/runner demo
+        ;;
+    test)
+        ensure_venv
+        ensure_docker
+        ensure_image
+        step "ruff (lint and format)"
+        .venv/bin/ruff check .
+        .venv/bin/ruff format --check .
+        step "mypy"
+        .venv/bin/mypy
+        step "pytest"
+        .venv/bin/pytest
+        ;;
+    *)
+        echo "usage: bash scripts/setup.sh demo|test" >&2
+        exit 64
+        ;;
+esac
