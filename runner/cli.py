@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner",
-        description="Run scikit-learn experiment scripts in hardened, single-use Docker containers.",
+        description="Run scikit-learn experiment scripts in hardened, single-use containers.",
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 

@@ -115,7 +115,7 @@ class CodeGenerator:
         return script
 
     def _new_directory(self, experiment_name: str) -> Path:
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment_name).strip("-.")[:60] or "experiment"
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", experiment_name).strip("-")[:60] or "experiment"
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         directory = self.output_dir / f"{slug}-{stamp}-{uuid.uuid4().hex[:6]}"

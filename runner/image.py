@@ -116,7 +116,8 @@ def download_wheels(lock: Path, dest: Path, *, log: _Log = print) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     log(f"downloading locked wheels into {dest}")
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-           "--no-deps", "--require-hashes", *_PLATFORM_ARGS, "-d", str(dest), "-r", str(lock)]  # fmt: skip
+           "--no-deps", "--require-hashes", *_PLATFORM_ARGS,
+           "-d", str(dest), "-r", str(lock)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ExperimentExecutionError(
@@ -158,8 +159,8 @@ def build_base(engine: DockerEngine, settings: ExperimentDefaults, *, log: _Log 
         log(f"debootstrapping Debian {DEBIAN_SUITE} with python3 (about a minute)")
         _run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv",
               DEBIAN_SUITE, str(rootfs), settings.debian_mirror])  # fmt: skip
-        python_version = _run(["chroot", str(rootfs), "python3", "-c",
-                               "import platform; print(platform.python_version())"]).strip()  # fmt: skip
+        version_code = "import platform; print(platform.python_version())"
+        python_version = _run(["chroot", str(rootfs), "python3", "-c", version_code]).strip()
         _trim_rootfs(rootfs)
         tarball = Path(tmp) / "rootfs.tar"
         _run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."])
@@ -196,7 +197,8 @@ def _run(cmd: list[str]) -> str:
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ExperimentExecutionError(
-            f"{cmd[0]} failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}",
+            f"{cmd[0]} failed (exit {result.returncode}):\n"
+            f"{(result.stdout + result.stderr)[-3000:]}",
             hint="read the output above; debootstrap needs access to the Debian mirror.",
         )
     return result.stdout

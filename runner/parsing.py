@@ -83,7 +83,9 @@ def interpret(
 ) -> Verdict:
     """Decide success, metrics and the error message of one run."""
     if ending.timed_out:
-        return Verdict(False, error_message=f"Experiment timed out after {_seconds(timeout)} seconds")
+        return Verdict(
+            False, error_message=f"Experiment timed out after {_seconds(timeout)} seconds"
+        )
     if ending.oom_killed:
         return Verdict(
             False,
@@ -105,7 +107,7 @@ def interpret(
             return Verdict(False, error_message=str(error) if error else "Script reported failure")
         return Verdict(
             False,
-            error_message="Invalid result: the JSON object needs \"success\": true or false",
+            error_message='Invalid result: the JSON object needs "success": true or false',
         )
     metrics, problem = parse_metrics(payload.get("metrics"))
     if problem is not None:

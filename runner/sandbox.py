@@ -58,7 +58,9 @@ class SandboxPolicy:
 
     def __post_init__(self) -> None:
         if not _SIZE.match(self.memory_limit):
-            raise ValueError(f"memory_limit must look like '512m' or '2g', not {self.memory_limit!r}")
+            raise ValueError(
+                f"memory_limit must look like '512m' or '2g', not {self.memory_limit!r}"
+            )
         if not _SIZE.match(self.tmpfs_size):
             raise ValueError(f"tmpfs_size must look like '256m', not {self.tmpfs_size!r}")
         if not (self.cpu_limit > 0 and math.isfinite(self.cpu_limit)):
@@ -147,7 +149,10 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
         "memswap_limit": policy.memory_limit,  # equal to mem_limit: no swap at all
         "nano_cpus": int(policy.cpu_limit * 1e9),
         "pids_limit": policy.pids_limit,
-        "ulimits": [Ulimit(name="nofile", soft=1024, hard=1024), Ulimit(name="core", soft=0, hard=0)],
+        "ulimits": [
+            Ulimit(name="nofile", soft=1024, hard=1024),
+            Ulimit(name="core", soft=0, hard=0),
+        ],
         "cap_drop": ["ALL"],
         # The engine's default seccomp profile stays on: no "seccomp=unconfined" here.
         "security_opt": ["no-new-privileges"],

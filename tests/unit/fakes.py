@@ -1,0 +1,70 @@
+"""A fake Docker seam: records what the runner asks for, replays scripted endings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.engine import ContainerState
+
+
+class FakeStream:
+    def __init__(self, frames: list[tuple[bytes | None, bytes | None]]) -> None:
+        self.frames = frames
+        self.closed = False
+
+    def __iter__(self) -> Iterator[tuple[bytes | None, bytes | None]]:
+        yield from self.frames
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeEngine:
+    """Stands in for ``DockerEngine``; ``wait_results`` are returned in turn."""
+
+    stdout: bytes = b'{"success": true, "metrics": {"accuracy": 0.9}}\n'
+    stderr: bytes = b""
+    wait_results: list[int | None] = field(default_factory=lambda: [0])
+    oom_killed: bool = False
+    runtimes_registered: set[str] = field(default_factory=lambda: {"runc"})
+    on_wait: Callable[[], None] | None = None
+    created: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def runtimes(self) -> set[str]:
+        return self.runtimes_registered
+
+    def image_id(self, ref: str) -> str:
+        return "sha256:" + "ab" * 32
+
+    def create(self, image: str, command: list[str], **config: Any) -> str:
+        self.created.append({"image": image, "command": command, **config})
+        self.calls.append("create")
+        return f"c{len(self.created)}"
+
+    def attach(self, container_id: str) -> FakeStream:
+        self.calls.append("attach")
+        return FakeStream([(self.stdout, None), (None, self.stderr)])
+
+    def start(self, container_id: str) -> None:
+        self.calls.append("start")
+
+    def wait(self, container_id: str, timeout: float) -> int | None:
+        self.calls.append("wait")
+        if self.on_wait is not None:
+            self.on_wait()
+        return self.wait_results.pop(0)
+
+    def kill(self, container_id: str) -> None:
+        self.calls.append("kill")
+
+    def state(self, container_id: str) -> ContainerState:
+        return ContainerState(running=False, exit_code=137, oom_killed=self.oom_killed)
+
+    def remove(self, container_id: str) -> None:
+        self.calls.append("remove")
+        self.removed.append(container_id)
