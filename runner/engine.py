@@ -147,6 +147,10 @@ class DockerEngine:
             raise _engine_error(e) from e
         return str(image.id)
 
+    def prune_dangling(self, label: str) -> None:
+        """Remove untagged images carrying ``label`` (old builds, build stages)."""
+        self._call(self._client.images.prune, filters={"dangling": True, "label": label})
+
     # containers -------------------------------------------------------------
 
     def create(self, image: str, command: list[str], **config: Any) -> str:

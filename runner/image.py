@@ -18,6 +18,7 @@ from runner.exceptions import ExperimentExecutionError
 from runner.settings import DEFAULT_BASE_IMAGE, ExperimentDefaults
 
 LABEL_LOCK = "io.experiment-runner.lock-sha256"
+LABEL_DEFINITION = "io.experiment-runner.definition-sha256"
 LABEL_PACKAGES = "io.experiment-runner.packages"
 LABEL_PYTHON = "io.experiment-runner.python"
 LABEL_BASE = "io.experiment-runner.base"
@@ -57,6 +58,14 @@ def lock_digest(lock: Path) -> str:
     return hashlib.sha256(lock.read_bytes()).hexdigest()
 
 
+def definition_digest(source: Path) -> str:
+    """Digest of everything that shapes the image: the Dockerfile and the lock file."""
+    digest = hashlib.sha256()
+    for name in ("Dockerfile", "requirements.lock"):
+        digest.update(name.encode() + b"\0" + (source / name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def locked_packages(lock: Path) -> dict[str, str]:
     """``{name: version}`` of every package in the lock file."""
     packages: dict[str, str] = {}
@@ -81,11 +90,12 @@ def build_image(
     source = image_dir()
     lock = source / "requirements.lock"
     digest = lock_digest(lock)
+    definition = definition_digest(source)
     packages = locked_packages(lock)
     if not force and engine.image_exists(tag):
         labels = engine.image_inspect(tag)["Config"].get("Labels") or {}
-        if labels.get(LABEL_LOCK) == digest:
-            log(f"{tag} is up to date with {lock.name}")
+        if labels.get(LABEL_DEFINITION) == definition:
+            log(f"{tag} is up to date with {source}")
             return BuiltImage(tag, engine.image_id(tag), packages, reused=True)
     base_id = ensure_base(engine, settings, log=log)
     base_labels = engine.image_inspect(base_id)["Config"].get("Labels") or {}
@@ -102,12 +112,15 @@ def build_image(
             buildargs={"BASE_IMAGE": base_id},
             labels={
                 LABEL_LOCK: digest,
+                LABEL_DEFINITION: definition,
                 LABEL_PACKAGES: " ".join(f"{n}=={v}" for n, v in sorted(packages.items())),
                 LABEL_PYTHON: base_labels.get(LABEL_PYTHON, "unknown"),
                 LABEL_BASE: base_id,
                 "org.opencontainers.image.title": "experiment-runner scikit-learn sandbox",
             },
         )
+    # The build stage and a replaced image are left untagged; they carry the base's label.
+    engine.prune_dangling(LABEL_PYTHON)
     return BuiltImage(tag, image_id, packages, reused=False)
 
 

@@ -1,0 +1,73 @@
+"""Integration tests run real containers. Without Docker they skip; with CI=true they fail."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
+from runner.engine import DockerEngine
+from runner.sandbox import LABEL
+from runner.settings import ExperimentDefaults
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SPEC = ExperimentSpec(experiment_name="probe", model_type="LogisticRegression")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(scope="session")
+def engine() -> DockerEngine:
+    """A reachable engine with the pinned image, or a skip (a failure in CI)."""
+    try:
+        engine = DockerEngine()
+        engine.image_id(ExperimentDefaults().image)
+    except ExperimentExecutionError as e:
+        if IN_CI:
+            pytest.fail(f"CI needs Docker and the sandbox image: {e}")
+        pytest.skip(f"needs Docker and the sandbox image: {e}")
+    return engine
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_containers(engine: DockerEngine) -> Iterator[None]:
+    """Every integration test must leave no project container behind."""
+    yield
+    left = engine.containers(f"{LABEL}=1")
+    for container in left:
+        engine.remove(container.id)
+    assert left == [], f"containers left behind: {[c.name for c in left]}"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A directory the sandbox's non-root user can read (tmp_path itself is 0700)."""
+    directory = tmp_path / "exp"
+    directory.mkdir()
+    directory.chmod(0o755)
+    return directory
+
+
+@pytest.fixture
+def write_script(workdir: Path) -> Callable[..., Path]:
+    def write(code: str, name: str = "script.py") -> Path:
+        path = workdir / name
+        path.write_text(textwrap.dedent(code))
+        path.chmod(0o644)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def runner(engine: DockerEngine) -> ExperimentRunner:
+    return ExperimentRunner(timeout=30, engine=engine)

@@ -1,0 +1,41 @@
+"""The reference document's Complete Example runs as written on a real CSV."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from runner.demo import demo_data
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "complete_example.py"
+
+
+def test_complete_example_succeeds_on_a_real_csv(tmp_path: Path) -> None:
+    """Generating and running the logistic baseline prints success and an accuracy."""
+    with demo_data().open() as source, (tmp_path / "data.csv").open("w", newline="") as target:
+        rows = list(csv.reader(source))
+        rows[0] = ["target" if name == "churned" else name for name in rows[0]]
+        csv.writer(target).writerows(rows)
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLE)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "✓ Experiment succeeded in" in out.stdout, out.stdout
+    assert "Accuracy: 0." in out.stdout
+    generated = list((tmp_path / "experiments").glob("logistic_baseline-*/experiment.py"))
+    assert len(generated) == 1
+
+
+def test_demo_command_runs_and_succeeds(tmp_path: Path) -> None:
+    """`runner demo` runs its experiments in the sandbox and exits 0."""
+    env = {**os.environ, "RUNNER_EXPERIMENTS_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "runner", "demo"], capture_output=True, text=True, timeout=300,
+        env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("ok ") >= 2
+    assert len(list(tmp_path.glob("*/experiment.py"))) >= 2

@@ -1,0 +1,183 @@
+"""What a script can see and reach: network, identity, privileges, environment.
+
+The network tests never send a packet off this machine, even if isolation were
+broken: listeners sit on the host's loopback and on the host's own Docker bridge
+address, and everything else is read from inside the container.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from runner import ExperimentRunner
+from runner.sandbox import SANDBOX_UID, sandbox_environment
+from tests.integration.conftest import IN_CI
+
+CONNECT_PROBE = """
+import errno, json, os, socket, time
+def connect(host, port):
+    s = socket.socket()
+    s.settimeout(3)
+    started = time.monotonic()
+    try:
+        s.connect((host, port))
+        outcome = "connected"
+    except OSError as e:
+        outcome = errno.errorcode.get(e.errno, str(e))
+    return {"outcome": outcome, "seconds": time.monotonic() - started}
+routes = [l.split() for l in open("/proc/net/route").read().splitlines()[1:]]
+v6 = [l.split()[-1] for l in open("/proc/net/ipv6_route").read().splitlines()]
+print(json.dumps({
+    "interfaces": sorted(os.listdir("/sys/class/net")),
+    "ipv4_routes": routes,
+    "ipv6_route_devices": sorted(set(v6)),
+    "probes": {f"{h}:{p}": connect(h, p) for h, p in TARGETS},
+}))
+"""
+
+
+@pytest.fixture
+def listener() -> Callable[[str], Iterator[int]]:
+    """A TCP listener on a host address of this machine that records connections."""
+    sockets: list[socket.socket] = []
+    accepted: list[str] = []
+
+    def listen(host: str) -> int:
+        server = socket.socket()
+        server.bind((host, 0))
+        server.listen()
+        server.settimeout(0.2)
+        sockets.append(server)
+
+        def accept() -> None:
+            while server.fileno() != -1:
+                try:
+                    conn, _ = server.accept()
+                    accepted.append(host)
+                    conn.close()
+                except OSError:
+                    continue
+
+        threading.Thread(target=accept, daemon=True).start()
+        return int(server.getsockname()[1])
+
+    listen.accepted = accepted  # type: ignore[attr-defined]
+    yield listen  # type: ignore[misc]
+    for server in sockets:
+        server.close()
+
+
+def bridge_address() -> str | None:
+    """The host's own address on the Docker bridge (an interface of this machine)."""
+    out = subprocess.run(
+        ["ip", "-j", "-4", "addr", "show", "docker0"], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    addresses = json.loads(out.stdout)
+    return addresses[0]["addr_info"][0]["local"] if addresses else None
+
+
+def test_only_loopback_no_route_and_host_listeners_unreachable(
+    runner: ExperimentRunner, write_script: Callable[..., Path], listener: Callable[[str], int]
+) -> None:
+    """Inside: only `lo`, no routes, and connects to the host's listeners fail at once."""
+    targets = [("127.0.0.1", listener("127.0.0.1"))]
+    gateway = bridge_address()
+    if gateway is None:
+        if IN_CI:
+            pytest.fail("the engine's bridge docker0 is missing")
+    else:
+        targets.append((gateway, listener(gateway)))
+    script = write_script(f"TARGETS = {targets!r}\n" + CONNECT_PROBE)
+    seen = json.loads(runner.run_script_directly(script)["stdout"])
+    assert seen["interfaces"] == ["lo"]
+    assert seen["ipv4_routes"] == []
+    assert set(seen["ipv6_route_devices"]) <= {"lo"}
+    probes = seen["probes"]
+    assert probes[f"127.0.0.1:{targets[0][1]}"]["outcome"] == "ECONNREFUSED"
+    if gateway is not None:
+        assert probes[f"{gateway}:{targets[1][1]}"]["outcome"] == "ENETUNREACH"
+    assert all(p["seconds"] < 0.5 for p in probes.values()), probes
+    time.sleep(0.3)
+    assert listener.accepted == []  # type: ignore[attr-defined]
+
+
+def test_non_root_without_capabilities_and_with_seccomp(
+    runner: ExperimentRunner, write_script: Callable[..., Path]
+) -> None:
+    """The script runs as uid 10001 with no capabilities, NoNewPrivs and a seccomp filter."""
+    script = write_script(
+        """
+        import json, os
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        print(json.dumps({
+            "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
+            "groups": os.getgroups(),
+            **{k: status[k].strip() for k in
+               ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")},
+        }))
+        """
+    )
+    seen = json.loads(runner.run_script_directly(script)["stdout"])
+    assert (seen["uid"], seen["euid"], seen["gid"]) == (SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
+    assert seen["groups"] in ([], [SANDBOX_UID])
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(seen[cap], 16) == 0, cap
+    assert seen["NoNewPrivs"] == "1"
+    assert seen["Seccomp"] == "2"  # filter mode: the engine's default profile is on
+
+
+def test_no_caller_environment_leaks(
+    runner: ExperimentRunner, write_script: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script sees exactly the runner's variables (plus the engine's HOSTNAME)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    script = write_script("import json, os\nprint(json.dumps(dict(os.environ)))\n")
+    env = json.loads(runner.run_script_directly(script)["stdout"])
+    assert env == {**sandbox_environment(runner.policy.cpu_limit), "HOSTNAME": "sandbox"}
+
+
+def test_caps_are_in_force_in_the_cgroup(engine: object, write_script: Callable[..., Path]) -> None:
+    """The kernel enforces the CPU quota, memory (no swap) and PID caps the runner asked for."""
+    script = write_script(
+        """
+        import json, os
+        def read(path):
+            try:
+                return open(path).read().strip()
+            except OSError:
+                return None
+        print(json.dumps({
+            "quota": read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+            "period": read("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+            "memory": read("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+            "memsw": read("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"),
+            "pids": read("/sys/fs/cgroup/pids/pids.max"),
+            "threads": os.environ["OMP_NUM_THREADS"],
+        }))
+        """
+    )
+    runner = ExperimentRunner(
+        timeout=30,
+        engine=engine,
+        memory_limit="300m",
+        cpu_limit=2.0,
+        pids_limit=77,  # type: ignore[arg-type]
+    )
+    seen = json.loads(runner.run_script_directly(script)["stdout"])
+    assert int(seen["quota"]) == 2 * int(seen["period"])
+    assert int(seen["memory"]) == 300 * 1024 * 1024
+    if seen["memsw"] is not None:  # present when the kernel accounts swap
+        assert int(seen["memsw"]) == 300 * 1024 * 1024
+    assert seen["pids"] == "77"
+    assert seen["threads"] == "2"

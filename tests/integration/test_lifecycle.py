@@ -1,0 +1,90 @@
+"""Containers never outlive their run: Ctrl-C, a crashed caller, and `runner cleanup`."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runner import ExperimentRunner, cleanup
+from runner.engine import ContainerInfo, DockerEngine
+from runner.sandbox import LABEL
+from tests.integration.conftest import SPEC
+
+
+def wait_for_container(engine: DockerEngine, timeout: float = 30) -> ContainerInfo:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [c for c in engine.containers(f"{LABEL}=1") if c.status.startswith("Up")]
+        if running:
+            return running[0]
+        time.sleep(0.1)
+    raise AssertionError("no sandbox container started")
+
+
+def caller(script: Path) -> subprocess.Popen[str]:
+    code = textwrap.dedent(
+        f"""
+        from runner import ExperimentRunner
+        ExperimentRunner(timeout=120).run_script_directly({str(script)!r})
+        """
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_ctrl_c_removes_the_container(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """SIGINT to a caller mid-run removes its container before the caller exits."""
+    process = caller(write_script("import time\ntime.sleep(600)\n"))
+    wait_for_container(engine)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err
+    assert engine.containers(f"{LABEL}=1") == []
+
+
+def test_cleanup_removes_what_a_killed_caller_left(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """After a caller is SIGKILLed, `runner cleanup` removes its orphaned container."""
+    process = caller(write_script("import time\ntime.sleep(600)\n"))
+    orphan = wait_for_container(engine)
+    process.kill()
+    process.wait(timeout=30)
+    assert [c.id for c in engine.containers(f"{LABEL}=1")] == [orphan.id]
+    out = subprocess.run(
+        [sys.executable, "-m", "runner", "cleanup"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"removed {orphan.name}" in out.stdout
+    assert "1 container(s) removed" in out.stdout
+    assert engine.containers(f"{LABEL}=1") == []
+
+
+def test_cleanup_leaves_runs_in_progress_alone(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """cleanup() does not touch the container of a live run in this process."""
+    script = write_script(
+        "import time, json\ntime.sleep(3)\nprint(json.dumps({'success': True}))\n"
+    )
+    results = []
+    thread = threading.Thread(
+        target=lambda: results.append(
+            ExperimentRunner(timeout=60, engine=engine).run(script, SPEC, 0)
+        )
+    )
+    thread.start()
+    live = wait_for_container(engine)
+    assert cleanup(engine) == []
+    assert [c.id for c in engine.containers(f"{LABEL}=1")] == [live.id]
+    thread.join(timeout=60)
+    assert results and results[0].success
