@@ -98,6 +98,7 @@ def main() -> None:
             def run() -> None:
                 subprocess.run([*cpus, str(python), str(script)], env=bare_env(),
                                cwd=directory, check=True, capture_output=True)  # fmt: skip
+
             return run
 
         def sandbox(cpu_limit: float) -> Callable[[], None]:
@@ -132,7 +133,8 @@ def main() -> None:
         for way in ("bare", "sandbox"):
             values = times[(budget, way)]
             median = statistics.median(values)
-            delta = "" if way == "bare" else f"{(median - base) * 1000:+.0f} ms x{median / base:.2f}"
+            delta = f"{(median - base) * 1000:+.0f} ms x{median / base:.2f}"
+            delta = "" if way == "bare" else delta
             print(f"{budget:<12}{way:<10}{median:>10.3f}{p95(values):>8.3f}{delta:>16}")
 
 
