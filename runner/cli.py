@@ -4,30 +4,47 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
 from runner.cleanup import cleanup
 from runner.codegen import CodeGenerator
-from runner.demo import run_demo
+from runner.demo import demo_jobs
 from runner.engine import DockerEngine
 from runner.exceptions import ExperimentExecutionError
 from runner.experiment_runner import ExperimentRunner
-from runner.image import LABEL_LOCK, LABEL_PACKAGES, LABEL_PYTHON, build_image
+from runner.history import ResultsHistory, best_first, ranking_metric
+from runner.image import (
+    LABEL_DEFINITION,
+    LABEL_LOCK,
+    LABEL_PACKAGES,
+    LABEL_PYTHON,
+    build_image,
+    definition_digest,
+    image_dir,
+)
 from runner.models import ExperimentResult, ExperimentSpec
 from runner.settings import ExperimentDefaults
 
+# Piped output (CI logs, tests) gets a wide fixed width instead of rich's 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+errors = Console(stderr=True, highlight=False)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except ExperimentExecutionError as e:
-        print(f"error: {e}", file=sys.stderr)
+        errors.print(f"error: {e}", soft_wrap=True, markup=False)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        errors.print("interrupted: every container this command started was removed")
         return 130
 
 
@@ -35,28 +52,43 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner",
         description="Run scikit-learn experiment scripts in hardened, single-use containers.",
+        epilog="Exit codes: 0 success, 1 an experiment or check failed, 2 the runner "
+        "could not run (the message says what to fix), 130 interrupted.",
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run one script in the sandbox and print its result")
+    run = commands.add_parser(
+        "run",
+        help="run one script in the sandbox and print its result",
+        description="Run one script in a fresh hardened container and print its result.",
+    )
     run.add_argument("script", type=Path, help="the Python script to run")
     run.add_argument("--timeout", type=float, help="seconds before the container is killed")
     run.add_argument("--memory", help="memory cap, e.g. 512m or 2g (no swap)")
     run.add_argument("--cpus", type=float, help="CPU cap, e.g. 1.0")
-    run.add_argument("--runtime", help="OCI runtime registered with the engine, e.g. runsc")
+    run.add_argument("--runtime", help="OCI runtime registered with the engine: runc or runsc")
     run.add_argument(
         "--input", action="append", default=[], type=Path, metavar="PATH",
         help="a file or directory to mount read-only at its own path (repeatable)",
     )  # fmt: skip
+    run.add_argument("--name", help="experiment name to record (default: the script's name)")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
+    _results_options(run)
     run.set_defaults(handler=_run)
 
-    demo = commands.add_parser("demo", help="generate and run demo experiments on shipped data")
+    demo = commands.add_parser(
+        "demo",
+        help="run demo experiments in parallel on shipped data and show a leaderboard",
+        description="Generate experiments for the shipped churn data set with CodeGenerator, "
+        "run them in parallel in the sandbox, and rank them. Works offline.",
+    )
+    demo.add_argument("--workers", type=int, help="runs at once (default: what the host fits)")
+    _results_options(demo)
     demo.set_defaults(handler=_demo)
 
     image = commands.add_parser("image", help="build or describe the pinned sandbox image")
     image_commands = image.add_subparsers(required=True, metavar="ACTION")
-    build = image_commands.add_parser("build", help="build the image (and its base) offline")
+    build = image_commands.add_parser("build", help="build the image (and its base), offline")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.set_defaults(handler=_image_build)
     info = image_commands.add_parser("info", help="show the image's ID, size and versions")
@@ -67,18 +99,49 @@ def _parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="also remove containers of runs still in progress"
     )
     clean.set_defaults(handler=_cleanup)
+
+    doctor = commands.add_parser(
+        "doctor", help="check the engine, the image and each runtime, and say what to fix"
+    )
+    doctor.set_defaults(handler=_doctor)
+
+    history = commands.add_parser("history", help="show recorded results, best first")
+    history.add_argument(
+        "--results", type=Path, help="the JSON Lines file (default: results.jsonl)"
+    )
+    history.add_argument("--name", help="only experiments whose name contains this")
+    history.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    history.set_defaults(handler=_history)
     return parser
 
 
+def _results_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="append results to this JSON Lines file (default: results.jsonl)",
+    )
+    parser.add_argument("--no-record", action="store_true", help="do not record the results")
+
+
+def _history_for(args: argparse.Namespace, settings: ExperimentDefaults) -> ResultsHistory | None:
+    if args.no_record:
+        return None
+    return ResultsHistory(args.results or settings.results_file)
+
+
 def _run(args: argparse.Namespace) -> int:
+    settings = ExperimentDefaults()
     runner = ExperimentRunner(
         timeout=args.timeout,
         memory_limit=args.memory,
         cpu_limit=args.cpus,
         runtime=args.runtime,
         inputs=args.input,
+        history=_history_for(args, settings),
+        settings=settings,
     )
-    spec = ExperimentSpec(experiment_name=args.script.stem, model_type="unknown")
+    spec = ExperimentSpec(experiment_name=args.name or args.script.stem, model_type="script")
     result = runner.run(args.script, spec, 0)
     if args.json:
         print(result.model_dump_json(indent=2))
@@ -89,15 +152,34 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
-    runner = ExperimentRunner(settings=settings)
-    generator = CodeGenerator(settings.experiments_dir)
-    print(f"running demo experiments in the sandbox ({runner.policy.image})")
-    results = run_demo(runner, generator, report=_summary)
+    runner = ExperimentRunner(history=_history_for(args, settings), settings=settings)
+    jobs = demo_jobs(CodeGenerator(settings.experiments_dir))
+    workers = args.workers or runner.default_workers()
+    console.print(
+        f"Running {len(jobs)} experiments on the churn demo data, {workers} at once, "
+        f"each in a fresh sandbox ({runner.policy.image}, {runner.policy.cpu_limit:g} CPU, "
+        f"{runner.policy.memory_limit})"
+    )
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("experiments", total=len(jobs))
+
+        def done(index: int, result: ExperimentResult) -> None:
+            progress.advance(task)
+            progress.console.print(f"  {_outcome(result)}: {result.experiment_name}")
+
+        results = runner.run_many(jobs, max_workers=workers, on_result=done)
+    console.print(_leaderboard(results, title="Leaderboard"))
     return 0 if all(r.success for r in results) else 1
 
 
 def _image_build(args: argparse.Namespace) -> int:
-    built = build_image(DockerEngine(), force=args.force)
+    built = build_image(DockerEngine(), force=args.force, log=lambda m: errors.print(m))
     print(f"{built.tag} {built.image_id}")
     return 0
 
@@ -106,12 +188,14 @@ def _image_info(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
     data = DockerEngine().image_inspect(settings.image)
     labels = data["Config"].get("Labels") or {}
-    print(f"image:    {settings.image}")
-    print(f"id:       {data['Id']}")
-    print(f"size:     {data['Size'] / 1e6:.0f} MB")
-    print(f"python:   {labels.get(LABEL_PYTHON, '?')}")
-    print(f"lock:     sha256:{labels.get(LABEL_LOCK, '?')}")
-    print("packages: " + "\n          ".join(labels.get(LABEL_PACKAGES, "?").split()))
+    table = Table.grid(padding=(0, 2))
+    table.add_row("image", settings.image)
+    table.add_row("id", data["Id"])
+    table.add_row("size", f"{data['Size'] / 1e6:.0f} MB")
+    table.add_row("python", labels.get(LABEL_PYTHON, "?"))
+    table.add_row("lock", f"sha256:{labels.get(LABEL_LOCK, '?')}")
+    table.add_row("packages", "\n".join(labels.get(LABEL_PACKAGES, "?").split()))
+    console.print(table)
     return 0
 
 
@@ -123,11 +207,127 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    settings = ExperimentDefaults()
+    ok = True
+
+    def report(good: bool, what: str, fix: str = "") -> None:
+        nonlocal ok
+        ok = ok and good
+        mark = "[green]ok[/]  " if good else "[red]FAIL[/]"
+        console.print(f"{mark} {what}" + (f"\n      fix: {fix}" if fix else ""))
+
+    try:
+        engine = DockerEngine()
+        runtimes = engine.runtimes()
+    except ExperimentExecutionError as e:
+        report(False, "Docker engine: not reachable", e.hint or "")
+        return 1
+    report(True, f"Docker engine: reachable (runtimes: {', '.join(sorted(runtimes))})")
+
+    if not engine.image_exists(settings.image):
+        report(False, f"image {settings.image}: missing", "runner image build")
+        return 1
+    labels = engine.image_inspect(settings.image)["Config"].get("Labels") or {}
+    try:
+        current = labels.get(LABEL_DEFINITION) == definition_digest(image_dir())
+    except ExperimentExecutionError:
+        current = True  # no checkout to compare with
+    report(
+        current,
+        f"image {settings.image}: {engine.image_id(settings.image)[:19]}"
+        + ("" if current else " (older than images/sandbox)"),
+        "" if current else "runner image build",
+    )
+
+    wanted = settings.runtime
+    if wanted and wanted not in runtimes:
+        report(False, f"runtime {wanted} (RUNNER_RUNTIME): not registered", _RUNSC_FIX)
+    if "runsc" not in runtimes:
+        console.print(f"note gVisor (runsc) is not registered; optional, for stronger isolation: "
+                      f"{_RUNSC_FIX}")  # fmt: skip
+    for runtime in sorted(r for r in runtimes if not r.startswith("io.containerd")):
+        good, detail = _smoke_test(engine, runtime)
+        report(good, f"runtime {runtime}: {detail}")
+    return 0 if ok else 1
+
+
+_RUNSC_FIX = (
+    "apt-get install runsc, add it to /etc/docker/daemon.json as "
+    '{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}}} '
+    "and reload dockerd (SIGHUP)"
+)
+
+
+def _smoke_test(engine: DockerEngine, runtime: str) -> tuple[bool, str]:
+    """Run a one-line script under ``runtime`` with every control in place."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        directory.chmod(0o755)
+        script = directory / "doctor.py"
+        script.write_text('import json, sys\nprint(json.dumps({"success": True}))\n')
+        script.chmod(0o644)
+        runner = ExperimentRunner(timeout=60, runtime=runtime, engine=engine)
+        try:
+            raw = runner.run_script_directly(script)
+        except ExperimentExecutionError as e:
+            return False, str(e)
+    if raw["returncode"] == 0:
+        return True, "runs a sandboxed script"
+    return False, f"sandboxed script exited {raw['returncode']}: {raw['stderr'][-300:]}"
+
+
+def _history(args: argparse.Namespace) -> int:
+    path = args.results or ExperimentDefaults().results_file
+    results, unreadable = ResultsHistory(path).read()
+    if args.name:
+        results = [r for r in results if args.name in r.experiment_name]
+    if unreadable:
+        errors.print(f"note: skipped {unreadable} unreadable line(s) in {path}")
+    if not results:
+        console.print(f"no results in {path}" + (f" matching {args.name!r}" if args.name else ""))
+        return 0
+    shown = best_first(results)[: args.limit]
+    console.print(_leaderboard(shown, title=f"{path}: {len(results)} result(s), best first"))
+    return 0
+
+
+def _leaderboard(results: Sequence[ExperimentResult], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("#", "experiment", "model", "main metric", "time", "outcome", "when (UTC)"):
+        table.add_column(column, justify="right" if column in ("#", "time") else "left")
+    for rank, result in enumerate(best_first(results), 1):
+        metric = ranking_metric(result)
+        table.add_row(
+            str(rank),
+            result.experiment_name,
+            result.model_type,
+            f"{metric[0]} {metric[1]:.4f}" if metric and result.success else "-",
+            f"{result.execution_time:.2f}s",
+            _outcome(result),
+            result.timestamp.strftime("%Y-%m-%d %H:%M"),
+        )
+    return table
+
+
+def _outcome(result: ExperimentResult) -> str:
+    if result.success:
+        return "ok"
+    if result.timed_out:
+        return "timed out"
+    if result.oom_killed:
+        return "out of memory"
+    return f"failed: {(result.error_message or '')[:60]}"
+
+
 def _summary(result: ExperimentResult) -> None:
-    mark = "ok  " if result.success else "FAIL"
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
     detail = metrics if result.success else result.error_message
-    print(f"{mark} {result.experiment_name} ({result.execution_time:.2f}s): {detail}")
+    console.print(
+        f"{_outcome(result).split(':')[0]} {result.experiment_name} "
+        f"({result.execution_time:.2f}s, exit {result.exit_code}): {detail}",
+        markup=False,
+    )
 
 
 if __name__ == "__main__":

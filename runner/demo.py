@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 from runner.codegen import CodeGenerator
-from runner.experiment_runner import ExperimentRunner
-from runner.models import ExperimentResult, ExperimentSpec, PreprocessingConfig
+from runner.experiment_runner import Job
+from runner.models import ExperimentSpec, PreprocessingConfig
 
 TARGET = "churned"
 
@@ -40,20 +39,42 @@ def demo_specs() -> list[ExperimentSpec]:
             ),
             reasoning="Trees capture non-linear effects without scaling",
         ),
+        ExperimentSpec(
+            experiment_name="gradient_boosting",
+            hypothesis="Boosted trees beat a single forest on tabular data",
+            model_type="HistGradientBoostingClassifier",
+            model_params={"max_iter": 100, "learning_rate": 0.05, "random_state": 0},
+            preprocessing=PreprocessingConfig(
+                missing_values="median", scaling="none", encoding="ordinal"
+            ),
+            reasoning="Gradient boosting with ordinal-encoded categories",
+        ),
+        ExperimentSpec(
+            experiment_name="svm_rbf",
+            hypothesis="A smooth non-linear boundary separates churners",
+            model_type="SVC",
+            model_params={"C": 1.0, "kernel": "rbf", "probability": True, "random_state": 0},
+            preprocessing=PreprocessingConfig(
+                missing_values="median", scaling="standard", encoding="onehot"
+            ),
+            reasoning="Kernel methods need scaled inputs",
+        ),
+        ExperimentSpec(
+            experiment_name="nearest_neighbours",
+            hypothesis="Similar customers churn alike",
+            model_type="KNeighborsClassifier",
+            model_params={"n_neighbors": 15},
+            preprocessing=PreprocessingConfig(
+                missing_values="median", scaling="minmax", encoding="onehot"
+            ),
+            reasoning="Distance-based baseline on min-max scaled features",
+        ),
     ]
 
 
-def run_demo(
-    runner: ExperimentRunner,
-    generator: CodeGenerator,
-    *,
-    report: Callable[[ExperimentResult], None] = lambda _: None,
-) -> list[ExperimentResult]:
-    """Generate and run each demo experiment; ``report`` sees each result as it lands."""
-    results = []
-    for iteration, spec in enumerate(demo_specs()):
-        script = generator.generate(spec, demo_data(), TARGET, "classification")
-        result = runner.run(script, spec, iteration)
-        report(result)
-        results.append(result)
-    return results
+def demo_jobs(generator: CodeGenerator) -> list[Job]:
+    """One generated script per demo spec, each in its own directory."""
+    return [
+        (generator.generate(spec, demo_data(), TARGET, "classification"), spec, 0)
+        for spec in demo_specs()
+    ]

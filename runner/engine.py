@@ -57,7 +57,8 @@ class DockerEngine:
     def __init__(self, client: docker.DockerClient | None = None) -> None:
         if client is None:
             try:
-                client = docker.from_env()
+                # Parallel runs each hold an attach stream and a wait request.
+                client = docker.from_env(max_pool_size=64)
             except DockerException as e:
                 raise ExperimentExecutionError(
                     f"Cannot reach a Docker engine: {e}", hint=ENGINE_HINT

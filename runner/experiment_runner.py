@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+import os
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,8 +17,9 @@ from typing import Any
 
 from runner.engine import DockerEngine
 from runner.exceptions import ExperimentExecutionError
+from runner.history import ResultsHistory
 from runner.models import ExperimentResult, ExperimentSpec
-from runner.output import OutputCollector
+from runner.output import OutputCallback, OutputCollector
 from runner.parsing import Ending, interpret
 from runner.sandbox import (
     Run,
@@ -22,11 +28,47 @@ from runner.sandbox import (
     check_readable,
     container_config,
     deadline_after,
+    parse_size,
 )
 from runner.settings import ExperimentDefaults
 
 #: How long output may keep arriving after the container has stopped.
 _DRAIN_GRACE = 2.0
+
+#: One job of a batch: (script_path, spec, iteration).
+Job = tuple[Path | str, ExperimentSpec, int]
+
+
+class _ActiveRuns:
+    """Containers of runs in flight, by token, so a batch or task can be aborted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._containers: dict[object, str] = {}
+        self._aborted: set[object] = set()
+
+    def register(self, token: object, container_id: str) -> bool:
+        """Record a new container; False when its run was aborted meanwhile."""
+        with self._lock:
+            if token in self._aborted:
+                return False
+            self._containers[token] = container_id
+            return True
+
+    def release(self, token: object) -> None:
+        with self._lock:
+            self._containers.pop(token, None)
+            self._aborted.discard(token)
+
+    def abort(self, tokens: Iterable[object]) -> list[str]:
+        """Mark runs aborted; return the containers they have, to be removed."""
+        with self._lock:
+            found = []
+            for token in tokens:
+                self._aborted.add(token)
+                if token in self._containers:
+                    found.append(self._containers.pop(token))
+            return found
 
 
 @dataclass(frozen=True)
@@ -65,6 +107,7 @@ class ExperimentRunner:
         inputs: Iterable[str | Path] = (),
         output_limit: int | None = None,
         tmpfs_size: str | None = None,
+        history: ResultsHistory | Path | str | None = None,
         settings: ExperimentDefaults | None = None,
         engine: DockerEngine | None = None,
     ) -> None:
@@ -85,8 +128,14 @@ class ExperimentRunner:
         self.output_limit = output_limit if output_limit is not None else defaults.output_limit
         if self.output_limit <= 0:
             raise ValueError("output_limit must be positive")
+        if history is None or isinstance(history, ResultsHistory):
+            self.history = history
+        else:
+            self.history = ResultsHistory(history)
         self._engine = engine
+        self._engine_lock = threading.Lock()
         self._runtime_checked = False
+        self._active = _ActiveRuns()
 
     # public API -------------------------------------------------------------
 
@@ -97,13 +146,30 @@ class ExperimentRunner:
         iteration: int,
         *,
         inputs: Iterable[str | Path] = (),
+        on_output: OutputCallback | None = None,
     ) -> ExperimentResult:
         """Run ``script_path`` in the sandbox and return its typed result.
 
         What the script does (exit code, timeout, OOM kill, bad JSON) is in the
         result; only what the caller or the machine got wrong raises
-        ``ExperimentExecutionError``.
+        ``ExperimentExecutionError``. ``on_output(stream, line)`` is called, on
+        another thread, with each line as the script prints it. With a
+        ``history``, the result is also appended to it.
         """
+        result = self._run(script_path, spec, iteration, inputs, on_output, token=object())
+        if self.history is not None:
+            self.history.append(result)
+        return result
+
+    def _run(
+        self,
+        script_path: Path | str,
+        spec: ExperimentSpec,
+        iteration: int,
+        inputs: Iterable[str | Path],
+        on_output: OutputCallback | None,
+        token: object,
+    ) -> ExperimentResult:
         timestamp = datetime.now(UTC)
         script = Path(script_path)
         common: dict[str, Any] = {
@@ -119,7 +185,7 @@ class ExperimentRunner:
         }
         started = time.monotonic()
         try:
-            execution = self.execute(script, inputs=inputs)
+            execution = self.execute(script, inputs=inputs, on_output=on_output, token=token)
         except ExperimentExecutionError:
             raise
         except Exception as e:  # noqa: BLE001 - the document's "unexpected exceptions" case
@@ -167,9 +233,114 @@ class ExperimentRunner:
             "oom_killed": execution.oom_killed,
         }
 
+    # many runs -------------------------------------------------------------
+
+    def default_workers(self) -> int:
+        """Runs at once that never book more CPU cores or memory than the host has."""
+        cores = len(os.sched_getaffinity(0))
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        by_cpu = math.floor(cores / self.policy.cpu_limit)
+        by_memory = memory // parse_size(self.policy.memory_limit)
+        return max(1, min(by_cpu, by_memory))
+
+    def run_many(
+        self,
+        jobs: Iterable[Job],
+        max_workers: int | None = None,
+        *,
+        on_result: Callable[[int, ExperimentResult], None] | None = None,
+    ) -> list[ExperimentResult]:
+        """Run jobs in parallel; results come back in the order of the jobs.
+
+        ``max_workers`` defaults to ``default_workers()``. A job that cannot run
+        at all (say, its script is missing) gets a failed result instead of
+        raising, so it never costs the others theirs. ``on_result(index,
+        result)`` is called as each finishes. Interrupting the batch (Ctrl-C)
+        removes every container it started, then re-raises.
+        """
+        batch: Sequence[Job] = list(jobs)
+        workers = max_workers if max_workers is not None else self.default_workers()
+        if workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        tokens = [object() for _ in batch]
+        results: list[ExperimentResult | None] = [None] * len(batch)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="runner-job")
+        try:
+            futures: dict[Future[ExperimentResult], int] = {
+                pool.submit(self._run_job, job, token): index
+                for index, (job, token) in enumerate(zip(batch, tokens, strict=True))
+            }
+            for future in as_completed(futures):
+                index = futures[future]
+                result = results[index] = future.result()
+                if self.history is not None:
+                    self.history.append(result)
+                if on_result is not None:
+                    on_result(index, result)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._abort(tokens)
+            raise
+        pool.shutdown()
+        return [result for result in results if result is not None]
+
+    async def arun(
+        self,
+        script_path: Path | str,
+        spec: ExperimentSpec,
+        iteration: int,
+        *,
+        inputs: Iterable[str | Path] = (),
+        on_output: OutputCallback | None = None,
+    ) -> ExperimentResult:
+        """``run`` for asyncio; cancelling the task removes its container."""
+        token = object()
+        try:
+            result = await asyncio.to_thread(
+                self._run, script_path, spec, iteration, inputs, on_output, token
+            )
+        except asyncio.CancelledError:
+            await asyncio.to_thread(self._abort, [token])
+            raise
+        if self.history is not None:
+            await asyncio.to_thread(self.history.append, result)
+        return result
+
+    def _run_job(self, job: Job, token: object) -> ExperimentResult:
+        script_path, spec, iteration = job
+        try:
+            result = self._run(script_path, spec, iteration, (), None, token)
+        except ExperimentExecutionError as e:
+            result = ExperimentResult(
+                experiment_name=spec.experiment_name,
+                iteration=iteration,
+                model_type=spec.model_type,
+                model_params=spec.model_params,
+                preprocessing=spec.preprocessing,
+                hypothesis=spec.hypothesis,
+                reasoning=spec.reasoning,
+                execution_time=0.0,
+                success=False,
+                error_message=str(e),
+                code_path=str(script_path),
+                timestamp=datetime.now(UTC),
+            )
+        return result
+
+    def _abort(self, tokens: Iterable[object]) -> None:
+        for container_id in self._active.abort(tokens):
+            self.engine.remove(container_id)
+
     # the steps of one run ---------------------------------------------------
 
-    def execute(self, script_path: Path, *, inputs: Iterable[str | Path] = ()) -> Execution:
+    def execute(
+        self,
+        script_path: Path,
+        *,
+        inputs: Iterable[str | Path] = (),
+        on_output: OutputCallback | None = None,
+        token: object | None = None,
+    ) -> Execution:
         """Prepare mounts, create, start, wait with a deadline, collect, remove."""
         script, mounts = self._prepare_mounts(script_path, inputs)
         engine = self.engine
@@ -183,8 +354,8 @@ class ExperimentRunner:
             deadline=deadline,
             labels=build_labels(deadline),
         )
-        with self._container(engine, image_id, run) as container_id:
-            collector = OutputCollector(engine.attach(container_id), self.output_limit)
+        with self._container(engine, image_id, run, token or object()) as container_id:
+            collector = OutputCollector(engine.attach(container_id), self.output_limit, on_output)
             collector.start()
             started = time.monotonic()
             engine.start(container_id)
@@ -211,9 +382,10 @@ class ExperimentRunner:
     @property
     def engine(self) -> DockerEngine:
         """The Docker seam, connected on first use."""
-        if self._engine is None:
-            self._engine = DockerEngine()
-        return self._engine
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = DockerEngine()
+            return self._engine
 
     def _prepare_mounts(
         self, script_path: Path, inputs: Iterable[str | Path]
@@ -251,11 +423,16 @@ class ExperimentRunner:
         self._runtime_checked = True
 
     @contextmanager
-    def _container(self, engine: DockerEngine, image_id: str, run: Run) -> Iterator[str]:
+    def _container(
+        self, engine: DockerEngine, image_id: str, run: Run, token: object
+    ) -> Iterator[str]:
         """Create the container and remove it whatever happens, Ctrl-C included."""
         config = container_config(self.policy, run)
         container_id = engine.create(image_id, run.command, **config)
         try:
+            if not self._active.register(token, container_id):
+                raise ExperimentExecutionError("The run was cancelled before it started.")
             yield container_id
         finally:
+            self._active.release(token)
             engine.remove(container_id)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from runner.engine import OutputStream
+
+#: Receives ("stdout" or "stderr", one line without its newline) as the script prints.
+OutputCallback = Callable[[str, str], None]
+#: A line longer than this is handed to the callback in pieces of this size.
+MAX_LINE = 64 * 1024
 
 
 class TailBuffer:
@@ -37,6 +43,42 @@ class TailBuffer:
         return self._data.decode("utf-8", errors="replace")
 
 
+class LineSplitter:
+    """Cuts a byte stream into lines for a callback, holding at most ``MAX_LINE`` bytes."""
+
+    def __init__(self, name: str, callback: OutputCallback) -> None:
+        self._name = name
+        self._callback: OutputCallback | None = callback
+        self._partial = bytearray()
+        self.callback_error: Exception | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        self._partial += chunk
+        while True:
+            newline = self._partial.find(b"\n")
+            if newline < 0:
+                break
+            self._emit(bytes(self._partial[:newline]))
+            del self._partial[: newline + 1]
+        while len(self._partial) >= MAX_LINE:
+            self._emit(bytes(self._partial[:MAX_LINE]))
+            del self._partial[:MAX_LINE]
+
+    def flush(self) -> None:
+        if self._partial:
+            self._emit(bytes(self._partial))
+            self._partial.clear()
+
+    def _emit(self, line: bytes) -> None:
+        if self._callback is None:
+            return
+        try:
+            self._callback(self._name, line.decode("utf-8", errors="replace"))
+        except Exception as e:  # noqa: BLE001 - a broken callback must not stall the capture
+            self.callback_error = e
+            self._callback = None
+
+
 @dataclass
 class CapturedOutput:
     stdout: str
@@ -48,10 +90,17 @@ class CapturedOutput:
 class OutputCollector:
     """Drains a container's demultiplexed output on a thread into two tail buffers."""
 
-    def __init__(self, stream: OutputStream, limit: int) -> None:
+    def __init__(
+        self, stream: OutputStream, limit: int, on_output: OutputCallback | None = None
+    ) -> None:
         self._stream = stream
         self.stdout = TailBuffer(limit)
         self.stderr = TailBuffer(limit)
+        self._lines = (
+            (LineSplitter("stdout", on_output), LineSplitter("stderr", on_output))
+            if on_output is not None
+            else None
+        )
         self.error: BaseException | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._drain, name="runner-output", daemon=True)
@@ -64,8 +113,15 @@ class OutputCollector:
             for out, err in self._stream:
                 if out:
                     self.stdout.write(out)
+                    if self._lines:
+                        self._lines[0].feed(out)
                 if err:
                     self.stderr.write(err)
+                    if self._lines:
+                        self._lines[1].feed(err)
+            if self._lines:
+                for splitter in self._lines:
+                    splitter.flush()
         except Exception as e:  # noqa: BLE001 - reported with the result, never lost silently
             if not self._closing:
                 self.error = e
@@ -77,6 +133,9 @@ class OutputCollector:
         self._stream.close()
         self._thread.join(1.0)
         stderr = self.stderr.text()
+        for splitter in self._lines or ():
+            if splitter.callback_error is not None:
+                stderr += f"\n[runner] on_output callback failed: {splitter.callback_error!r}\n"
         if self.error is not None:
             stderr += f"\n[runner] output capture stopped early: {self.error!r}\n"
         return CapturedOutput(

@@ -80,6 +80,15 @@ class Run:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+def parse_size(size: str) -> int:
+    """Bytes in a Docker size such as ``512m`` or ``2g`` (binary units, as Docker reads them)."""
+    if not _SIZE.match(size):
+        raise ValueError(f"not a size: {size!r}")
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+    unit = size[-1].lower()
+    return int(size[:-1]) * units[unit] if unit in units else int(size)
+
+
 def thread_count(cpu_limit: float) -> int:
     """Threads a BLAS or OpenMP pool should use under ``cpu_limit`` CPUs."""
     return max(1, math.floor(cpu_limit))

@@ -34,6 +34,8 @@ class ExperimentDefaults(BaseSettings):
     tmpfs_size: str = "256m"
     #: Where ``CodeGenerator`` puts one directory per generated experiment.
     experiments_dir: Path = Path("experiments")
+    #: The JSON Lines results history the CLI appends to.
+    results_file: Path = Path("results.jsonl")
     #: Downloaded wheels and the debootstrap work area.
     cache_dir: Path = Path.home() / ".cache" / "experiment-runner"
     #: A base image pinned by digest (``name@sha256:...``) to pull instead of
