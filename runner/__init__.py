@@ -4,6 +4,7 @@ from runner.cleanup import cleanup
 from runner.codegen import CodeGenerator
 from runner.exceptions import ExperimentExecutionError
 from runner.experiment_runner import ExperimentRunner
+from runner.history import ResultsHistory
 from runner.models import ExperimentResult, ExperimentSpec, PreprocessingConfig
 from runner.settings import ExperimentDefaults
 
@@ -15,5 +16,6 @@ __all__ = [
     "ExperimentRunner",
     "ExperimentSpec",
     "PreprocessingConfig",
+    "ResultsHistory",
     "cleanup",
 ]
