@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from runner.engine import ContainerInfo, DockerEngine
 from runner.sandbox import LABEL, LABEL_DEADLINE, LABEL_OWNER, process_start_time
+from runner.telemetry import CgroupTelemetry
 
 
 def is_abandoned(labels: Mapping[str, str], now: float | None = None) -> bool:
@@ -28,11 +29,17 @@ def is_abandoned(labels: Mapping[str, str], now: float | None = None) -> bool:
     return process_start_time(int(pid_text)) != start
 
 
-def cleanup(engine: DockerEngine | None = None, *, everything: bool = False) -> list[ContainerInfo]:
+def cleanup(
+    engine: DockerEngine | None = None,
+    *,
+    everything: bool = False,
+    telemetry: CgroupTelemetry | None = None,
+) -> list[ContainerInfo]:
     """Remove the project's abandoned containers (all of them with ``everything``).
 
     Containers of runs still in progress in a live process are left alone
-    unless ``everything`` is set.
+    unless ``everything`` is set. With ``telemetry``, empty per-run cgroup
+    parents left by crashed callers go too.
     """
     engine = engine or DockerEngine()
     removed = []
@@ -40,4 +47,6 @@ def cleanup(engine: DockerEngine | None = None, *, everything: bool = False) -> 
         if everything or is_abandoned(container.labels):
             engine.remove(container.id)
             removed.append(container)
+    if telemetry is not None:
+        telemetry.release_stale()
     return removed

@@ -30,6 +30,7 @@ from runner.image import (
 )
 from runner.models import ExperimentResult, ExperimentSpec
 from runner.settings import ExperimentDefaults
+from runner.telemetry import CgroupTelemetry
 
 # Piped output (CI logs, tests) gets a wide fixed width instead of rich's 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -200,7 +201,7 @@ def _image_info(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    removed = cleanup(everything=args.all)
+    removed = cleanup(everything=args.all, telemetry=CgroupTelemetry())
     for container in removed:
         print(f"removed {container.name} ({container.id[:12]})")
     print(f"{len(removed)} container(s) removed")

@@ -24,6 +24,10 @@ ENGINE_HINT = (
 IMAGE_HINT = "build it with `runner image build`."
 
 
+class SandboxStartError(ExperimentExecutionError):
+    """The runtime failed to start the sandbox; nothing of the script ran."""
+
+
 class OutputStream(Protocol):
     """Frames of a container's output as ``(stdout, stderr)`` pairs, one side None."""
 
@@ -68,10 +72,13 @@ class DockerEngine:
 
     # engine ---------------------------------------------------------------
 
+    def info(self) -> dict[str, Any]:
+        """The engine's ``docker info``."""
+        return dict(self._call(self._client.info))
+
     def runtimes(self) -> set[str]:
         """Names of the OCI runtimes registered with the engine."""
-        info = self._call(self._client.info)
-        return set(info.get("Runtimes", {}))
+        return set(self.info().get("Runtimes") or {})
 
     # images ---------------------------------------------------------------
 
@@ -178,7 +185,17 @@ class DockerEngine:
         return stream  # type: ignore[no-any-return]
 
     def start(self, container_id: str) -> None:
-        self._call(self._api.start, container_id)
+        try:
+            self._api.start(container_id)
+        except APIError as e:
+            if "OCI runtime start failed" in str(e.explanation):
+                raise SandboxStartError(
+                    f"The runtime could not start the sandbox: {e.explanation}",
+                    hint="`runner doctor` checks each runtime; see /var/log/dockerd.log.",
+                ) from e
+            raise _engine_error(e) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
 
     def wait(self, container_id: str, timeout: float) -> int | None:
         """Wait up to ``timeout`` seconds; the exit code, or None if still running."""

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runner.engine import DockerEngine
+from runner.cleanup import cleanup
+from runner.engine import DockerEngine, SandboxStartError
 from runner.exceptions import ExperimentExecutionError
 from runner.history import ResultsHistory
 from runner.models import ExperimentResult, ExperimentSpec
@@ -29,8 +30,10 @@ from runner.sandbox import (
     container_config,
     deadline_after,
     parse_size,
+    self_limited,
 )
 from runner.settings import ExperimentDefaults
+from runner.telemetry import CgroupTelemetry, Usage
 
 #: How long output may keep arriving after the container has stopped.
 _DRAIN_GRACE = 2.0
@@ -84,6 +87,8 @@ class Execution:
     stderr_truncated: bool
     duration: float
     image_id: str
+    peak_memory_bytes: int | None = None
+    cpu_seconds: float | None = None
 
 
 class ExperimentRunner:
@@ -134,7 +139,9 @@ class ExperimentRunner:
             self.history = ResultsHistory(history)
         self._engine = engine
         self._engine_lock = threading.Lock()
-        self._runtime_checked = False
+        self._engine_ready = False
+        self._telemetry = CgroupTelemetry()
+        self._telemetry_on = False
         self._active = _ActiveRuns()
 
     # public API -------------------------------------------------------------
@@ -216,6 +223,8 @@ class ExperimentRunner:
             stdout_truncated=execution.stdout_truncated,
             stderr_truncated=execution.stderr_truncated,
             image_id=execution.image_id,
+            peak_memory_bytes=execution.peak_memory_bytes,
+            cpu_seconds=execution.cpu_seconds,
         )
 
     def run_script_directly(self, script_path: Path | str) -> dict[str, Any]:
@@ -344,17 +353,39 @@ class ExperimentRunner:
         """Prepare mounts, create, start, wait with a deadline, collect, remove."""
         script, mounts = self._prepare_mounts(script_path, inputs)
         engine = self.engine
-        self._check_runtime(engine)
+        self._prepare_engine(engine)
         image_id = engine.image_id(self.policy.image)
-        deadline = deadline_after(self.timeout)
-        run = Run(
-            command=[self.python_executable, str(script)],
-            workdir=script.parent,
-            read_only_paths=mounts,
-            deadline=deadline,
-            labels=build_labels(deadline),
-        )
-        with self._container(engine, image_id, run, token or object()) as container_id:
+        for attempt in (1, 2):
+            deadline = deadline_after(self.timeout)
+            run = Run(
+                command=self_limited([self.python_executable, str(script)], self.timeout),
+                workdir=script.parent,
+                read_only_paths=mounts,
+                deadline=deadline,
+                labels=build_labels(deadline),
+                cgroup_parent=self._telemetry.new_parent() if self._telemetry_on else None,
+            )
+            try:
+                return self._execute_once(engine, image_id, run, on_output, token or object())
+            except SandboxStartError:
+                # A sandbox that failed to start ran nothing; gVisor occasionally fails
+                # to set one up, so one fresh attempt is safe and worth it.
+                if attempt == 2:
+                    raise
+            finally:
+                if run.cgroup_parent is not None:
+                    self._telemetry.release(run.cgroup_parent)
+        raise AssertionError("unreachable")
+
+    def _execute_once(
+        self,
+        engine: DockerEngine,
+        image_id: str,
+        run: Run,
+        on_output: OutputCallback | None,
+        token: object,
+    ) -> Execution:
+        with self._container(engine, image_id, run, token) as container_id:
             collector = OutputCollector(engine.attach(container_id), self.output_limit, on_output)
             collector.start()
             started = time.monotonic()
@@ -367,6 +398,11 @@ class ExperimentRunner:
             duration = time.monotonic() - started
             output = collector.finish(_DRAIN_GRACE)
             state = engine.state(container_id)
+        usage = (
+            self._telemetry.read(run.cgroup_parent)
+            if run.cgroup_parent is not None
+            else Usage(None, None)
+        )
         return Execution(
             exit_code=exit_code if exit_code is not None else state.exit_code,
             timed_out=timed_out,
@@ -377,6 +413,8 @@ class ExperimentRunner:
             stderr_truncated=output.stderr_truncated,
             duration=duration,
             image_id=image_id,
+            peak_memory_bytes=usage.peak_memory_bytes,
+            cpu_seconds=usage.cpu_seconds,
         )
 
     @property
@@ -408,19 +446,25 @@ class ExperimentRunner:
         check_readable([*paths, script])
         return script, tuple(paths)
 
-    def _check_runtime(self, engine: DockerEngine) -> None:
-        runtime = self.policy.runtime
-        if runtime is None or self._runtime_checked:
-            return
-        registered = engine.runtimes()
-        if runtime not in registered:
-            raise ExperimentExecutionError(
-                f"Runtime {runtime!r} is not registered with the Docker engine "
-                f"(registered: {', '.join(sorted(registered)) or 'none'}).",
-                hint="register it in /etc/docker/daemon.json and reload the engine, or choose "
-                "one of the registered runtimes; the runner never falls back to another.",
-            )
-        self._runtime_checked = True
+    def _prepare_engine(self, engine: DockerEngine) -> None:
+        """Once per runner: check the runtime, find telemetry, sweep abandoned containers."""
+        with self._engine_lock:
+            if self._engine_ready:
+                return
+            info = engine.info()
+            runtime = self.policy.runtime
+            registered = set(info.get("Runtimes") or {})
+            if runtime is not None and runtime not in registered:
+                raise ExperimentExecutionError(
+                    f"Runtime {runtime!r} is not registered with the Docker engine "
+                    f"(registered: {', '.join(sorted(registered)) or 'none'}).",
+                    hint="register it in /etc/docker/daemon.json and reload the engine, or "
+                    "choose one of the registered runtimes; the runner never falls back.",
+                )
+            self._telemetry_on = self._telemetry.available(info)
+            # Containers of callers that crashed (or outlived their deadline) go now.
+            cleanup(engine, telemetry=self._telemetry if self._telemetry_on else None)
+            self._engine_ready = True
 
     @contextmanager
     def _container(

@@ -69,6 +69,10 @@ class ExperimentResult(BaseModel):
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     image_id: str | None = None
+    #: Peak memory of the whole container (bytes) and CPU time used (seconds), read
+    #: from the kernel's cgroup accounting; None where the runner cannot read it.
+    peak_memory_bytes: int | None = None
+    cpu_seconds: float | None = None
 
     def get_primary_metric(self, name: str) -> float | None:
         """The metric called ``name``, or None when the run did not report it."""

@@ -69,6 +69,10 @@ class SandboxPolicy:
             raise ValueError("pids_limit must be at least 8 (Python and tini need a few)")
 
 
+#: Extra seconds the in-container deadline allows beyond the runner's own.
+SELF_DEADLINE_GRACE = 10
+
+
 @dataclass(frozen=True)
 class Run:
     """What one container runs and what it may see."""
@@ -78,6 +82,17 @@ class Run:
     read_only_paths: tuple[Path, ...]
     deadline: float
     labels: dict[str, str] = field(default_factory=dict)
+    cgroup_parent: str | None = None
+
+
+def self_limited(command: list[str], timeout: float) -> list[str]:
+    """Wrap ``command`` so the container kills it itself, should no runner be left to.
+
+    ``timeout`` (coreutils) is the child of tini; if the script kills it, tini
+    exits and the container stops, so the wrapper cannot be used to escape.
+    """
+    seconds = math.ceil(timeout) + SELF_DEADLINE_GRACE
+    return ["timeout", "--signal=KILL", f"{seconds}s", *command]
 
 
 def parse_size(size: str) -> int:
@@ -175,6 +190,8 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
     }
     if policy.runtime is not None:
         config["runtime"] = policy.runtime
+    if run.cgroup_parent is not None:
+        config["cgroup_parent"] = run.cgroup_parent  # for telemetry; limits stay on the container
     return config
 
 

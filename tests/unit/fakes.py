@@ -35,8 +35,12 @@ class FakeEngine:
     calls: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
 
-    def runtimes(self) -> set[str]:
-        return self.runtimes_registered
+    def info(self) -> dict[str, Any]:
+        runtimes: dict[str, Any] = {name: {} for name in self.runtimes_registered}
+        return {"Runtimes": runtimes, "CgroupDriver": "fake", "CgroupVersion": "1"}
+
+    def containers(self, label: str) -> list[Any]:
+        return []
 
     def image_id(self, ref: str) -> str:
         return "sha256:" + "ab" * 32

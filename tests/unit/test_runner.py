@@ -39,11 +39,18 @@ def test_success_fills_every_document_field(script: Path) -> None:
 
 
 def test_container_runs_the_script_from_its_directory(script: Path) -> None:
-    """The command is [python_executable, script]; its directory is the working dir and mount."""
+    """The command is [python_executable, script] under a self-deadline; cwd is its directory."""
     engine = FakeEngine()
     make(engine, python_executable="python3").run(script, SPEC, 0)
     created = engine.created[0]
-    assert created["command"] == ["python3", str(script.resolve())]
+    # The container kills the script itself 10 s after the runner's deadline (5 s here).
+    assert created["command"] == [
+        "timeout",
+        "--signal=KILL",
+        "15s",
+        "python3",
+        str(script.resolve()),
+    ]
     assert created["working_dir"] == str(script.parent.resolve())
     assert [m["Source"] for m in created["mounts"]] == [str(script.parent.resolve())]
     assert created["labels"][LABEL] == "1"
@@ -62,6 +69,29 @@ def test_inputs_from_constructor_and_run_are_mounted(script: Path, tmp_path: Pat
     mounts = engine.created[0]["mounts"]
     assert [m["Target"] for m in mounts] == [str(script.parent.resolve()), str(a), str(b)]
     assert all(m["ReadOnly"] for m in mounts)
+
+
+def test_a_sandbox_that_fails_to_start_is_retried_once(script: Path) -> None:
+    """A runtime start failure gets one fresh container; a second failure raises."""
+    from runner.engine import SandboxStartError
+
+    class Flaky(FakeEngine):
+        failures = 1
+
+        def start(self, container_id: str) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise SandboxStartError("OCI runtime start failed")
+            super().start(container_id)
+
+    engine = Flaky()
+    assert make(engine).run(script, SPEC, 0).success
+    assert engine.removed == ["c1", "c2"]
+    broken = Flaky()
+    broken.failures = 2
+    with pytest.raises(SandboxStartError):
+        make(broken).run(script, SPEC, 0)
+    assert broken.removed == ["c1", "c2"]
 
 
 def test_timeout_kills_and_reports(script: Path) -> None:
