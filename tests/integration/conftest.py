@@ -15,6 +15,8 @@ from runner.sandbox import LABEL
 from runner.settings import ExperimentDefaults
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: The runtime this session of the suite runs under (RUNNER_RUNTIME picks it).
+RUNTIME = ExperimentDefaults().runtime or "runc"
 SPEC = ExperimentSpec(experiment_name="probe", model_type="LogisticRegression")
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from runner import ExperimentRunner
 from runner.engine import DockerEngine
-from tests.integration.conftest import SPEC
+from tests.integration.conftest import RUNTIME, SPEC
 
 
 def test_memory_cap_kills_and_says_so(
@@ -41,7 +41,7 @@ def test_memory_cap_kills_and_says_so(
 def test_pid_cap_stops_thread_bombs(
     engine: DockerEngine, write_script: Callable[..., Path]
 ) -> None:
-    """A script cannot start more tasks than pids_limit."""
+    """A script cannot start more tasks than pids_limit (gVisor: the bomb ends the sandbox)."""
     script = write_script(
         """
         import json, threading
@@ -59,6 +59,14 @@ def test_pid_cap_stops_thread_bombs(
         print(json.dumps({"success": True, "metrics": {"threads": started}, "error": error}))
         """
     )
+    if RUNTIME == "runsc":
+        # gVisor's threads are not host tasks: pids.max caps the sandbox's own host
+        # threads, and a bomb that needs more ends the whole sandbox instead.
+        result = ExperimentRunner(timeout=60, engine=engine).run(script, SPEC, 0)
+        assert not result.success
+        assert not result.timed_out
+        assert result.exit_code != 0
+        return
     runner = ExperimentRunner(timeout=60, engine=engine, pids_limit=32)
     result = runner.run(script, SPEC, 0)
     assert result.success, result.error_message

@@ -80,7 +80,11 @@ def test_working_directory_is_the_scripts_directory_at_the_same_path(
 def test_script_directory_and_inputs_are_read_only(
     engine: DockerEngine, tmp_path: Path, workdir: Path, write_script: Callable[..., Path]
 ) -> None:
-    """Writing to the script, its directory, an input or the root filesystem fails."""
+    """Writing to the script, its directory, an input or the root filesystem fails.
+
+    Every target would be writable by permissions alone (0666/0777 here, and
+    /var/tmp is 1777 in the image): only the read-only mounts stop the writes.
+    """
     data = tmp_path / "inputs"
     data.mkdir()
     data.chmod(0o777)
@@ -90,7 +94,7 @@ def test_script_directory_and_inputs_are_read_only(
         f"""
         import json, os
         results = {{}}
-        for path in [__file__, "new.txt", "{data}/train.csv", "{data}/new.txt", "/etc/x", "/x"]:
+        for path in [__file__, "new.txt", "{data}/train.csv", "{data}/new.txt", "/var/tmp/x"]:
             try:
                 with open(path, "a") as f:
                     f.write("x")
