@@ -48,13 +48,19 @@ def json_error(stdout: str) -> str:
     except RecursionError:
         return "Failed to parse JSON output: nested too deeply"
     except ValueError as e:
-        return f"Failed to parse JSON output: {e}"
+        return printable(f"Failed to parse JSON output: {e}")
     return "Failed to parse JSON output: the last JSON value is not an object"
 
 
 def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    return printable(lines[-1]) if lines else ""
+
+
+def printable(text: str, limit: int = 500) -> str:
+    """Script-controlled text made safe for a terminal or a log: escapes and length bounded."""
+    cleaned = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[: limit * 2])
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
 def parse_metrics(raw: Any) -> tuple[dict[str, float], str | None]:
@@ -96,7 +102,7 @@ def interpret(
     if ending.exit_code != 0:
         detail = ""
         if payload is not None and payload.get("success") is False and payload.get("error"):
-            detail = str(payload["error"])
+            detail = printable(str(payload["error"]))
         detail = detail or last_line(stderr) or "no output on stderr"
         return Verdict(False, error_message=f"Script exited with code {ending.exit_code}: {detail}")
     if payload is None:
@@ -104,7 +110,8 @@ def interpret(
     if payload.get("success") is not True:
         error = payload.get("error")
         if payload.get("success") is False:
-            return Verdict(False, error_message=str(error) if error else "Script reported failure")
+            message = printable(str(error)) if error else "Script reported failure"
+            return Verdict(False, error_message=message)
         return Verdict(
             False,
             error_message='Invalid result: the JSON object needs "success": true or false',
@@ -121,4 +128,4 @@ def _seconds(timeout: float) -> str:
 
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return printable(text, limit=60)

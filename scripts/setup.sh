@@ -6,8 +6,9 @@
 #
 # Set-up: a .venv in the repository root with the package; a running Docker
 # engine (installed and started when missing and we are root on Debian or
-# Ubuntu); the pinned sandbox image, built offline from Debian packages and the
-# locked wheels. Every step is skipped when already done.
+# Ubuntu); for the tests, gVisor (runsc) registered with it; the pinned sandbox
+# image, built offline from Debian packages and the locked wheels. Every step is
+# skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +55,36 @@ ensure_docker() {
     die "dockerd did not answer within 60 s"
 }
 
+runsc_registered() { docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; }
+
+# gVisor (runsc): the tests run every integration and adversarial case under it too.
+ensure_runsc() {
+    runsc_registered && return
+    if ! command -v runsc >/dev/null; then
+        step "installing gVisor (runsc)"
+        apt_install runsc
+    fi
+    step "registering runsc with the Docker engine (/etc/docker/daemon.json)"
+    mkdir -p /etc/docker
+    # Merge into any existing configuration; runsc must run with its network off.
+    python3 - <<'PY'
+import json, pathlib
+path = pathlib.Path("/etc/docker/daemon.json")
+config = json.loads(path.read_text()) if path.exists() and path.read_text().strip() else {}
+config.setdefault("runtimes", {})["runsc"] = {
+    "path": "/usr/bin/runsc",
+    "runtimeArgs": ["--network=none"],
+}
+path.write_text(json.dumps(config, indent=2) + "\n")
+PY
+    pkill -HUP -x dockerd || die "could not signal dockerd to reload; restart it to pick up runsc"
+    for _ in $(seq 1 40); do
+        runsc_registered && return
+        sleep 0.25
+    done
+    die "runsc did not appear in the engine's runtimes after a reload"
+}
+
 ensure_image() {
     if ! command -v debootstrap >/dev/null && [ -z "${RUNNER_BASE_IMAGE_DIGEST:-}" ] \
         && ! docker image inspect experiment-runner/base:bookworm >/dev/null 2>&1; then
@@ -75,14 +106,17 @@ case "${1:-}" in
     test)
         ensure_venv
         ensure_docker
+        ensure_runsc
         ensure_image
         step "ruff (lint and format)"
         .venv/bin/ruff check .
         .venv/bin/ruff format --check .
         step "mypy"
         .venv/bin/mypy
-        step "pytest"
+        step "pytest: everything, containers under runc"
         .venv/bin/pytest
+        step "pytest: integration and adversarial suites again under gVisor (runsc)"
+        RUNNER_RUNTIME=runsc .venv/bin/pytest tests/integration tests/adversarial
         ;;
     *)
         echo "usage: bash scripts/setup.sh demo|test" >&2

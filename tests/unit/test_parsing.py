@@ -120,3 +120,20 @@ def test_deeply_nested_json_does_not_crash_the_parser() -> None:
     verdict = judge(nested)
     assert not verdict.success
     assert "Failed to parse JSON output" in (verdict.error_message or "")
+
+
+def test_terminal_escapes_in_script_errors_are_neutralised() -> None:
+    """Escape codes and control bytes from a script never reach error_message raw."""
+    stderr = "boom \x1b[2J\x1b]0;pwned\x07 \x00end\n"
+    verdict = judge(stderr=stderr, exit_code=1)
+    message = verdict.error_message or ""
+    assert "\x1b" not in message and "\x07" not in message and "\x00" not in message
+    assert "\\x1b[2J" in message
+    own = judge('{"success": false, "error": "bad \\u001b[31m red"}')
+    assert "\x1b" not in (own.error_message or "")
+
+
+def test_error_messages_are_bounded() -> None:
+    """A megabyte-long error line is cut to a readable length."""
+    verdict = judge(stderr="E" * 1_000_000 + "\n", exit_code=1)
+    assert len(verdict.error_message or "") < 600

@@ -1,0 +1,75 @@
+"""Escaping the deadline: ignoring SIGTERM, sleeping, children and daemons left behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.adversarial.conftest import Hostile
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import time\ntime.sleep(600)\n",
+        "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    pass\n",
+        "import os, signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
+        "    signal.signal(s, signal.SIG_IGN)\nos.setsid()\nwhile True:\n    pass\n",
+    ],
+    ids=["sleeping", "sigterm-ignored", "all-signals-ignored-own-session"],
+)
+def test_a_script_that_will_not_stop_is_killed_at_the_deadline(hostile: Hostile, code: str) -> None:
+    """Whatever the script does with signals, the container is SIGKILLed at the deadline."""
+    result = hostile(code, timeout=3)
+    assert result.timed_out
+    assert result.error_message == "Experiment timed out after 3 seconds"
+
+
+def test_children_left_running_do_not_keep_the_run_alive(hostile: Hostile) -> None:
+    """A script that exits while its children run gets its result at once."""
+    result = hostile(
+        """
+        import json, subprocess, sys
+        for _ in range(3):
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                             start_new_session=True)
+        print(json.dumps({"success": True, "metrics": {"accuracy": 1.0}}))
+        """,
+        timeout=60,
+    )
+    assert result.success
+    assert result.execution_time < 10
+
+
+def test_double_forked_daemon_dies_with_the_run(hostile: Hostile) -> None:
+    """A daemon (fork, setsid, fork) does not outlive the script's exit."""
+    result = hostile(
+        """
+        import json, os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                while True:
+                    time.sleep(0.1)
+            os._exit(0)
+        os.wait()
+        print(json.dumps({"success": True}))
+        """,
+        timeout=60,
+    )
+    assert result.success
+    assert result.execution_time < 10
+
+
+def test_killing_its_own_watchdog_ends_the_run(hostile: Hostile) -> None:
+    """Killing the in-container deadline (its parent) stops the container, not the limits."""
+    result = hostile(
+        """
+        import os, signal, time
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(600)
+        """,
+        timeout=60,
+    )
+    assert not result.success
+    assert not result.timed_out
+    assert result.execution_time < 10
