@@ -88,3 +88,29 @@ def test_cleanup_leaves_runs_in_progress_alone(
     assert [c.id for c in engine.containers(f"{LABEL}=1")] == [live.id]
     thread.join(timeout=60)
     assert results and results[0].success
+
+
+def test_orphan_stops_itself_and_the_next_runner_removes_it(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """With its caller SIGKILLed, a container dies at its own deadline; a new runner sweeps it."""
+    script = write_script("import time\ntime.sleep(600)\n")
+    code = textwrap.dedent(
+        f"""
+        from runner import ExperimentRunner
+        ExperimentRunner(timeout=2).run_script_directly({str(script)!r})
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", code])
+    orphan = wait_for_container(engine)
+    process.kill()
+    process.wait(timeout=30)
+    # The in-container deadline is the runner's timeout plus 10 s of grace.
+    deadline = time.monotonic() + 20
+    while engine.state(orphan.id).running and time.monotonic() < deadline:
+        time.sleep(0.2)
+    state = engine.state(orphan.id)
+    assert not state.running
+    assert state.exit_code == 137
+    ExperimentRunner(timeout=30, engine=engine).run_script_directly(write_script("pass\n", "n.py"))
+    assert engine.containers(f"{LABEL}=1") == []
