@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.adversarial.conftest import Hostile
+from tests.adversarial.conftest import Hostile, report
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,28 @@ def test_killing_its_own_watchdog_ends_the_run(hostile: Hostile) -> None:
     assert not result.success
     assert not result.timed_out
     assert result.execution_time < 10
+
+
+def test_orphaned_children_are_reaped(hostile: Hostile) -> None:
+    """Orphans that exit are reaped by the sandbox's init, not left as zombies."""
+    result = hostile(
+        """
+        import json, os, time
+        for _ in range(50):
+            if os.fork() == 0:
+                if os.fork() == 0:
+                    os._exit(0)     # the grandchild exits at once, an orphan
+                os._exit(0)
+            os.wait()
+        time.sleep(1)
+        zombies = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                state = open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
+                zombies += state == "Z"
+            except OSError:
+                pass
+        print(json.dumps({"success": True, "zombies": zombies}))
+        """
+    )
+    assert report(result)["zombies"] == 0
