@@ -171,12 +171,17 @@ def test_caps_are_in_force_in_the_cgroup(
         timeout=60, engine=engine, memory_limit="300m", cpu_limit=2.0, pids_limit=77
     )
     lines: list[str] = []
-    thread = threading.Thread(
-        target=lambda: runner.run(script, SPEC, 0, on_output=lambda s, line: lines.append(line))
-    )
+    printed = threading.Event()
+
+    def on_output(stream: str, line: str) -> None:
+        lines.append(line)
+        printed.set()
+
+    thread = threading.Thread(target=lambda: runner.run(script, SPEC, 0, on_output=on_output))
     thread.start()
     try:
         container = wait_for_container(engine)
+        assert printed.wait(60), "the script never started"
 
         def cgroup(controller: str, name: str) -> int:
             (directory,) = Path("/sys/fs/cgroup", controller).glob(f"**/{container.id}")
