@@ -179,17 +179,7 @@ class ExperimentRunner:
     ) -> ExperimentResult:
         timestamp = datetime.now(UTC)
         script = Path(script_path)
-        common: dict[str, Any] = {
-            "experiment_name": spec.experiment_name,
-            "iteration": iteration,
-            "model_type": spec.model_type,
-            "model_params": spec.model_params,
-            "preprocessing": spec.preprocessing,
-            "hypothesis": spec.hypothesis,
-            "reasoning": spec.reasoning,
-            "code_path": str(script),
-            "timestamp": timestamp,
-        }
+        common = _spec_fields(spec, iteration, script, timestamp)
         started = time.monotonic()
         try:
             execution = self.execute(script, inputs=inputs, on_output=on_output, token=token)
@@ -321,18 +311,10 @@ class ExperimentRunner:
             result = self._run(script_path, spec, iteration, (), None, token)
         except ExperimentExecutionError as e:
             result = ExperimentResult(
-                experiment_name=spec.experiment_name,
-                iteration=iteration,
-                model_type=spec.model_type,
-                model_params=spec.model_params,
-                preprocessing=spec.preprocessing,
-                hypothesis=spec.hypothesis,
-                reasoning=spec.reasoning,
+                **_spec_fields(spec, iteration, Path(script_path), datetime.now(UTC)),
                 execution_time=0.0,
                 success=False,
                 error_message=str(e),
-                code_path=str(script_path),
-                timestamp=datetime.now(UTC),
             )
         return result
 
@@ -480,3 +462,20 @@ class ExperimentRunner:
         finally:
             self._active.release(token)
             engine.remove(container_id)
+
+
+def _spec_fields(
+    spec: ExperimentSpec, iteration: int, script: Path, timestamp: datetime
+) -> dict[str, Any]:
+    """The result fields that come from the request rather than from the run."""
+    return {
+        "experiment_name": spec.experiment_name,
+        "iteration": iteration,
+        "model_type": spec.model_type,
+        "model_params": spec.model_params,
+        "preprocessing": spec.preprocessing,
+        "hypothesis": spec.hypothesis,
+        "reasoning": spec.reasoning,
+        "code_path": str(script),
+        "timestamp": timestamp,
+    }
