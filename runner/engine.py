@@ -184,6 +184,17 @@ class DockerEngine:
         )
         return stream  # type: ignore[no-any-return]
 
+    def send_stdin(self, container_id: str, data: bytes) -> None:
+        """Write ``data`` to a running container's stdin (it must be created stdin_open)."""
+        sock = self._call(self._api.attach_socket, container_id, params={"stdin": 1, "stream": 1})
+        try:
+            raw = getattr(sock, "_sock", sock)
+            raw.sendall(data)
+        except OSError as e:
+            raise _engine_error(e) from e
+        finally:
+            sock.close()
+
     def start(self, container_id: str) -> None:
         try:
             self._api.start(container_id)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import shutil
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -15,13 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runner.bootstrap import DEFAULT_PRELOAD, SOURCE
 from runner.cleanup import cleanup
 from runner.engine import DockerEngine, SandboxStartError
 from runner.exceptions import ExperimentExecutionError
 from runner.history import ResultsHistory
 from runner.models import ExperimentResult, ExperimentSpec
-from runner.output import OutputCallback, OutputCollector
+from runner.output import CapturedOutput, OutputCallback, OutputCollector
 from runner.parsing import Ending, interpret
+from runner.pool import Slot, WarmPool, new_slot_dir, remainder, stage
 from runner.sandbox import (
     Run,
     SandboxPolicy,
@@ -37,6 +41,8 @@ from runner.telemetry import CgroupTelemetry, Usage
 
 #: How long output may keep arriving after the container has stopped.
 _DRAIN_GRACE = 2.0
+#: How long a warm pool container may wait for a script before it ends itself.
+POOL_IDLE_MAX = 3600
 
 #: One job of a batch: (script_path, spec, iteration).
 Job = tuple[Path | str, ExperimentSpec, int]
@@ -89,6 +95,7 @@ class Execution:
     image_id: str
     peak_memory_bytes: int | None = None
     cpu_seconds: float | None = None
+    warm: bool = False
 
 
 class ExperimentRunner:
@@ -97,6 +104,11 @@ class ExperimentRunner:
     Hardened by default: no network, read-only root filesystem and script
     directory, capped memory (no swap), CPU and PIDs, non-root, no
     capabilities, ``no-new-privileges``, and a deadline that kills.
+
+    With ``warm_pool=N``, N containers with the same controls are started ahead
+    with the ``preload`` modules imported; each runs one script from under
+    ``pool_root`` (default: the experiments directory) and is destroyed. Close
+    the runner (``close()`` or ``with``) to remove the pool.
     """
 
     def __init__(
@@ -113,6 +125,9 @@ class ExperimentRunner:
         output_limit: int | None = None,
         tmpfs_size: str | None = None,
         history: ResultsHistory | Path | str | None = None,
+        warm_pool: int = 0,
+        preload: Sequence[str] | None = None,
+        pool_root: Path | str | None = None,
         settings: ExperimentDefaults | None = None,
         engine: DockerEngine | None = None,
     ) -> None:
@@ -143,6 +158,14 @@ class ExperimentRunner:
         self._telemetry = CgroupTelemetry()
         self._telemetry_on = False
         self._active = _ActiveRuns()
+        self.preload = tuple(DEFAULT_PRELOAD if preload is None else preload)
+        self.pool_root = Path(pool_root or defaults.experiments_dir).resolve()
+        self._pool_dir = defaults.cache_dir / "pool"
+        self._pool: WarmPool | None = None
+        if warm_pool < 0:
+            raise ValueError("warm_pool must be 0 (off) or a positive number of containers")
+        if warm_pool:
+            self._start_pool(warm_pool)
 
     # public API -------------------------------------------------------------
 
@@ -215,6 +238,7 @@ class ExperimentRunner:
             image_id=execution.image_id,
             peak_memory_bytes=execution.peak_memory_bytes,
             cpu_seconds=execution.cpu_seconds,
+            warm_start=execution.warm,
         )
 
     def run_script_directly(self, script_path: Path | str) -> dict[str, Any]:
@@ -231,6 +255,127 @@ class ExperimentRunner:
             "timed_out": execution.timed_out,
             "oom_killed": execution.oom_killed,
         }
+
+    # the warm pool ---------------------------------------------------------
+
+    def _start_pool(self, size: int) -> None:
+        engine = self.engine
+        self._prepare_engine(engine)
+        engine.image_id(self.policy.image)  # fail now, with a hint, if the image is missing
+        self.pool_root.mkdir(parents=True, exist_ok=True)
+        pool = WarmPool(engine, min(size, self.default_workers()), self._new_slot, self._drop_slot)
+        self._pool = pool
+        # The pool goes with the runner, or at interpreter exit, whichever comes first.
+        self._finalizer = weakref.finalize(self, pool.close)
+
+    def wait_for_warm(self, timeout: float = 60.0) -> bool:
+        """Block until every pool slot is ready; False on timeout or without a pool."""
+        if self._pool is None:
+            return False
+        if not self._pool.wait_ready(timeout) and self._pool.error is not None:
+            raise self._pool.error
+        return self._pool.wait_ready(0)
+
+    def close(self) -> None:
+        """Remove the warm pool's containers; the runner then runs scripts cold."""
+        if self._pool is not None:
+            self._finalizer()
+            self._pool = None
+
+    def __enter__(self) -> ExperimentRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _new_slot(self) -> Slot:
+        engine = self.engine
+        host_dir = new_slot_dir(self._pool_dir)
+        lifetime = POOL_IDLE_MAX + self.timeout
+        deadline = deadline_after(lifetime)
+        run = Run(
+            command=self_limited([self.python_executable, "-c", SOURCE, *self.preload], lifetime),
+            workdir=self.pool_root,
+            read_only_paths=(),
+            deadline=deadline,
+            labels=build_labels(deadline),
+            cgroup_parent=self._telemetry.new_parent() if self._telemetry_on else None,
+            relocated=((host_dir, self.pool_root),),
+            stdin_open=True,
+        )
+        container_id = engine.create(
+            engine.image_id(self.policy.image), run.command, **container_config(self.policy, run)
+        )
+        try:
+            stream = engine.attach(container_id)
+            engine.start(container_id)
+        except BaseException:
+            engine.remove(container_id)
+            shutil.rmtree(host_dir, ignore_errors=True)
+            raise
+        return Slot(container_id, host_dir, stream, iter(stream), run.cgroup_parent)
+
+    def _drop_slot(self, slot: Slot) -> None:
+        try:
+            slot.stream.close()
+            self.engine.remove(slot.container_id)
+        finally:
+            shutil.rmtree(slot.host_dir, ignore_errors=True)
+            if slot.cgroup_parent is not None:
+                self._telemetry.release(slot.cgroup_parent)
+
+    def _warm_eligible(self, script: Path, inputs: Sequence[Path]) -> bool:
+        """A pooled container can only see what lies under the pool root."""
+        return (
+            self._pool is not None
+            and script.parent.is_relative_to(self.pool_root)
+            and script.parent != self.pool_root
+            and all(path.is_relative_to(script.parent) for path in inputs)
+            and "\n" not in str(script)
+        )
+
+    def _execute_warm(
+        self, engine: DockerEngine, slot: Slot, script: Path, on_output: OutputCallback | None,
+        token: object, image_id: str,
+    ) -> Execution:  # fmt: skip
+        try:
+            if not self._active.register(token, slot.container_id):
+                raise ExperimentExecutionError("The run was cancelled before it started.")
+            stage(script.parent, self.pool_root, slot.host_dir)
+            cpu_before = 0.0
+            if slot.cgroup_parent is not None:
+                cpu_before = self._telemetry.read(slot.cgroup_parent).cpu_seconds or 0.0
+            collector = OutputCollector(remainder(slot), self.output_limit, on_output)
+            collector.start()
+            started = time.monotonic()
+            engine.send_stdin(slot.container_id, os.fsencode(str(script)) + b"\n")
+            exit_code, timed_out, output = self._supervise(engine, slot.container_id, collector)
+            duration = time.monotonic() - started
+            state = engine.state(slot.container_id)
+            usage = (
+                self._telemetry.read(slot.cgroup_parent)
+                if slot.cgroup_parent is not None
+                else Usage(None, None)
+            )
+        finally:
+            self._active.release(token)
+            self._drop_slot(slot)
+        return Execution(
+            exit_code=exit_code if exit_code is not None else state.exit_code,
+            timed_out=timed_out,
+            oom_killed=state.oom_killed and not timed_out,
+            stdout=output.stdout,
+            stderr=output.stderr,
+            stdout_truncated=output.stdout_truncated,
+            stderr_truncated=output.stderr_truncated,
+            duration=duration,
+            image_id=image_id,
+            peak_memory_bytes=usage.peak_memory_bytes,
+            cpu_seconds=(
+                max(usage.cpu_seconds - cpu_before, 0.0) if usage.cpu_seconds is not None else None
+            ),
+            warm=True,
+        )
 
     # many runs -------------------------------------------------------------
 
@@ -333,10 +478,17 @@ class ExperimentRunner:
         token: object | None = None,
     ) -> Execution:
         """Prepare mounts, create, start, wait with a deadline, collect, remove."""
+        inputs = tuple(inputs)
         script, mounts = self._prepare_mounts(script_path, inputs)
         engine = self.engine
         self._prepare_engine(engine)
         image_id = engine.image_id(self.policy.image)
+        if self._warm_eligible(script, mounts[1:]):
+            slot = self._pool.take() if self._pool is not None else None
+            if slot is not None:
+                return self._execute_warm(
+                    engine, slot, script, on_output, token or object(), image_id
+                )
         for attempt in (1, 2):
             deadline = deadline_after(self.timeout)
             run = Run(
@@ -359,6 +511,18 @@ class ExperimentRunner:
                     self._telemetry.release(run.cgroup_parent)
         raise AssertionError("unreachable")
 
+    def _supervise(
+        self, engine: DockerEngine, container_id: str, collector: OutputCollector
+    ) -> tuple[int | None, bool, CapturedOutput]:
+        """Wait out the deadline (counted from now), kill on expiry, collect the output."""
+        started = time.monotonic()
+        exit_code = engine.wait(container_id, self.timeout - (time.monotonic() - started))
+        timed_out = exit_code is None
+        if timed_out:
+            engine.kill(container_id)
+            exit_code = engine.wait(container_id, 5.0)
+        return exit_code, timed_out, collector.finish(_DRAIN_GRACE)
+
     def _execute_once(
         self,
         engine: DockerEngine,
@@ -372,13 +536,8 @@ class ExperimentRunner:
             collector.start()
             started = time.monotonic()
             engine.start(container_id)
-            exit_code = engine.wait(container_id, self.timeout - (time.monotonic() - started))
-            timed_out = exit_code is None
-            if timed_out:
-                engine.kill(container_id)
-                exit_code = engine.wait(container_id, 5.0)
+            exit_code, timed_out, output = self._supervise(engine, container_id, collector)
             duration = time.monotonic() - started
-            output = collector.finish(_DRAIN_GRACE)
             state = engine.state(container_id)
         usage = (
             self._telemetry.read(run.cgroup_parent)

@@ -73,6 +73,8 @@ class ExperimentResult(BaseModel):
     #: from the kernel's cgroup accounting; None where the runner cannot read it.
     peak_memory_bytes: int | None = None
     cpu_seconds: float | None = None
+    #: True when the script ran in a container from the warm pool.
+    warm_start: bool = False
 
     def get_primary_metric(self, name: str) -> float | None:
         """The metric called ``name``, or None when the run did not report it."""

@@ -83,6 +83,10 @@ class Run:
     deadline: float
     labels: dict[str, str] = field(default_factory=dict)
     cgroup_parent: str | None = None
+    #: Read-only binds whose container path differs from the host path (the warm pool's).
+    relocated: tuple[tuple[Path, Path], ...] = ()
+    #: A warm pool container waits for its script on stdin.
+    stdin_open: bool = False
 
 
 def self_limited(command: list[str], timeout: float) -> list[str]:
@@ -152,9 +156,10 @@ def build_labels(deadline: float, extra: dict[str, str] | None = None) -> dict[s
 
 def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
     """Keyword arguments for ``docker.DockerClient.containers.create``."""
+    pairs = [(path, path) for path in run.read_only_paths] + list(run.relocated)
     mounts = [
-        Mount(target=str(path), source=str(path), type="bind", read_only=True)
-        for path in run.read_only_paths
+        Mount(target=str(target), source=str(source), type="bind", read_only=True)
+        for source, target in pairs
     ]
     config: dict[str, Any] = {
         "working_dir": str(run.workdir),
@@ -182,7 +187,7 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
         "security_opt": ["no-new-privileges"],
         "ipc_mode": "private",
         "init": True,  # tini as PID 1 reaps orphans and forwards the kill
-        "stdin_open": False,
+        "stdin_open": run.stdin_open,
         "tty": False,
         "log_config": LogConfig(
             type="json-file", config={"max-size": policy.engine_log_size, "max-file": "1"}

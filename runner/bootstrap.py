@@ -1,0 +1,80 @@
+"""The program a warm pool container runs: preload, wait, then become the script.
+
+It is passed to ``python -c`` with the modules to preload as arguments. While it
+imports them its stdout and stderr point at /dev/null; it then announces it is
+ready with one line on the real stdout, and reads one line from stdin: the
+script's absolute path. From there on the script sees what it would see in a
+cold container: ``__name__ == "__main__"``, ``__file__`` and ``sys.argv[0]``
+its path, its directory as working directory and ``sys.path[0]``, stdin at
+/dev/null, and no module loaded apart from what a bare interpreter and the
+preloaded libraries bring. After the hand-over it imports nothing.
+"""
+
+READY = b"\x00experiment-runner-ready\n"
+
+SOURCE = r"""
+import os, sys
+_out, _err = os.dup(1), os.dup(2)
+_null = os.open("/dev/null", os.O_WRONLY)
+os.dup2(_null, 1)
+os.dup2(_null, 2)
+for _name in sys.argv[1:]:
+    try:
+        __import__(_name)
+    except Exception:
+        pass  # a preload that fails is the script's to meet, as in a cold run
+sys.stdout.flush()
+sys.stderr.flush()
+os.write(_out, READY)
+_line = sys.stdin.buffer.readline()
+if not _line.endswith(b"\n"):
+    os._exit(3)
+_path = _line[:-1].decode("utf-8", "surrogateescape")
+_stdin = os.open("/dev/null", os.O_RDONLY)
+os.dup2(_stdin, 0)
+os.close(_stdin)
+os.dup2(_out, 1)
+os.dup2(_err, 2)
+for _fd in (_out, _err, _null):
+    os.close(_fd)
+_dir = os.path.dirname(_path)
+os.chdir(_dir)
+sys.argv[:] = [_path]
+sys.path[0] = _dir
+_main = type(sys)("__main__")
+_main.__file__ = _path
+_main.__cached__ = None
+_main.__package__ = None
+_main.__spec__ = None
+_main.__loader__ = sys.modules["_frozen_importlib_external"].SourceFileLoader("__main__", _path)
+_main.__builtins__ = sys.modules["builtins"]
+sys.modules["__main__"] = _main
+with open(_path, "rb") as _file:
+    _code = compile(_file.read(), _path, "exec")
+try:
+    exec(_code, _main.__dict__)
+except SystemExit:
+    raise
+except BaseException:
+    _type, _value, _tb = sys.exc_info()
+    sys.excepthook(_type, _value, _tb.tb_next)
+    sys.exit(1)
+""".replace("READY", repr(READY))
+
+#: What a warm container imports ahead of time unless told otherwise.
+DEFAULT_PRELOAD = (
+    "numpy",
+    "scipy",
+    "pandas",
+    "sklearn",
+    "sklearn.base",
+    "sklearn.compose",
+    "sklearn.datasets",
+    "sklearn.ensemble",
+    "sklearn.impute",
+    "sklearn.linear_model",
+    "sklearn.metrics",
+    "sklearn.model_selection",
+    "sklearn.pipeline",
+    "sklearn.preprocessing",
+)
