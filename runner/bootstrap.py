@@ -6,8 +6,9 @@ ready with one line on the real stdout, and reads one line from stdin: the
 script's absolute path. From there on the script sees what it would see in a
 cold container: ``__name__ == "__main__"``, ``__file__`` and ``sys.argv[0]``
 its path, its directory as working directory and ``sys.path[0]``, stdin at
-/dev/null, and no module loaded apart from what a bare interpreter and the
-preloaded libraries bring. After the hand-over it imports nothing.
+/dev/null, the environment as it was before the preload, and no module loaded
+apart from what a bare interpreter and the preloaded libraries bring. After the
+hand-over it imports nothing.
 """
 
 READY = b"\x00experiment-runner-ready\n"
@@ -18,11 +19,15 @@ _out, _err = os.dup(1), os.dup(2)
 _null = os.open("/dev/null", os.O_WRONLY)
 os.dup2(_null, 1)
 os.dup2(_null, 2)
+_environ = dict(os.environ)
 for _name in sys.argv[1:]:
     try:
         __import__(_name)
     except Exception:
         pass  # a preload that fails is the script's to meet, as in a cold run
+# Imports may set variables (scikit-learn sets KMP_*): the script starts from the same ones.
+os.environ.clear()
+os.environ.update(_environ)
 sys.stdout.flush()
 sys.stderr.flush()
 os.write(_out, READY)
@@ -57,6 +62,7 @@ except SystemExit:
     raise
 except BaseException:
     _type, _value, _tb = sys.exc_info()
+    _value.__traceback__ = _tb.tb_next  # the traceback starts in the script, as in a cold run
     sys.excepthook(_type, _value, _tb.tb_next)
     sys.exit(1)
 """.replace("READY", repr(READY))

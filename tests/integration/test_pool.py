@@ -1,0 +1,213 @@
+"""The warm pool: a warm run looks like a cold one to the script, and nothing is reused or left."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner import ExperimentResult, ExperimentRunner
+from runner.engine import DockerEngine
+from runner.sandbox import LABEL
+from tests.integration.conftest import SPEC
+from tests.integration.test_lifecycle import wait_for_container
+
+PROBE = """
+import json, os, sys
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(json.dumps({
+    "name": __name__,
+    "file": __file__,
+    "argv": sys.argv,
+    "cwd": os.getcwd(),
+    "path0": sys.path[0],
+    "modules": sorted(sys.modules),
+    "env": dict(os.environ),
+    "stdin_at_eof": os.read(0, 1) == b"",
+    "uid": os.getuid(),
+    "cap_eff": status["CapEff"].strip(),
+    "interfaces": sorted(os.listdir("/sys/class/net")),
+    "data": open("data.txt").read(),
+    "tmp": sorted(os.listdir("/tmp")),
+}))
+"""
+
+
+@pytest.fixture
+def pool_root(tmp_path: Path) -> Path:
+    root = tmp_path / "experiments"
+    root.mkdir()
+    root.chmod(0o755)
+    return root
+
+
+def experiment(root: Path, code: str, name: str = "exp") -> Path:
+    """A script directory under the pool root, with a data file beside the script."""
+    directory = root / name
+    directory.mkdir()
+    directory.chmod(0o755)
+    (directory / "data.txt").write_text("beside the script")
+    (directory / "data.txt").chmod(0o644)
+    script = directory / "experiment.py"
+    script.write_text(textwrap.dedent(code))
+    script.chmod(0o644)
+    return script
+
+
+@pytest.fixture
+def warm(engine: DockerEngine, pool_root: Path) -> Iterator[ExperimentRunner]:
+    runner = ExperimentRunner(timeout=30, engine=engine, warm_pool=1, pool_root=pool_root)
+    yield runner
+    runner.close()
+
+
+def run_ready(runner: ExperimentRunner, script: Path) -> ExperimentResult:
+    assert runner.wait_for_warm(120)
+    result = runner.run(script, SPEC, 0)
+    assert result.warm_start
+    return result
+
+
+def seen(result: ExperimentResult) -> dict[str, Any]:
+    assert result.stdout, result.stderr
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_a_warm_run_looks_like_a_cold_one(
+    engine: DockerEngine, warm: ExperimentRunner, pool_root: Path
+) -> None:
+    """Name, file, argv, cwd, sys.path[0], env, stdin, identity, network and files match."""
+    script = experiment(pool_root, PROBE)
+    warm_view = seen(run_ready(warm, script))
+    cold = ExperimentRunner(timeout=60, engine=engine).run(script, SPEC, 0)
+    assert not cold.warm_start
+    cold_view = seen(cold)
+    preloaded = set(warm_view.pop("modules")) - set(cold_view.pop("modules"))
+    assert warm_view == cold_view
+    assert warm_view["name"] == "__main__"
+    assert warm_view["argv"] == [str(script)]
+    assert warm_view["cwd"] == str(script.parent)
+    # The only difference: the preloaded libraries (and what they import) are loaded.
+    closure = ExperimentRunner(timeout=60, engine=engine).run(
+        experiment(
+            pool_root,
+            "import json, sys\n"
+            + "".join(f"import {name}\n" for name in warm.preload)
+            + "print(json.dumps({'modules': sorted(sys.modules)}))\n",
+            "closure",
+        ),
+        SPEC,
+        0,
+    )
+    assert preloaded <= set(seen(closure)["modules"])
+    assert "numpy" in preloaded and "sklearn" in preloaded
+
+
+def test_without_preload_the_modules_match_exactly(engine: DockerEngine, pool_root: Path) -> None:
+    """With an empty preload list, sys.modules is the same as in a cold run."""
+    script = experiment(pool_root, "import json, sys\nprint(json.dumps(sorted(sys.modules)))\n")
+    with ExperimentRunner(
+        timeout=30, engine=engine, warm_pool=1, pool_root=pool_root, preload=()
+    ) as runner:
+        warm_modules = json.loads(run_ready(runner, script).stdout)
+    cold_modules = json.loads(
+        ExperimentRunner(timeout=30, engine=engine).run_script_directly(script)["stdout"]
+    )
+    assert warm_modules == cold_modules
+
+
+def test_errors_read_the_same_warm_and_cold(
+    engine: DockerEngine, warm: ExperimentRunner, pool_root: Path
+) -> None:
+    """An uncaught exception gives the same exit code and error message in both."""
+    script = experiment(pool_root, "def f():\n    raise ValueError('boom')\nf()\n")
+    warm_result = run_ready(warm, script)
+    cold_result = ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 0)
+    assert warm_result.exit_code == cold_result.exit_code == 1
+    assert warm_result.error_message == cold_result.error_message
+    assert warm_result.error_message == "Script exited with code 1: ValueError: boom"
+    assert "<string>" not in warm_result.stderr  # no frame of the bootstrap
+
+
+def test_a_pooled_container_is_never_used_twice(warm: ExperimentRunner, pool_root: Path) -> None:
+    """Each warm run gets a fresh container: nothing a previous script left is there."""
+    script = experiment(
+        pool_root,
+        """
+        import json, os
+        leftover = os.path.exists("/tmp/left-by-previous-run")
+        open("/tmp/left-by-previous-run", "w").close()
+        print(json.dumps({"leftover": leftover, "boot": open("/proc/1/stat").read().split()[21]}))
+        """,
+    )
+    views = [seen(run_ready(warm, script)) for _ in range(3)]
+    assert [v["leftover"] for v in views] == [False, False, False]
+
+
+def test_timeout_counts_from_the_hand_over(engine: DockerEngine, pool_root: Path) -> None:
+    """A slot that waited longer than the timeout still runs its script in full; the
+    deadline then kills a script that overstays."""
+    quick = experiment(pool_root, "import json\nprint(json.dumps({'success': True}))\n", "quick")
+    slow = experiment(pool_root, "import time\ntime.sleep(600)\n", "slow")
+    with ExperimentRunner(timeout=2, engine=engine, warm_pool=1, pool_root=pool_root) as runner:
+        assert runner.wait_for_warm(120)
+        time.sleep(3)  # longer than the timeout, spent waiting in the pool
+        assert run_ready(runner, quick).success
+        assert runner.wait_for_warm(120)
+        started = time.monotonic()
+        result = run_ready(runner, slow)
+        assert result.timed_out
+        assert result.error_message == "Experiment timed out after 2 seconds"
+        assert time.monotonic() - started < 2 + 2
+
+
+def test_scripts_outside_the_pool_root_run_cold(warm: ExperimentRunner, workdir: Path) -> None:
+    """A script the pool cannot see runs in a cold container, with the same result."""
+    script = workdir / "outside.py"
+    script.write_text("import json\nprint(json.dumps({'success': True}))\n")
+    script.chmod(0o644)
+    assert warm.wait_for_warm(120)
+    result = warm.run(script, SPEC, 0)
+    assert result.success
+    assert not result.warm_start
+
+
+def test_closing_the_runner_leaves_no_container(engine: DockerEngine, pool_root: Path) -> None:
+    """close() (or leaving the with block) removes every pool container."""
+    with ExperimentRunner(timeout=30, engine=engine, warm_pool=2, pool_root=pool_root) as runner:
+        assert runner.wait_for_warm(120)
+        assert len(engine.containers(f"{LABEL}=1")) == 2
+    assert engine.containers(f"{LABEL}=1") == []
+
+
+def test_ctrl_c_with_a_pool_leaves_no_container(engine: DockerEngine, pool_root: Path) -> None:
+    """SIGINT during a warm run removes the run's and the pool's containers."""
+    script = experiment(pool_root, "import time\ntime.sleep(600)\n")
+    code = textwrap.dedent(
+        f"""
+        from runner import ExperimentRunner, ExperimentSpec
+        runner = ExperimentRunner(timeout=600, warm_pool=2, pool_root={str(pool_root)!r})
+        runner.wait_for_warm(120)
+        print("ready", flush=True)
+        runner.run({str(script)!r}, ExperimentSpec(experiment_name="x", model_type="SVC"), 0)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    wait_for_container(engine)
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+    assert engine.containers(f"{LABEL}=1") == []
