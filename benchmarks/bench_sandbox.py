@@ -1,17 +1,20 @@
-"""Bare Python versus the sandbox, same script, same package versions, same CPU budget.
+"""Bare Python versus the sandbox, cold and warm: same scripts, package versions and CPUs.
 
-    .venv/bin/python benchmarks/bench_sandbox.py [--runs N]
+    .venv/bin/python benchmarks/bench_sandbox.py [--runs N] [--batch 50]
 
-Runs the reference document's kind of experiment (Random Forest, iris, 50
-trees, 5-fold CV) N times each way, interleaved, and prints the median and p95
-wall time of each way, and the sandbox's difference and ratio to bare:
+For the reference Random Forest experiment (iris, 50 trees, 5-fold CV) and a
+one-line script it runs each way N times, interleaved, and prints the median
+and p95 wall time and the ratio to bare:
 
-- bare, 1 CPU:  ``taskset -c 0 python script.py`` in a host venv built from the
-  image's own locked wheels;  sandbox, cpu_limit=1.0 (the default).
-- bare, all CPUs: ``python script.py``;  sandbox, cpu_limit = host cores.
+- bare: ``python script.py`` in a host venv built from the image's own locked
+  wheels (``taskset -c 0`` for the 1-CPU budget);
+- cold: ``ExperimentRunner.run`` in a fresh hardened container;
+- warm: the same from the warm pool (the pool is given time to refill between
+  runs, as in a loop whose experiments take longer than a pool start);
+- warm-runsc: warm under gVisor, when runsc is registered.
 
-The sandboxed time is what a caller of ``ExperimentRunner.run`` waits: create,
-start, run, collect, parse and remove a fresh hardened container.
+Then the batch mode: ``--batch`` short experiments through ``run_many``, cold
+and warm, in experiments per second.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import ExperimentRunner, ExperimentSpec
+from runner.engine import DockerEngine
 from runner.image import download_wheels, image_dir
 from runner.settings import ExperimentDefaults
 
@@ -41,7 +45,17 @@ model = RandomForestClassifier(n_estimators=50, random_state=0)
 scores = cross_val_score(model, X, y, cv=5)
 print(json.dumps({"success": True, "metrics": {"accuracy": float(scores.mean())}}))
 """
-SPEC = ExperimentSpec(experiment_name="bench_rf", model_type="RandomForestClassifier")
+ONE_LINE = "print('{\"success\": true}')\n"
+SHORT = """\
+import json
+from sklearn.linear_model import LogisticRegression
+from sklearn.datasets import load_iris
+X, y = load_iris(return_X_y=True)
+accuracy = LogisticRegression(max_iter=200).fit(X, y).score(X, y)
+print(json.dumps({"success": True, "metrics": {"accuracy": accuracy}}))
+"""
+SPEC = ExperimentSpec(experiment_name="bench", model_type="RandomForestClassifier")
+Measure = Callable[[], None]
 
 
 def host_venv(cache: Path) -> Path:
@@ -68,10 +82,13 @@ def bare_env() -> dict[str, str]:
     return env
 
 
-def timed(fn: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+def write(directory: Path, name: str, code: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    path = directory / name
+    path.write_text(code)
+    path.chmod(0o644)
+    return path
 
 
 def p95(values: list[float]) -> float:
@@ -79,63 +96,113 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
+def timed(fn: Measure) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument("--batch", type=int, default=50)
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     python = host_venv(ExperimentDefaults().cache_dir)
+    has_runsc = "runsc" in DockerEngine().runtimes()
+    root = Path(tempfile.mkdtemp(prefix="runner-bench-"))
+    root.chmod(0o755)
+    pool_root = root / "experiments"
+    scripts = {
+        "random forest": write(pool_root / "rf", "rf_experiment.py", RF_SCRIPT),
+        "one line": write(pool_root / "one", "one_line.py", ONE_LINE),
+    }
+    runners: list[ExperimentRunner] = []
 
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp) / "bench"
-        directory.mkdir(mode=0o755)
-        directory.chmod(0o755)
-        script = directory / "rf_experiment.py"
-        script.write_text(RF_SCRIPT)
-        script.chmod(0o644)
+    def bare(script: Path, cpus: list[str]) -> Measure:
+        return lambda: subprocess.run(
+            [*cpus, str(python), str(script)], env=bare_env(), cwd=script.parent,
+            check=True, capture_output=True,
+        )  # fmt: skip
 
-        def bare(cpus: list[str]) -> Callable[[], None]:
-            def run() -> None:
-                subprocess.run([*cpus, str(python), str(script)], env=bare_env(),
-                               cwd=directory, check=True, capture_output=True)  # fmt: skip
+    def sandbox(script: Path, runner: ExperimentRunner, warm: bool) -> Measure:
+        def run() -> None:
+            result = runner.run(script, SPEC, 0)
+            assert result.success, result.error_message
+            assert result.warm_start == warm
 
-            return run
+        return run
 
-        def sandbox(cpu_limit: float) -> Callable[[], None]:
-            runner = ExperimentRunner(timeout=120, cpu_limit=cpu_limit)
+    def make(cpu: float, warm: bool, runtime: str | None = None) -> ExperimentRunner:
+        runner = ExperimentRunner(
+            timeout=120, cpu_limit=cpu, runtime=runtime, pool_root=pool_root,
+            warm_pool=1 if warm else 0,
+        )  # fmt: skip
+        runners.append(runner)
+        return runner
 
-            def run() -> None:
-                result = runner.run(script, SPEC, 0)
-                assert result.success, result.error_message
+    try:
+        budgets = {"1 CPU": (1.0, ["taskset", "-c", "0"]), f"{cores} CPUs": (float(cores), [])}
+        ways: dict[tuple[str, str, str], tuple[Measure, ExperimentRunner | None]] = {}
+        for budget, (cpu, pin) in budgets.items():
+            cold, warm = make(cpu, False), make(cpu, True)
+            warm_runsc = make(cpu, True, "runsc") if has_runsc else None
+            for label, script in scripts.items():
+                ways[(label, budget, "bare")] = (bare(script, pin), None)
+                ways[(label, budget, "cold")] = (sandbox(script, cold, False), None)
+                ways[(label, budget, "warm")] = (sandbox(script, warm, True), warm)
+                if warm_runsc is not None:
+                    ways[(label, budget, "warm runsc")] = (
+                        sandbox(script, warm_runsc, True), warm_runsc
+                    )  # fmt: skip
+        times: dict[tuple[str, str, str], list[float]] = {key: [] for key in ways}
+        pools = [runner for runner in runners if runner.warm_pool_size]
+        for round_ in range(args.runs + 1):  # the first round warms caches and is dropped
+            for key, (measure, _) in ways.items():
+                # No pool may be refilling (importing, on a CPU) while anything is timed.
+                for runner in pools:
+                    assert runner.wait_for_warm(120), f"a pool never got ready before {key}"
+                elapsed = timed(measure)
+                if round_:
+                    times[key].append(elapsed)
 
-            return run
-
-        pairs = {
-            "1 CPU": (bare(["taskset", "-c", "0"]), sandbox(1.0)),
-            f"{cores} CPUs": (bare([]), sandbox(float(cores))),
-        }
-        for bare_run, sandbox_run in pairs.values():  # warm the page cache once
-            bare_run()
-            sandbox_run()
-        times: dict[tuple[str, str], list[float]] = {}
-        for _ in range(args.runs):
-            for budget, (bare_run, sandbox_run) in pairs.items():
-                times.setdefault((budget, "bare"), []).append(timed(bare_run))
-                times.setdefault((budget, "sandbox"), []).append(timed(sandbox_run))
-
-    print(f"Random Forest (iris, 50 trees, 5-fold CV), {args.runs} runs each, interleaved")
-    print(f"host: {cores} cores, {os.uname().release}; sandbox image {ExperimentDefaults().image}")
-    header = f"{'CPU budget':<12}{'way':<10}{'median s':>10}{'p95 s':>8}{'vs bare':>16}"
-    print(header)
-    print("-" * len(header))
-    for budget in pairs:
-        base = statistics.median(times[(budget, "bare")])
-        for way in ("bare", "sandbox"):
-            values = times[(budget, way)]
+        print(
+            f"host: {cores} cores, kernel {os.uname().release}, image {ExperimentDefaults().image}"
+        )
+        print(f"{args.runs} runs each way, interleaved; seconds; ratio = median / bare median")
+        header = (
+            f"{'script':<15}{'CPU budget':<12}{'way':<12}{'median':>8}{'p95':>8}{'vs bare':>18}"
+        )
+        print(header)
+        print("-" * len(header))
+        for (label, budget, way), values in times.items():
+            base = statistics.median(times[(label, budget, "bare")])
             median = statistics.median(values)
-            delta = f"{(median - base) * 1000:+.0f} ms x{median / base:.2f}"
-            delta = "" if way == "bare" else delta
-            print(f"{budget:<12}{way:<10}{median:>10.3f}{p95(values):>8.3f}{delta:>16}")
+            delta = (
+                "" if way == "bare" else f"{(median - base) * 1000:+.0f} ms x{median / base:.2f}"
+            )
+            print(f"{label:<15}{budget:<12}{way:<12}{median:>8.3f}{p95(values):>8.3f}{delta:>18}")
+
+        print(f"\nbatch: {args.batch} short experiments (logistic regression on iris), run_many")
+        batch = [
+            (write(pool_root / f"b{i}", "short.py", SHORT), SPEC, i) for i in range(args.batch)
+        ]
+        for way, pool in (("cold", 0), ("warm", 2)):
+            runner = ExperimentRunner(timeout=120, warm_pool=pool, pool_root=pool_root)
+            runners.append(runner)
+            if pool:
+                runner.wait_for_warm(120)
+            started = time.perf_counter()
+            results = runner.run_many(batch, max_workers=runner.default_workers())
+            elapsed = time.perf_counter() - started
+            assert all(r.success for r in results)
+            warm_share = sum(r.warm_start for r in results) / len(results)
+            print(f"  {way:<5} {len(batch) / elapsed:6.2f} experiments/s "
+                  f"({elapsed:.1f} s, {runner.default_workers()} at once, "
+                  f"{warm_share:.0%} warm starts)")  # fmt: skip
+    finally:
+        for runner in runners:
+            runner.close()
 
 
 if __name__ == "__main__":

@@ -268,6 +268,11 @@ class ExperimentRunner:
         # The pool goes with the runner, or at interpreter exit, whichever comes first.
         self._finalizer = weakref.finalize(self, pool.close)
 
+    @property
+    def warm_pool_size(self) -> int:
+        """Containers the warm pool keeps ready (0: no pool)."""
+        return self._pool.size if self._pool is not None else 0
+
     def wait_for_warm(self, timeout: float = 60.0) -> bool:
         """Block until every pool slot is ready; False on timeout or without a pool."""
         if self._pool is None:
