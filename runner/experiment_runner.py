@@ -263,7 +263,7 @@ class ExperimentRunner:
         self._prepare_engine(engine)
         engine.image_id(self.policy.image)  # fail now, with a hint, if the image is missing
         self.pool_root.mkdir(parents=True, exist_ok=True)
-        pool = WarmPool(engine, min(size, self.default_workers()), self._new_slot, self._drop_slot)
+        pool = WarmPool(min(size, self.default_workers()), self._new_slot, self._drop_slot)
         self._pool = pool
         # The pool goes with the runner, or at interpreter exit, whichever comes first.
         self._finalizer = weakref.finalize(self, pool.close)

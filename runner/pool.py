@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.bootstrap import READY
-from runner.engine import DockerEngine, OutputStream
+from runner.engine import OutputStream
 from runner.exceptions import ExperimentExecutionError
 
 
@@ -88,14 +88,9 @@ class WarmPool:
     """Keeps ``size`` started slots ready; ``take`` hands one out, never twice."""
 
     def __init__(
-        self,
-        engine: DockerEngine,
-        size: int,
-        create_slot: Callable[[], Slot],
-        destroy_slot: Callable[[Slot], None],
+        self, size: int, create_slot: Callable[[], Slot], destroy_slot: Callable[[Slot], None]
     ) -> None:
         self.size = size
-        self._engine = engine
         self._create = create_slot
         self._destroy = destroy_slot
         self._ready: list[Slot] = []
