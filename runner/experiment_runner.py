@@ -356,31 +356,14 @@ class ExperimentRunner:
             engine.send_stdin(slot.container_id, os.fsencode(str(script)) + b"\n")
             exit_code, timed_out, output = self._supervise(engine, slot.container_id, collector)
             duration = time.monotonic() - started
-            state = engine.state(slot.container_id)
-            usage = (
-                self._telemetry.read(slot.cgroup_parent)
-                if slot.cgroup_parent is not None
-                else Usage(None, None)
-            )
+            # Telemetry first: dropping the slot releases its cgroup.
+            return self._finished(
+                engine, slot.container_id, image_id, exit_code, timed_out, output, duration,
+                slot.cgroup_parent, cpu_before=cpu_before, warm=True,
+            )  # fmt: skip
         finally:
             self._active.release(token)
             self._drop_slot(slot)
-        return Execution(
-            exit_code=exit_code if exit_code is not None else state.exit_code,
-            timed_out=timed_out,
-            oom_killed=state.oom_killed and not timed_out,
-            stdout=output.stdout,
-            stderr=output.stderr,
-            stdout_truncated=output.stdout_truncated,
-            stderr_truncated=output.stderr_truncated,
-            duration=duration,
-            image_id=image_id,
-            peak_memory_bytes=usage.peak_memory_bytes,
-            cpu_seconds=(
-                max(usage.cpu_seconds - cpu_before, 0.0) if usage.cpu_seconds is not None else None
-            ),
-            warm=True,
-        )
 
     # many runs -------------------------------------------------------------
 
@@ -543,12 +526,31 @@ class ExperimentRunner:
             engine.start(container_id)
             exit_code, timed_out, output = self._supervise(engine, container_id, collector)
             duration = time.monotonic() - started
-            state = engine.state(container_id)
+            return self._finished(
+                engine, container_id, image_id, exit_code, timed_out, output, duration,
+                run.cgroup_parent,
+            )  # fmt: skip
+
+    def _finished(
+        self,
+        engine: DockerEngine,
+        container_id: str,
+        image_id: str,
+        exit_code: int | None,
+        timed_out: bool,
+        output: CapturedOutput,
+        duration: float,
+        cgroup_parent: str | None,
+        *,
+        cpu_before: float = 0.0,
+        warm: bool = False,
+    ) -> Execution:
+        """The run's record: how the container ended, what it printed and used."""
+        state = engine.state(container_id)
         usage = (
-            self._telemetry.read(run.cgroup_parent)
-            if run.cgroup_parent is not None
-            else Usage(None, None)
+            self._telemetry.read(cgroup_parent) if cgroup_parent is not None else Usage(None, None)
         )
+        cpu = usage.cpu_seconds
         return Execution(
             exit_code=exit_code if exit_code is not None else state.exit_code,
             timed_out=timed_out,
@@ -560,7 +562,8 @@ class ExperimentRunner:
             duration=duration,
             image_id=image_id,
             peak_memory_bytes=usage.peak_memory_bytes,
-            cpu_seconds=usage.cpu_seconds,
+            cpu_seconds=max(cpu - cpu_before, 0.0) if cpu is not None else None,
+            warm=warm,
         )
 
     @property

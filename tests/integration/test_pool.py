@@ -211,3 +211,14 @@ def test_ctrl_c_with_a_pool_leaves_no_container(engine: DockerEngine, pool_root:
     _, err = process.communicate(timeout=60)
     assert "KeyboardInterrupt" in err
     assert engine.containers(f"{LABEL}=1") == []
+
+
+def test_warm_telemetry_counts_the_script_not_the_preload(
+    warm: ExperimentRunner, pool_root: Path
+) -> None:
+    """CPU time of a warm run excludes the imports done before the hand-over."""
+    script = experiment(pool_root, "import json\nprint(json.dumps({'success': True}))\n")
+    result = run_ready(warm, script)
+    assert result.cpu_seconds is not None and result.peak_memory_bytes is not None
+    assert result.cpu_seconds < 0.6  # the preload alone costs more than a CPU-second
+    assert result.peak_memory_bytes > 50 * 1024 * 1024  # the preloaded libraries are resident
