@@ -48,6 +48,10 @@ POOL_IDLE_MAX = 3600
 Job = tuple[Path | str, ExperimentSpec, int]
 
 
+class _SlotUnusable(Exception):
+    """A pool slot could not take its script; the run goes cold instead."""
+
+
 class _ActiveRuns:
     """Containers of runs in flight, by token, so a batch or task can be aborted."""
 
@@ -346,6 +350,8 @@ class ExperimentRunner:
         try:
             if not self._active.register(token, slot.container_id):
                 raise ExperimentExecutionError("The run was cancelled before it started.")
+            if not engine.state(slot.container_id).running:
+                raise _SlotUnusable  # it died while waiting (say, its idle deadline passed)
             stage(script.parent, self.pool_root, slot.host_dir)
             cpu_before = 0.0
             if slot.cgroup_parent is not None:
@@ -474,9 +480,13 @@ class ExperimentRunner:
         if self._warm_eligible(script, mounts[1:]):
             slot = self._pool.take() if self._pool is not None else None
             if slot is not None:
-                return self._execute_warm(
-                    engine, slot, script, on_output, token or object(), image_id
-                )
+                try:
+                    return self._execute_warm(
+                        engine, slot, script, on_output, token or object(), image_id
+                    )
+                except _SlotUnusable:
+                    pass  # run cold instead
+
         for attempt in (1, 2):
             deadline = deadline_after(self.timeout)
             run = Run(

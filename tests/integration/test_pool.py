@@ -222,3 +222,16 @@ def test_warm_telemetry_counts_the_script_not_the_preload(
     assert result.cpu_seconds is not None and result.peak_memory_bytes is not None
     assert result.cpu_seconds < 0.6  # the preload alone costs more than a CPU-second
     assert result.peak_memory_bytes > 50 * 1024 * 1024  # the preloaded libraries are resident
+
+
+def test_a_dead_slot_falls_back_to_a_cold_run(
+    engine: DockerEngine, warm: ExperimentRunner, pool_root: Path
+) -> None:
+    """If a waiting container died (here: killed from outside), the script runs cold."""
+    assert warm.wait_for_warm(120)
+    for container in engine.containers(f"{LABEL}=1"):
+        engine.kill(container.id)
+    script = experiment(pool_root, "import json\nprint(json.dumps({'success': True}))\n")
+    result = warm.run(script, SPEC, 0)
+    assert result.success, result.error_message
+    assert not result.warm_start
