@@ -27,15 +27,20 @@ def wait_for_container(engine: DockerEngine, timeout: float = 30) -> ContainerIn
     raise AssertionError("no sandbox container started")
 
 
+def spawn(code: str) -> subprocess.Popen[str]:
+    """A separate caller process running ``code`` (dedented), its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def caller(script: Path) -> subprocess.Popen[str]:
-    code = textwrap.dedent(
+    return spawn(
         f"""
         from runner import ExperimentRunner
         ExperimentRunner(timeout=120).run_script_directly({str(script)!r})
         """
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -95,13 +100,12 @@ def test_orphan_stops_itself_and_the_next_runner_removes_it(
 ) -> None:
     """With its caller SIGKILLed, a container dies at its own deadline; a new runner sweeps it."""
     script = write_script("import time\ntime.sleep(600)\n")
-    code = textwrap.dedent(
+    process = spawn(
         f"""
         from runner import ExperimentRunner
         ExperimentRunner(timeout=2).run_script_directly({str(script)!r})
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", code])
     orphan = wait_for_container(engine)
     process.kill()
     process.wait(timeout=30)

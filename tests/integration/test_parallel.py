@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +15,7 @@ from runner import ExperimentRunner, ExperimentSpec
 from runner.engine import DockerEngine
 from runner.sandbox import LABEL
 from tests.integration.conftest import SPEC
-from tests.integration.test_lifecycle import wait_for_container
+from tests.integration.test_lifecycle import spawn, wait_for_container
 
 SLEEPER = """
 import json, time
@@ -90,16 +87,13 @@ def test_interrupting_a_batch_removes_every_container(
 ) -> None:
     """SIGINT to a process running run_many leaves no container behind."""
     scripts = [str(write_script("import time\ntime.sleep(600)\n", f"s{i}.py")) for i in range(8)]
-    code = textwrap.dedent(
+    process = spawn(
         f"""
         from runner import ExperimentRunner, ExperimentSpec
         spec = ExperimentSpec(experiment_name="batch", model_type="SVC")
         runner = ExperimentRunner(timeout=600, cpu_limit=0.5, memory_limit="256m")
         runner.run_many([(s, spec, i) for i, s in enumerate({scripts!r})], max_workers=4)
         """
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     wait_for_container(engine)
     deadline = time.monotonic() + 30

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from runner import ExperimentResult, ExperimentRunner
 from runner.engine import DockerEngine
 from runner.sandbox import LABEL
 from tests.integration.conftest import SPEC
-from tests.integration.test_lifecycle import wait_for_container
+from tests.integration.test_lifecycle import spawn, wait_for_container
 
 PROBE = """
 import json, os, sys
@@ -191,7 +189,7 @@ def test_closing_the_runner_leaves_no_container(engine: DockerEngine, pool_root:
 def test_ctrl_c_with_a_pool_leaves_no_container(engine: DockerEngine, pool_root: Path) -> None:
     """SIGINT during a warm run removes the run's and the pool's containers."""
     script = experiment(pool_root, "import time\ntime.sleep(600)\n")
-    code = textwrap.dedent(
+    process = spawn(
         f"""
         from runner import ExperimentRunner, ExperimentSpec
         runner = ExperimentRunner(timeout=600, warm_pool=2, pool_root={str(pool_root)!r})
@@ -199,9 +197,6 @@ def test_ctrl_c_with_a_pool_leaves_no_container(engine: DockerEngine, pool_root:
         print("ready", flush=True)
         runner.run({str(script)!r}, ExperimentSpec(experiment_name="x", model_type="SVC"), 0)
         """
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
