@@ -84,12 +84,7 @@ class DockerEngine:
 
     def image_id(self, ref: str) -> str:
         """The immutable ID of image ``ref``; raises when it is not there."""
-        try:
-            return str(self._api.inspect_image(ref)["Id"])
-        except ImageNotFound as e:
-            raise ExperimentExecutionError(f"Image {ref!r} not found.", hint=IMAGE_HINT) from e
-        except DockerException as e:
-            raise _engine_error(e) from e
+        return str(self.image_inspect(ref)["Id"])
 
     def image_exists(self, ref: str) -> bool:
         try:

@@ -281,9 +281,10 @@ class ExperimentRunner:
         """Block until every pool slot is ready; False on timeout or without a pool."""
         if self._pool is None:
             return False
-        if not self._pool.wait_ready(timeout) and self._pool.error is not None:
+        ready = self._pool.wait_ready(timeout)
+        if not ready and self._pool.error is not None:
             raise self._pool.error
-        return self._pool.wait_ready(0)
+        return ready
 
     def close(self) -> None:
         """Remove the warm pool's containers; the runner then runs scripts cold."""
@@ -360,7 +361,9 @@ class ExperimentRunner:
             collector.start()
             started = time.monotonic()
             engine.send_stdin(slot.container_id, os.fsencode(str(script)) + b"\n")
-            exit_code, timed_out, output = self._supervise(engine, slot.container_id, collector)
+            exit_code, timed_out, output = self._supervise(
+                engine, slot.container_id, collector, started
+            )
             duration = time.monotonic() - started
             # Telemetry first: dropping the slot releases its cgroup.
             return self._finished(
@@ -510,10 +513,9 @@ class ExperimentRunner:
         raise AssertionError("unreachable")
 
     def _supervise(
-        self, engine: DockerEngine, container_id: str, collector: OutputCollector
+        self, engine: DockerEngine, container_id: str, collector: OutputCollector, started: float
     ) -> tuple[int | None, bool, CapturedOutput]:
-        """Wait out the deadline (counted from now), kill on expiry, collect the output."""
-        started = time.monotonic()
+        """Wait out the deadline counted from ``started``, kill on expiry, collect the output."""
         exit_code = engine.wait(container_id, self.timeout - (time.monotonic() - started))
         timed_out = exit_code is None
         if timed_out:
@@ -534,7 +536,7 @@ class ExperimentRunner:
             collector.start()
             started = time.monotonic()
             engine.start(container_id)
-            exit_code, timed_out, output = self._supervise(engine, container_id, collector)
+            exit_code, timed_out, output = self._supervise(engine, container_id, collector, started)
             duration = time.monotonic() - started
             return self._finished(
                 engine, container_id, image_id, exit_code, timed_out, output, duration,
