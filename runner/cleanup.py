@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from runner.engine import ContainerInfo, DockerEngine
-from runner.sandbox import LABEL, LABEL_DEADLINE, LABEL_OWNER, process_start_time
+from runner.sandbox import LABEL, LABEL_DEADLINE, LABEL_OWNER, LABEL_SLOT, process_start_time
+from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
 
 
@@ -34,19 +38,50 @@ def cleanup(
     *,
     everything: bool = False,
     telemetry: CgroupTelemetry | None = None,
+    slots_dir: Path | None = None,
 ) -> list[ContainerInfo]:
     """Remove the project's abandoned containers (all of them with ``everything``).
 
     Containers of runs still in progress in a live process are left alone
-    unless ``everything`` is set. With ``telemetry``, empty per-run cgroup
-    parents left by crashed callers go too.
+    unless ``everything`` is set. Warm pool directories under ``slots_dir``
+    (default: the cache directory's ``pool``) that no remaining container uses
+    go too. With ``telemetry``, empty per-run cgroup parents left by crashed
+    callers go as well.
     """
     engine = engine or DockerEngine()
     removed = []
+    kept: set[str] = set()
     for container in engine.containers(f"{LABEL}=1"):
         if everything or is_abandoned(container.labels):
             engine.remove(container.id)
             removed.append(container)
+        elif LABEL_SLOT in container.labels:
+            kept.add(container.labels[LABEL_SLOT])
+    remove_stale_slot_dirs(slots_dir or ExperimentDefaults().cache_dir / "pool", kept)
     if telemetry is not None:
         telemetry.release_stale()
+    return removed
+
+
+def remove_stale_slot_dirs(slots_dir: Path, in_use: set[str], min_age: float = 60.0) -> int:
+    """Remove pool slot directories no container uses; how many went.
+
+    Directories younger than ``min_age`` seconds may belong to a slot whose
+    container is being created right now, and are left alone.
+    """
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(slots_dir))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            young = now - entry.stat(follow_symlinks=False).st_mtime < min_age
+        except OSError:
+            continue
+        if entry.name in in_use or young or not entry.is_dir(follow_symlinks=False):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)  # never follows a symlink out
+        removed += 1
     return removed

@@ -22,11 +22,21 @@ from runner.cleanup import cleanup
 from runner.engine import DockerEngine, SandboxStartError
 from runner.exceptions import ExperimentExecutionError
 from runner.history import ResultsHistory
+from runner.identity import lease_uid
 from runner.models import ExperimentResult, ExperimentSpec
 from runner.output import CapturedOutput, OutputCallback, OutputCollector
-from runner.parsing import Ending, interpret
-from runner.pool import Slot, WarmPool, new_slot_dir, remainder, stage
+from runner.parsing import Ending, interpret, printable
+from runner.pool import (
+    Slot,
+    StageExpired,
+    StageRefused,
+    WarmPool,
+    new_slot_dir,
+    remainder,
+    stage,
+)
 from runner.sandbox import (
+    LABEL_SLOT,
     Run,
     SandboxPolicy,
     build_labels,
@@ -161,6 +171,7 @@ class ExperimentRunner:
         self._engine_ready = False
         self._telemetry = CgroupTelemetry()
         self._telemetry_on = False
+        self._user_kernel = False
         self._active = _ActiveRuns()
         self.preload = tuple(DEFAULT_PRELOAD if preload is None else preload)
         self.pool_root = Path(pool_root or defaults.experiments_dir).resolve()
@@ -301,29 +312,43 @@ class ExperimentRunner:
     def _new_slot(self) -> Slot:
         engine = self.engine
         host_dir = new_slot_dir(self._pool_dir)
-        lifetime = POOL_IDLE_MAX + self.timeout
-        deadline = deadline_after(lifetime)
-        run = Run(
-            command=self_limited([self.python_executable, "-c", SOURCE, *self.preload], lifetime),
-            workdir=self.pool_root,
-            read_only_paths=(),
-            deadline=deadline,
-            labels=build_labels(deadline),
-            cgroup_parent=self._telemetry.new_parent() if self._telemetry_on else None,
-            relocated=((host_dir, self.pool_root),),
-            stdin_open=True,
-        )
-        container_id = engine.create(
-            engine.image_id(self.policy.image), run.command, **container_config(self.policy, run)
-        )
+        lease = lease_uid()
+        container_id: str | None = None
         try:
+            lifetime = POOL_IDLE_MAX + self.timeout
+            deadline = deadline_after(lifetime)
+            run = Run(
+                command=self_limited(
+                    [self.python_executable, "-c", SOURCE, *self.preload], lifetime
+                ),
+                workdir=self.pool_root,
+                read_only_paths=(),
+                deadline=deadline,
+                uid=lease.uid,
+                labels=build_labels(deadline, {LABEL_SLOT: host_dir.name}),
+                cgroup_parent=self._telemetry.new_parent() if self._telemetry_on else None,
+                relocated=((host_dir, self.pool_root),),
+                stdin_open=True,
+                user_kernel=self._user_kernel,
+            )
+            # The slot records the image it was made from: that is what its run reports.
+            image_id = engine.image_id(self.policy.image)
+            container_id = engine.create(
+                image_id, run.command, **container_config(self.policy, run)
+            )
             stream = engine.attach(container_id)
             engine.start(container_id)
         except BaseException:
-            engine.remove(container_id)
-            shutil.rmtree(host_dir, ignore_errors=True)
+            try:
+                if container_id is not None:
+                    engine.remove(container_id)
+            finally:
+                shutil.rmtree(host_dir, ignore_errors=True)
+                lease.release()
             raise
-        return Slot(container_id, host_dir, stream, iter(stream), run.cgroup_parent)
+        return Slot(
+            container_id, host_dir, stream, iter(stream), run.cgroup_parent, image_id, lease
+        )
 
     def _drop_slot(self, slot: Slot) -> None:
         try:
@@ -331,6 +356,7 @@ class ExperimentRunner:
             self.engine.remove(slot.container_id)
         finally:
             shutil.rmtree(slot.host_dir, ignore_errors=True)
+            slot.lease.release()
             if slot.cgroup_parent is not None:
                 self._telemetry.release(slot.cgroup_parent)
 
@@ -346,20 +372,26 @@ class ExperimentRunner:
 
     def _execute_warm(
         self, engine: DockerEngine, slot: Slot, script: Path, on_output: OutputCallback | None,
-        token: object, image_id: str,
+        token: object,
     ) -> Execution:  # fmt: skip
         try:
             if not self._active.register(token, slot.container_id):
                 raise ExperimentExecutionError("The run was cancelled before it started.")
             if not engine.state(slot.container_id).running:
                 raise _SlotUnusable  # it died while waiting (say, its idle deadline passed)
-            stage(script.parent, self.pool_root, slot.host_dir)
+            # The hand-over counts against the run's deadline.
+            started = time.monotonic()
+            try:
+                stage(script.parent, self.pool_root, slot.host_dir, deadline=started + self.timeout)
+            except StageRefused as e:
+                raise _SlotUnusable from e  # a cold run shows this directory exactly
+            except StageExpired:
+                return _expired_in_hand_over(slot, time.monotonic() - started)
             cpu_before = 0.0
             if slot.cgroup_parent is not None:
                 cpu_before = self._telemetry.read(slot.cgroup_parent).cpu_seconds or 0.0
             collector = OutputCollector(remainder(slot), self.output_limit, on_output)
             collector.start()
-            started = time.monotonic()
             engine.send_stdin(slot.container_id, os.fsencode(str(script)) + b"\n")
             exit_code, timed_out, output = self._supervise(
                 engine, slot.container_id, collector, started
@@ -367,7 +399,7 @@ class ExperimentRunner:
             duration = time.monotonic() - started
             # Telemetry first: dropping the slot releases its cgroup.
             return self._finished(
-                engine, slot.container_id, image_id, exit_code, timed_out, output, duration,
+                engine, slot.container_id, slot.image_id, exit_code, timed_out, output, duration,
                 slot.cgroup_parent, cpu_before=cpu_before, warm=True,
             )  # fmt: skip
         finally:
@@ -448,17 +480,22 @@ class ExperimentRunner:
         return result
 
     def _run_job(self, job: Job, token: object) -> ExperimentResult:
+        """One job of a batch: whatever goes wrong becomes its failed result, never the batch's."""
         script_path, spec, iteration = job
         try:
             result = self._run(script_path, spec, iteration, (), None, token)
         except ExperimentExecutionError as e:
-            result = ExperimentResult(
-                **_spec_fields(spec, iteration, Path(script_path), datetime.now(UTC)),
-                execution_time=0.0,
-                success=False,
-                error_message=str(e),
-            )
-        return result
+            error = str(e)
+        except Exception as e:  # noqa: BLE001 - one job must never sink the batch
+            error = f"The runner failed on this job: {type(e).__name__}: {e}"
+        else:
+            return result
+        return ExperimentResult(
+            **_spec_fields(spec, iteration, Path(script_path), datetime.now(UTC)),
+            execution_time=0.0,
+            success=False,
+            error_message=printable(error, limit=2000),
+        )
 
     def _abort(self, tokens: Iterable[object]) -> None:
         for container_id in self._active.abort(tokens):
@@ -484,21 +521,22 @@ class ExperimentRunner:
             slot = self._pool.take() if self._pool is not None else None
             if slot is not None:
                 try:
-                    return self._execute_warm(
-                        engine, slot, script, on_output, token or object(), image_id
-                    )
+                    return self._execute_warm(engine, slot, script, on_output, token or object())
                 except _SlotUnusable:
                     pass  # run cold instead
 
         for attempt in (1, 2):
             deadline = deadline_after(self.timeout)
+            lease = lease_uid()
             run = Run(
                 command=self_limited([self.python_executable, str(script)], self.timeout),
                 workdir=script.parent,
                 read_only_paths=mounts,
                 deadline=deadline,
+                uid=lease.uid,
                 labels=build_labels(deadline),
                 cgroup_parent=self._telemetry.new_parent() if self._telemetry_on else None,
+                user_kernel=self._user_kernel,
             )
             try:
                 return self._execute_once(engine, image_id, run, on_output, token or object())
@@ -508,6 +546,7 @@ class ExperimentRunner:
                 if attempt == 2:
                     raise
             finally:
+                lease.release()  # the container is gone by now
                 if run.cgroup_parent is not None:
                     self._telemetry.release(run.cgroup_parent)
         raise AssertionError("unreachable")
@@ -622,9 +661,15 @@ class ExperimentRunner:
                     hint="register it in /etc/docker/daemon.json and reload the engine, or "
                     "choose one of the registered runtimes; the runner never falls back.",
                 )
+            self._user_kernel = runtime is not None and is_user_kernel(info, runtime)
             self._telemetry_on = self._telemetry.available(info)
-            # Containers of callers that crashed (or outlived their deadline) go now.
-            cleanup(engine, telemetry=self._telemetry if self._telemetry_on else None)
+            # Containers of callers that crashed (or outlived their deadline) go now, and
+            # so do the slot directories of pools that went with them.
+            cleanup(
+                engine,
+                telemetry=self._telemetry if self._telemetry_on else None,
+                slots_dir=self._pool_dir,
+            )
             self._engine_ready = True
 
     @contextmanager
@@ -641,6 +686,29 @@ class ExperimentRunner:
         finally:
             self._active.release(token)
             engine.remove(container_id)
+
+
+def is_user_kernel(engine_info: dict[str, Any], runtime: str) -> bool:
+    """True when ``runtime`` is gVisor's runsc (by its program, whatever its name)."""
+    entry = (engine_info.get("Runtimes") or {}).get(runtime) or {}
+    program = Path(str(entry.get("path") or runtime)).name
+    return program == "runsc" or runtime == "runsc"
+
+
+def _expired_in_hand_over(slot: Slot, duration: float) -> Execution:
+    """The record of a run whose deadline passed before its script was handed over."""
+    return Execution(
+        exit_code=None,
+        timed_out=True,
+        oom_killed=False,
+        stdout="",
+        stderr="[runner] the deadline passed while the script's directory was handed over\n",
+        stdout_truncated=False,
+        stderr_truncated=False,
+        duration=duration,
+        image_id=slot.image_id,
+        warm=True,
+    )
 
 
 def _spec_fields(

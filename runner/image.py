@@ -58,10 +58,19 @@ def lock_digest(lock: Path) -> str:
     return hashlib.sha256(lock.read_bytes()).hexdigest()
 
 
+#: Everything in the image definition that shapes the image.
+DEFINITION_FILES = (
+    "Dockerfile",
+    "requirements.lock",
+    "_experiment_runner_streams.py",
+    "experiment-runner-streams.pth",
+)
+
+
 def definition_digest(source: Path) -> str:
-    """Digest of everything that shapes the image: the Dockerfile and the lock file."""
+    """Digest of everything that shapes the image: the Dockerfile, the lock and site files."""
     digest = hashlib.sha256()
-    for name in ("Dockerfile", "requirements.lock"):
+    for name in DEFINITION_FILES:
         digest.update(name.encode() + b"\0" + (source / name).read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -101,8 +110,8 @@ def build_image(
     base_labels = engine.image_inspect(base_id)["Config"].get("Labels") or {}
     with tempfile.TemporaryDirectory(prefix="runner-build-") as tmp:
         context = Path(tmp)
-        shutil.copy2(source / "Dockerfile", context / "Dockerfile")
-        shutil.copy2(lock, context / "requirements.lock")
+        for name in DEFINITION_FILES:
+            shutil.copy2(source / name, context / name)
         wheels = download_wheels(lock, settings.cache_dir / "wheels" / digest[:16], log=log)
         shutil.copytree(wheels, context / "wheels")
         log(f"building {tag} (network disabled during the build)")

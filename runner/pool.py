@@ -10,17 +10,21 @@ is removed, never reused; a background thread starts replacements.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
-import shutil
+import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.bootstrap import READY
 from runner.engine import OutputStream
 from runner.exceptions import ExperimentExecutionError
+from runner.identity import UidLease
 
 
 @dataclass
@@ -32,8 +36,10 @@ class Slot:
     stream: OutputStream
     frames: Iterator[tuple[bytes | None, bytes | None]]
     cgroup_parent: str | None
-    cpu_before: float = 0.0
-    staged: list[Path] = field(default_factory=list)
+    #: The image the container was created from: what a run in it reports.
+    image_id: str
+    #: The slot's own sandbox user ID, held until the slot is dropped.
+    lease: UidLease
 
 
 class _Remainder:
@@ -65,23 +71,139 @@ def wait_ready(slot: Slot) -> bool:
     return False
 
 
-def stage(source_dir: Path, root: Path, slot_dir: Path) -> Path:
-    """Mirror ``source_dir`` (under ``root``) into ``slot_dir``, by hard link where possible."""
+class StageRefused(Exception):
+    """The directory cannot be mirrored exactly within the limits; the run goes cold."""
+
+
+class StageExpired(Exception):
+    """The run's deadline passed while its directory was being handed over."""
+
+
+@dataclass(frozen=True)
+class StageLimits:
+    """Bounds of one hand-over: entries mirrored, and bytes copied when linking fails."""
+
+    max_entries: int = 10_000
+    max_copy_bytes: int = 256 * 1024 * 1024
+
+
+def stage(
+    source_dir: Path,
+    root: Path,
+    slot_dir: Path,
+    *,
+    deadline: float = math.inf,
+    limits: StageLimits = StageLimits(),
+) -> Path:
+    """Mirror ``source_dir`` (under ``root``) into ``slot_dir`` as a bind mount would show it.
+
+    Regular files are hard-linked (copied where linking fails, say across
+    filesystems), symlinks are recreated with the same target text, and
+    directories keep their modes. Nothing on the host is ever read through a
+    symlink, and devices, FIFOs and sockets are never opened: a directory that
+    holds one raises ``StageRefused`` (a cold run shows it exactly), as does one
+    over ``limits``. ``deadline`` (``time.monotonic()``) bounds the whole hand-over.
+    """
     target = slot_dir / source_dir.relative_to(root)
-    for directory, subdirs, files in os.walk(source_dir):
-        here = Path(directory)
-        destination = target / here.relative_to(source_dir)
-        destination.mkdir(parents=True, exist_ok=True)
-        destination.chmod(here.stat().st_mode & 0o7777)
-        for name in files:
-            try:
-                os.link(here / name, destination / name)
-            except OSError:
-                shutil.copy2(here / name, destination / name)
-        subdirs[:] = [d for d in subdirs if not (here / d).is_symlink()]
+    budget = _Budget(limits, deadline)
+    fd = os.open(source_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        _mirror(fd, target, budget)
+        _copy_owner_and_mode(os.fstat(fd), target)
+    finally:
+        os.close(fd)
     for parent in target.relative_to(slot_dir).parents:
         (slot_dir / parent).chmod(0o755)  # the way down must be open to the sandbox user
     return target
+
+
+class _Budget:
+    def __init__(self, limits: StageLimits, deadline: float) -> None:
+        self.entries = limits.max_entries
+        self.copy_bytes = limits.max_copy_bytes
+        self.deadline = deadline
+
+    def entry(self) -> None:
+        self.entries -= 1
+        if self.entries < 0:
+            raise StageRefused("more files than a hand-over mirrors")
+        self.check_time()
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise StageExpired
+
+
+def _mirror(dir_fd: int, destination: Path, budget: _Budget) -> None:
+    """Mirror the directory open at ``dir_fd`` into ``destination`` (which exists)."""
+    with os.scandir(dir_fd) as entries:
+        names = [entry.name for entry in entries]
+    for name in names:
+        budget.entry()
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        here = destination / name
+        if stat.S_ISLNK(st.st_mode):
+            # The target text only: it resolves inside the sandbox, as in a cold run.
+            here.symlink_to(os.readlink(name, dir_fd=dir_fd))
+        elif stat.S_ISDIR(st.st_mode):
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                here.mkdir()
+                _mirror(sub, here, budget)
+                _copy_owner_and_mode(os.fstat(sub), here)
+            finally:
+                os.close(sub)
+        elif stat.S_ISREG(st.st_mode):
+            _link_or_copy(dir_fd, name, here, budget)
+        else:
+            raise StageRefused(f"{name!r} is a device, FIFO or socket")
+
+
+def _link_or_copy(dir_fd: int, name: str, here: Path, budget: _Budget) -> None:
+    try:
+        # linkat() without AT_SYMLINK_FOLLOW: should ``name`` have become a symlink
+        # meanwhile, the link is to the symlink itself, never to its target.
+        os.link(name, here, src_dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        pass
+    else:
+        mode = os.lstat(here).st_mode
+        if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+            return
+        here.unlink()
+        raise StageRefused(f"{name!r} changed into a special file while being handed over")
+    # O_NONBLOCK: a file swapped for a FIFO meanwhile cannot make the open hang.
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise StageRefused(f"{name!r} is not a regular file")
+        if st.st_size > budget.copy_bytes:
+            raise StageRefused("more bytes to copy than a hand-over copies")
+        dst = os.open(here, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            while chunk := os.read(src, 1024 * 1024):
+                budget.copy_bytes -= len(chunk)
+                if budget.copy_bytes < 0:
+                    raise StageRefused("more bytes to copy than a hand-over copies")
+                budget.check_time()
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(dst, view) :]
+        finally:
+            os.close(dst)
+        _copy_owner_and_mode(st, here)
+    finally:
+        os.close(src)
+
+
+def _copy_owner_and_mode(st: os.stat_result, path: Path) -> None:
+    """Give a mirrored file or directory the original's owner (where we may) and mode."""
+    # Not root: the sandbox reads it through its mode bits alone.
+    with contextlib.suppress(PermissionError):
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    path.chmod(stat.S_IMODE(st.st_mode) & 0o777)
 
 
 class WarmPool:

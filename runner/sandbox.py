@@ -25,10 +25,17 @@ from runner.exceptions import ExperimentExecutionError
 LABEL = "io.experiment-runner.managed"
 LABEL_OWNER = "io.experiment-runner.owner"
 LABEL_DEADLINE = "io.experiment-runner.deadline"
+#: A warm pool container's host directory (its name under the pool directory).
+LABEL_SLOT = "io.experiment-runner.slot"
 
-#: The non-root user baked into the pinned image.
+#: The non-root user baked into the pinned image; runs use one user ID each (``identity``).
 SANDBOX_UID = 10001
 SANDBOX_GID = 10001
+#: Host threads a user-space kernel (gVisor) may add per sandboxed task, and at
+#: rest: its own threads count against the container's PID cap, while the cap
+#: on the script's tasks is enforced inside it through ``RLIMIT_NPROC``.
+USER_KERNEL_THREADS_PER_TASK = 8
+USER_KERNEL_THREADS_BASE = 256
 
 SANDBOX_PATH = "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
 THREAD_VARIABLES = (
@@ -81,12 +88,16 @@ class Run:
     workdir: Path
     read_only_paths: tuple[Path, ...]
     deadline: float
+    #: The user (and group) ID the script runs as, distinct per live container.
+    uid: int
     labels: dict[str, str] = field(default_factory=dict)
     cgroup_parent: str | None = None
     #: Read-only binds whose container path differs from the host path (the warm pool's).
     relocated: tuple[tuple[Path, Path], ...] = ()
     #: A warm pool container waits for its script on stdin.
     stdin_open: bool = False
+    #: The runtime is a user-space kernel (gVisor) whose threads share the PID cap.
+    user_kernel: bool = False
 
 
 def self_limited(command: list[str], timeout: float) -> list[str]:
@@ -121,8 +132,11 @@ def sandbox_environment(cpu_limit: float) -> dict[str, str]:
         "HOME": "/tmp",
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
-        # Output reaches the runner as it is printed and survives a timeout kill.
-        "PYTHONUNBUFFERED": "1",
+        # The user ID has no passwd entry; getpass and friends read these.
+        "USER": "sandbox",
+        "LOGNAME": "sandbox",
+        # No PYTHONUNBUFFERED: an unbuffered stream loses the rest of a short write
+        # (gVisor makes them). The image's streams module flushes every write instead.
         # The root filesystem and the script's directory are read-only anyway.
         "PYTHONDONTWRITEBYTECODE": "1",
         "JOBLIB_TEMP_FOLDER": "/tmp",
@@ -163,12 +177,15 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
     ]
     config: dict[str, Any] = {
         "working_dir": str(run.workdir),
-        "user": f"{SANDBOX_UID}:{SANDBOX_GID}",
+        "user": f"{run.uid}:{run.uid}",
         "environment": sandbox_environment(policy.cpu_limit),
         "use_config_proxy": False,  # never hand the caller's proxy settings in
         "labels": run.labels,
         "hostname": "sandbox",
         "network_mode": "none",
+        # Without a network the engine would still copy the host's nameservers in.
+        "dns": ["127.0.0.1"],
+        "dns_search": ["."],
         "mounts": mounts,
         "read_only": True,
         "tmpfs": {
@@ -177,10 +194,13 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
         "mem_limit": policy.memory_limit,
         "memswap_limit": policy.memory_limit,  # equal to mem_limit: no swap at all
         "nano_cpus": int(policy.cpu_limit * 1e9),
-        "pids_limit": policy.pids_limit,
+        "pids_limit": host_pids_limit(policy.pids_limit, user_kernel=run.user_kernel),
         "ulimits": [
             Ulimit(name="nofile", soft=1024, hard=1024),
             Ulimit(name="core", soft=0, hard=0),
+            # Per user ID, and each container has its own: the script's processes
+            # and threads, counted inside gVisor too.
+            Ulimit(name="nproc", soft=policy.pids_limit, hard=policy.pids_limit),
         ],
         "cap_drop": ["ALL"],
         # The engine's default seccomp profile stays on: no "seccomp=unconfined" here.
@@ -200,17 +220,23 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
     return config
 
 
+def host_pids_limit(pids_limit: int, *, user_kernel: bool) -> int:
+    """The container's cgroup PID cap: the script's, plus a user-space kernel's own threads."""
+    if not user_kernel:
+        return pids_limit
+    return pids_limit * USER_KERNEL_THREADS_PER_TASK + USER_KERNEL_THREADS_BASE
+
+
 def check_readable(paths: Iterable[Path]) -> None:
     """Fail early, with a fix, when the sandbox user could not read a mounted path."""
     for path in paths:
         st = path.stat()
+        # Each run has a user ID of its own, so only the "other" bits can grant access.
         need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else 0)
-        if st.st_uid == SANDBOX_UID:
-            need <<= 6
         if st.st_mode & need != need:
             kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
             raise ExperimentExecutionError(
-                f"The sandbox user (uid {SANDBOX_UID}) cannot read the {kind} {path} "
+                f"The sandbox user cannot read the {kind} {path} "
                 f"(mode {stat.S_IMODE(st.st_mode):o}).",
                 hint=f"make it readable by others: chmod o+r{'x' if kind == 'directory' else ''} "
                 f"{path}",

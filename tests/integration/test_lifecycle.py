@@ -28,9 +28,14 @@ def wait_for_container(engine: DockerEngine, timeout: float = 30) -> ContainerIn
 
 
 def spawn(code: str) -> subprocess.Popen[str]:
-    """A separate caller process running ``code`` (dedented), its output piped."""
+    """A separate caller process running ``code`` (dedented), its output piped.
+
+    SIGINT is set back to raising KeyboardInterrupt: a shell that started the test
+    run in the background leaves it ignored, and Python keeps an inherited SIG_IGN.
+    """
+    prologue = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", prologue + textwrap.dedent(code)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

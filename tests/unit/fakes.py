@@ -31,6 +31,7 @@ class FakeEngine:
     oom_killed: bool = False
     runtimes_registered: set[str] = field(default_factory=lambda: {"runc"})
     on_wait: Callable[[], None] | None = None
+    create_error: Exception | None = None
     created: list[dict[str, Any]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -46,6 +47,8 @@ class FakeEngine:
         return "sha256:" + "ab" * 32
 
     def create(self, image: str, command: list[str], **config: Any) -> str:
+        if self.create_error is not None:
+            raise self.create_error
         self.created.append({"image": image, "command": command, **config})
         self.calls.append("create")
         return f"c{len(self.created)}"

@@ -1,7 +1,9 @@
 import os
 import socket
+import time
+from pathlib import Path
 
-from runner.cleanup import is_abandoned
+from runner.cleanup import is_abandoned, remove_stale_slot_dirs
 from runner.sandbox import LABEL_DEADLINE, LABEL_OWNER, owner_label
 
 FUTURE = "9999999999"
@@ -32,3 +34,29 @@ def test_past_deadline_is_abandoned_even_if_owner_lives() -> None:
 def test_other_hosts_containers_wait_for_their_deadline() -> None:
     """Another machine's live run (shared engine) is kept until its deadline."""
     assert not is_abandoned({LABEL_OWNER: "elsewhere:1:1", LABEL_DEADLINE: FUTURE})
+
+
+def test_stale_slot_directories_go_and_used_or_young_ones_stay(tmp_path: Path) -> None:
+    """Slot directories no container uses are removed, unless just made."""
+    old = time.time() - 3600
+    for name in ("stale", "used", "young"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_text("x")
+    for name in ("stale", "used"):
+        os.utime(tmp_path / name, (old, old))
+    assert remove_stale_slot_dirs(tmp_path, {"used"}) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["used", "young"]
+
+
+def test_slot_cleanup_never_follows_a_symlink(tmp_path: Path) -> None:
+    """A symlink in the pool directory is not a slot: neither it nor its target is removed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "link").symlink_to(outside)
+    old = time.time() - 3600
+    os.utime(pool / "link", (old, old), follow_symlinks=False)
+    remove_stale_slot_dirs(pool, set())
+    assert (outside / "keep").exists()

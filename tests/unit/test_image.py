@@ -3,7 +3,13 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentDefaults, ExperimentExecutionError
-from runner.image import definition_digest, ensure_base, image_dir, locked_packages
+from runner.image import (
+    DEFINITION_FILES,
+    definition_digest,
+    ensure_base,
+    image_dir,
+    locked_packages,
+)
 
 
 def test_lock_lists_the_pinned_stack() -> None:
@@ -22,7 +28,7 @@ def test_every_lock_entry_carries_a_hash() -> None:
 
 def test_definition_digest_changes_with_the_dockerfile(tmp_path: Path) -> None:
     """A changed Dockerfile invalidates a previous build even with the same lock."""
-    for name in ("Dockerfile", "requirements.lock"):
+    for name in DEFINITION_FILES:
         (tmp_path / name).write_text((image_dir() / name).read_text())
     before = definition_digest(tmp_path)
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")

@@ -1,14 +1,16 @@
+import errno
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from runner import ExperimentRunner
+from runner import ExperimentDefaults, ExperimentExecutionError, ExperimentRunner
 from runner.bootstrap import READY, SOURCE
-from runner.pool import stage
+from runner.pool import StageExpired, StageLimits, StageRefused, stage
 from tests.unit.fakes import FakeEngine
 
 
@@ -26,6 +28,123 @@ def test_stage_links_the_directory_at_its_relative_place(tmp_path: Path) -> None
     assert (target / "experiment.py").stat().st_ino == (source / "experiment.py").stat().st_ino
     assert (target / "sub" / "data.csv").read_text() == "x\n"
     assert oct((slot / "a").stat().st_mode & 0o777) == oct(0o755)
+
+
+@pytest.fixture
+def hostile_dir(tmp_path: Path) -> Path:
+    """A script directory under a pool root, with a symlink to a private host file."""
+    private = tmp_path / "private.txt"
+    private.write_text("host secret")
+    source = tmp_path / "experiments" / "exp"
+    source.mkdir(parents=True)
+    (source / "experiment.py").write_text("print(1)\n")
+    (source / "data.csv").symlink_to(private)
+    (source / "relative.csv").symlink_to("experiment.py")
+    return source
+
+
+@pytest.fixture
+def no_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linking fails as it does across filesystems (EXDEV), so the hand-over copies."""
+
+    def cross_device(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+
+
+@pytest.mark.parametrize("linking", ["hard links", "copies"])
+def test_stage_recreates_symlinks_and_never_reads_their_targets(
+    hostile_dir: Path, tmp_path: Path, request: pytest.FixtureRequest, linking: str
+) -> None:
+    """A symlink is mirrored as a symlink with the same target text, linked or copied."""
+    if linking == "copies":
+        request.getfixturevalue("no_hard_links")
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    target = stage(hostile_dir, hostile_dir.parent, slot)
+    staged = target / "data.csv"
+    assert staged.is_symlink()
+    assert os.readlink(staged) == str(tmp_path / "private.txt")
+    assert os.readlink(target / "relative.csv") == "experiment.py"
+    assert (target / "experiment.py").read_text() == "print(1)\n"
+    assert not any(
+        p.is_file() and not p.is_symlink() and p.read_bytes() == b"host secret"
+        for p in slot.rglob("*")
+    )
+
+
+def test_stage_copies_keep_owner_and_mode(tmp_path: Path, no_hard_links: None) -> None:
+    """A copied file keeps its mode, so the sandbox reads exactly what a bind mount shows."""
+    source = tmp_path / "root" / "exp"
+    source.mkdir(parents=True)
+    (source / "secret.txt").write_text("x")
+    (source / "secret.txt").chmod(0o600)
+    (source / "open.txt").write_text("y")
+    (source / "open.txt").chmod(0o644)
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    target = stage(source, source.parent, slot)
+    assert (target / "secret.txt").stat().st_mode & 0o777 == 0o600
+    assert (target / "open.txt").stat().st_mode & 0o777 == 0o644
+    assert (target / "open.txt").stat().st_ino != (source / "open.txt").stat().st_ino
+
+
+def test_stage_of_a_device_symlink_copies_no_bytes(tmp_path: Path, no_hard_links: None) -> None:
+    """`big.bin -> /dev/zero` stays a symlink: nothing is read from the device."""
+    source = tmp_path / "root" / "exp"
+    source.mkdir(parents=True)
+    (source / "big.bin").symlink_to("/dev/zero")
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    target = stage(source, source.parent, slot)
+    assert os.readlink(target / "big.bin") == "/dev/zero"
+
+
+def test_stage_refuses_a_fifo_without_opening_it(tmp_path: Path, no_hard_links: None) -> None:
+    """A FIFO beside the script is refused at once (the run goes cold), never opened."""
+    source = tmp_path / "root" / "exp"
+    source.mkdir(parents=True)
+    os.mkfifo(source / "pipe")
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    started = time.monotonic()
+    with pytest.raises(StageRefused, match="FIFO"):
+        stage(source, source.parent, slot)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_stage_refuses_a_device_node(tmp_path: Path) -> None:
+    """A device node beside the script is refused, never linked or read."""
+    source = tmp_path / "root" / "exp"
+    source.mkdir(parents=True)
+    os.mknod(source / "zero", 0o666 | 0o020000, os.makedev(1, 5))
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    with pytest.raises(StageRefused, match="device"):
+        stage(source, source.parent, slot)
+
+
+def test_stage_is_bounded_in_files_and_bytes(tmp_path: Path, no_hard_links: None) -> None:
+    """Too many entries, or too many bytes to copy, refuse the hand-over."""
+    source = tmp_path / "root" / "exp"
+    source.mkdir(parents=True)
+    for i in range(5):
+        (source / f"f{i}").write_bytes(b"x" * 1000)
+    with pytest.raises(StageRefused, match="files"):
+        stage(source, source.parent, tmp_path / "s1", limits=StageLimits(max_entries=4))
+    with pytest.raises(StageRefused, match="bytes"):
+        stage(source, source.parent, tmp_path / "s2", limits=StageLimits(max_copy_bytes=4500))
+
+
+def test_stage_counts_against_the_deadline(tmp_path: Path) -> None:
+    """A hand-over that would end past the run's deadline stops with StageExpired."""
+    source = tmp_path / "root" / "exp"
+    source.mkdir(parents=True)
+    (source / "f").write_text("x")
+    with pytest.raises(StageExpired):
+        stage(source, source.parent, tmp_path / "slot", deadline=time.monotonic() - 1)
 
 
 def test_only_scripts_under_the_pool_root_are_eligible(tmp_path: Path) -> None:
@@ -110,3 +229,16 @@ def test_bootstrap_exit_joins_threads_runs_atexit_and_flushes(tmp_path: Path) ->
     done = hand_over(tmp_path, code, [])
     assert done.returncode == 3
     assert done.stdout.decode().splitlines() == ["unflushedthread done", "atexit ran"]
+
+
+def test_a_slot_that_cannot_be_created_leaves_no_directory(tmp_path: Path) -> None:
+    """When the engine refuses a pool container, its host directory is removed too."""
+    engine = FakeEngine(create_error=ExperimentExecutionError("refused"))
+    runner = ExperimentRunner(
+        engine=engine,  # type: ignore[arg-type]
+        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
+        pool_root=tmp_path / "experiments",
+    )
+    with pytest.raises(ExperimentExecutionError, match="refused"):
+        runner._new_slot()
+    assert list((tmp_path / "cache" / "pool").iterdir()) == []

@@ -5,12 +5,12 @@ import pytest
 from runner import ExperimentExecutionError
 from runner.sandbox import (
     LABEL,
-    SANDBOX_UID,
     Run,
     SandboxPolicy,
     build_labels,
     check_readable,
     container_config,
+    host_pids_limit,
     sandbox_environment,
 )
 
@@ -21,6 +21,7 @@ def config(**policy: object) -> dict:
         workdir=Path("/exp"),
         read_only_paths=(Path("/exp"), Path("/data/train.csv")),
         deadline=0,
+        uid=2_000_000_123,
         labels=build_labels(0),
     )
     return container_config(SandboxPolicy(image="img", **policy), run)  # type: ignore[arg-type]
@@ -48,7 +49,7 @@ def test_cpu_and_pids_capped() -> None:
 def test_privileges_dropped() -> None:
     """Non-root user, all capabilities dropped, no-new-privileges, default seccomp kept."""
     cfg = config()
-    assert cfg["user"] == f"{SANDBOX_UID}:{SANDBOX_UID}"
+    assert cfg["user"] == "2000000123:2000000123"
     assert cfg["cap_drop"] == ["ALL"]
     assert "cap_add" not in cfg
     assert cfg["security_opt"] == ["no-new-privileges"]
@@ -126,3 +127,28 @@ def test_unreadable_directory_gives_a_fix(tmp_path: Path) -> None:
     private.mkdir(mode=0o700)
     with pytest.raises(ExperimentExecutionError, match=r"chmod o\+rx"):
         check_readable([private])
+
+
+def test_each_run_has_its_own_process_quota() -> None:
+    """RLIMIT_NPROC equals the PID cap: per user ID, and each container has its own."""
+    cfg = config(pids_limit=64)
+    nproc = [u for u in cfg["ulimits"] if u["Name"] == "nproc"]
+    assert [(u["Soft"], u["Hard"]) for u in nproc] == [(64, 64)]
+
+
+def test_user_kernel_gets_thread_headroom_on_the_host_pid_cap() -> None:
+    """Under gVisor the cgroup cap leaves room for its own threads; runc gets the exact cap."""
+    assert host_pids_limit(64, user_kernel=False) == 64
+    assert host_pids_limit(64, user_kernel=True) > 64 * 5
+
+
+def test_no_host_nameserver_inside() -> None:
+    """The container's resolv.conf names no host nameserver: loopback only, no search."""
+    cfg = config()
+    assert cfg["dns"] == ["127.0.0.1"]
+    assert cfg["dns_search"] == ["."]
+
+
+def test_output_is_not_left_unbuffered() -> None:
+    """PYTHONUNBUFFERED is not set: unbuffered streams drop the rest of a short write."""
+    assert "PYTHONUNBUFFERED" not in sandbox_environment(1.0)
