@@ -65,8 +65,8 @@ def test_stage_recreates_symlinks_and_never_reads_their_targets(
     target = stage(hostile_dir, hostile_dir.parent, slot)
     staged = target / "data.csv"
     assert staged.is_symlink()
-    assert os.readlink(staged) == str(tmp_path / "private.txt")
-    assert os.readlink(target / "relative.csv") == "experiment.py"
+    assert staged.readlink() == tmp_path / "private.txt"
+    assert (target / "relative.csv").readlink() == Path("experiment.py")
     assert (target / "experiment.py").read_text() == "print(1)\n"
     assert not any(
         p.is_file() and not p.is_symlink() and p.read_bytes() == b"host secret"
@@ -98,7 +98,7 @@ def test_stage_of_a_device_symlink_copies_no_bytes(tmp_path: Path, no_hard_links
     slot = tmp_path / "slot"
     slot.mkdir()
     target = stage(source, source.parent, slot)
-    assert os.readlink(target / "big.bin") == "/dev/zero"
+    assert (target / "big.bin").readlink() == Path("/dev/zero")
 
 
 def test_stage_refuses_a_fifo_without_opening_it(tmp_path: Path, no_hard_links: None) -> None:
