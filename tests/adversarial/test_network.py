@@ -124,17 +124,23 @@ print(json.dumps({{
     assert listeners.received == []
 
 
-def test_no_route_anywhere_and_dns_servers_unreachable(hostile: Hostile) -> None:
-    """Outside addresses (v4, v6) and the configured DNS servers have no route at all."""
+def test_no_route_anywhere_and_no_host_nameserver(hostile: Hostile) -> None:
+    """No route to outside addresses (v4, v6); resolv.conf names only the sandbox's loopback."""
     result = hostile(
         PROBE_HEADER
         + """
-servers = [line.split()[1] for line in open("/etc/resolv.conf") if line.startswith("nameserver")]
+resolv = open("/etc/resolv.conf").read()
+def lookup():
+    try:
+        socket.getaddrinfo("example.org", 80)
+    except socket.gaierror as e:
+        raise OSError(errno.EHOSTUNREACH, str(e)) from e
 print(json.dumps({
     "v4": outcome(lambda: udp_route(socket.AF_INET, ("192.0.2.1", 9))),
     "v6": outcome(lambda: udp_route(socket.AF_INET6, ("2001:db8::1", 9))),
-    "dns": [outcome(lambda s=s: udp_route(socket.AF_INET6 if ":" in s else socket.AF_INET,
-                                         (s, 53))) for s in servers],
+    "servers": [line.split()[1] for line in resolv.splitlines() if line.startswith("nameserver")],
+    "search": [line for line in resolv.splitlines() if line.startswith(("search", "domain"))],
+    "lookup": outcome(lookup),
 }))
 """
     )
@@ -142,7 +148,11 @@ print(json.dumps({
     unreachable = {"ENETUNREACH", "EHOSTUNREACH", "EADDRNOTAVAIL"}
     assert seen["v4"][0] in unreachable
     assert seen["v6"][0] in unreachable
-    assert all(outcome in unreachable for outcome, _ in seen["dns"]), seen["dns"]
+    # The host's own nameserver is not revealed; a lookup fails at once on loopback.
+    assert seen["servers"] == ["127.0.0.1"]
+    assert seen["search"] in ([], ["search ."])
+    assert seen["lookup"][0] != "ok"
+    assert seen["lookup"][1] < 2.0
 
 
 def test_raw_and_packet_sockets(hostile: Hostile) -> None:

@@ -96,3 +96,54 @@ def test_nan_and_infinity_metrics_are_rejected(hostile: Hostile, value: str) -> 
     result = hostile(f"print({json.dumps(line)})\n")
     assert not result.success
     assert "'accuracy' must be a finite number" in (result.error_message or "")
+
+
+def test_one_write_past_64_kib_arrives_whole(hostile: Hostile) -> None:
+    """A single 70,000-byte write and the result line after it arrive whole (gVisor too)."""
+    result = hostile(
+        """
+        import json, sys
+        sys.stdout.write("A" * 70000 + "\\n")
+        print(json.dumps({"success": True, "metrics": {"accuracy": 1.0}}))
+        """
+    )
+    assert result.success, result.error_message
+    assert result.stdout.count("A") == 70000
+
+
+def test_every_byte_of_a_large_output_arrives(hostile: Hostile) -> None:
+    """5 MB written through print() and sys.stdout/sys.stderr in big pieces: not one byte lost."""
+    result = hostile(
+        """
+        import json, sys
+        for i in range(50):
+            sys.stdout.write(f"{i:08d}" + "o" * 99_991 + "\\n")
+            sys.stderr.write(f"{i:08d}" + "e" * 99_991 + "\\n")
+        print(json.dumps({"success": True}))
+        """,
+        output_limit=16 * 1024 * 1024,
+        timeout=60,
+    )
+    assert result.success, result.error_message
+    lines = result.stdout.splitlines()
+    assert [line[:8] for line in lines[:-1]] == [f"{i:08d}" for i in range(50)]
+    assert all(len(line) == 99_999 for line in lines[:-1])
+    assert len(result.stderr) == 50 * 100_000
+    assert not result.stdout_truncated and not result.stderr_truncated
+
+
+def test_output_before_a_deadline_kill_is_kept(hostile: Hostile) -> None:
+    """What the script printed, even without a newline or a flush, survives the kill."""
+    result = hostile(
+        """
+        import sys, time
+        print("started")
+        sys.stdout.write("progress 42%")
+        sys.stderr.write("warming up")
+        time.sleep(600)
+        """,
+        timeout=4,
+    )
+    assert result.timed_out
+    assert result.stdout == "started\nprogress 42%"
+    assert result.stderr == "warming up"

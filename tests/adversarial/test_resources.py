@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable
+from pathlib import Path
+
+from runner import ExperimentRunner
+from runner.engine import DockerEngine
 from tests.adversarial.conftest import Hostile, report
-from tests.integration.conftest import RUNTIME
+from tests.integration.conftest import RUNTIME, SPEC
 
 MIB = 1024 * 1024
 
@@ -32,7 +38,7 @@ def test_no_swap_beyond_the_memory_cap(hostile: Hostile) -> None:
 
 
 def test_fork_bomb_is_capped(hostile: Hostile) -> None:
-    """Forking without end stops at the PID cap (gVisor: the sandbox ends) and the run ends."""
+    """Forking without end fails inside the script at the PID cap, under runc and gVisor."""
     result = hostile(
         """
         import json, os, time
@@ -49,9 +55,66 @@ def test_fork_bomb_is_capped(hostile: Hostile) -> None:
         pids_limit=64,
         timeout=20,
     )
-    if RUNTIME == "runc":
-        assert report(result)["children"] < 64
-    assert not result.timed_out or RUNTIME == "runsc"
+    seen = report(result)
+    assert 8 < seen["children"] < 64
+    assert seen["error"] == errno.EAGAIN
+    assert result.success, result.error_message
+    assert not result.timed_out
+
+
+def test_thread_bomb_is_capped_inside_the_script(hostile: Hostile) -> None:
+    """Starting threads without end fails inside the script at the cap; the script reports it."""
+    result = hostile(
+        """
+        import json, threading, time
+        threads = 0
+        try:
+            while True:
+                threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+                threads += 1
+        except RuntimeError as e:
+            print(json.dumps({"success": True, "threads": threads}))
+        """,
+        pids_limit=64,
+        timeout=20,
+    )
+    assert result.success, result.error_message
+    assert 8 < report(result)["threads"] < 64
+
+
+def test_exhausting_a_per_user_quota_leaves_a_concurrent_run_alone(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """One run holding every inotify instance its user may have does not starve another run."""
+    hog = write_script(
+        """
+        import ctypes, json, time
+        libc = ctypes.CDLL(None, use_errno=True)
+        held = 0
+        while libc.inotify_init1(0) >= 0:
+            held += 1
+        time.sleep(6)  # the other run starts its inotify while these are held
+        print(json.dumps({"success": True, "held": held}))
+        """,
+        "hog.py",
+    )
+    probe = write_script(
+        """
+        import ctypes, json, os, time
+        time.sleep(3)
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(0)
+        errno = ctypes.get_errno()
+        print(json.dumps({"success": True, "fd": fd, "errno": errno, "uid": os.getuid()}))
+        """,
+        "probe.py",
+    )
+    runner = ExperimentRunner(timeout=30, engine=engine)
+    hogged, probed = runner.run_many([(hog, SPEC, 0), (probe, SPEC, 1)], max_workers=2)
+    assert report(hogged)["held"] > 8
+    seen = report(probed)
+    assert seen["fd"] >= 0, f"inotify_init1 failed with errno {seen['errno']}"
+    assert seen["uid"] not in (0, 10001)
 
 
 def test_cpu_spin_on_every_core_is_held_to_the_quota(hostile: Hostile) -> None:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from runner import ExperimentResult, ExperimentRunner
 from runner.engine import DockerEngine
+from runner.identity import UID_COUNT, UID_FIRST
 from runner.sandbox import LABEL
+from runner.settings import ExperimentDefaults
 from tests.integration.conftest import SPEC
 from tests.integration.test_lifecycle import spawn, wait_for_container
 
@@ -89,6 +95,11 @@ def test_a_warm_run_looks_like_a_cold_one(
     assert not cold.warm_start
     cold_view = seen(cold)
     preloaded = set(warm_view.pop("modules")) - set(cold_view.pop("modules"))
+    # Each sandbox has a user ID of its own: the only field that must differ.
+    warm_uid, cold_uid = warm_view.pop("uid"), cold_view.pop("uid")
+    assert warm_uid != cold_uid
+    assert UID_FIRST <= warm_uid < UID_FIRST + UID_COUNT
+    assert UID_FIRST <= cold_uid < UID_FIRST + UID_COUNT
     assert warm_view == cold_view
     assert warm_view["name"] == "__main__"
     assert warm_view["argv"] == [str(script)]
@@ -230,3 +241,75 @@ def test_a_dead_slot_falls_back_to_a_cold_run(
     result = warm.run(script, SPEC, 0)
     assert result.success, result.error_message
     assert not result.warm_start
+
+
+SYMLINK_PROBE = """
+import json, os
+def read(name):
+    try:
+        with open(name, "rb") as f:
+            return f.read(64).decode("latin-1")
+    except OSError as e:
+        return type(e).__name__
+print(json.dumps({
+    "private": read("private.csv"),
+    "mounts": read("mounts"),
+    "zero": os.readlink("big.bin"),
+    "zero_head": read("big.bin")[:4],
+}))
+"""
+
+
+@pytest.fixture
+def pool_root_on_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A pool root on /dev/shm: another filesystem than the pool's cache, so links fail."""
+    root = Path(tempfile.mkdtemp(prefix="runner-test-", dir="/dev/shm"))
+    root.chmod(0o755)
+    if root.stat().st_dev == ExperimentDefaults().cache_dir.parent.stat().st_dev:
+        pytest.fail("/dev/shm is on the cache directory's filesystem; the test needs two")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_warm_hand_over_across_filesystems_reads_no_host_file(
+    engine: DockerEngine, pool_root_on_tmpfs: Path, tmp_path: Path
+) -> None:
+    """Symlinks to host files or devices show in a warm run exactly as in a cold one."""
+    private = tmp_path / "private.csv"
+    private.write_text("host secret")
+    private.chmod(0o644)
+    script = experiment(pool_root_on_tmpfs, SYMLINK_PROBE)
+    (script.parent / "private.csv").symlink_to(private)
+    (script.parent / "big.bin").symlink_to("/dev/zero")
+    (script.parent / "mounts").symlink_to("/proc/self/mountinfo")  # the runner's, on the host
+    with ExperimentRunner(
+        timeout=30, engine=engine, warm_pool=1, pool_root=pool_root_on_tmpfs
+    ) as runner:
+        warm_view = seen(run_ready(runner, script))
+    cold_view = seen(ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 0))
+    assert warm_view == cold_view
+    assert warm_view["private"] == "FileNotFoundError"
+    assert warm_view["zero"] == "/dev/zero"
+
+
+def test_a_warm_result_reports_the_image_its_slot_was_made_from(
+    engine: DockerEngine, pool_root: Path
+) -> None:
+    """Retagging the image after the pool started does not change a warm run's image ID."""
+    images = docker.from_env().images
+    sandbox_id = engine.image_id(ExperimentDefaults().image)
+    tag = f"experiment-runner/test-retag:{os.getpid()}"
+    images.get(sandbox_id).tag(tag)
+    try:
+        script = experiment(pool_root, "import json\nprint(json.dumps({'success': True}))\n")
+        with ExperimentRunner(
+            timeout=30, engine=engine, warm_pool=1, pool_root=pool_root, image=tag
+        ) as runner:
+            assert runner.wait_for_warm(120)
+            # The tag now names another image; the waiting slot was made from the first.
+            images.get("experiment-runner/base:bookworm").tag(tag)
+            result = run_ready(runner, script)
+    finally:
+        images.remove(tag)
+    assert result.success, result.error_message
+    assert result.image_id == sandbox_id
