@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from runner.parsing import Ending, find_result_line, interpret
+from runner.parsing import Ending, find_result_line, interpret, printable
 
 
 def judge(stdout: str = "", stderr: str = "", exit_code: int | None = 0, **ending: bool):
@@ -137,3 +137,10 @@ def test_error_messages_are_bounded() -> None:
     """A megabyte-long error line is cut to a readable length."""
     verdict = judge(stderr="E" * 1_000_000 + "\n", exit_code=1)
     assert len(verdict.error_message or "") < 600
+
+
+def test_escapes_name_each_character_unambiguously() -> None:
+    """C1, bidi, line-separator and astral format characters read as Python escapes."""
+    assert (
+        printable("a\x9bb\u202ec\u2028d\U000e0001e\n") == "a\\x9bb\\u202ec\\u2028d\\U000e0001e\\n"
+    )
