@@ -26,8 +26,7 @@ class Verdict:
 
 def find_result_line(stdout: str) -> dict[str, Any] | None:
     """The last line of ``stdout`` that is a JSON object (scripts print progress first)."""
-    for line in reversed(stdout.splitlines()):
-        candidate = line.strip()
+    for candidate in reversed(_lines(stdout)):
         if not candidate.startswith("{"):
             continue
         try:
@@ -41,7 +40,7 @@ def find_result_line(stdout: str) -> dict[str, Any] | None:
 
 def json_error(stdout: str) -> str:
     """The decoder's complaint about the last non-empty line, as the document words it."""
-    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    lines = _lines(stdout)
     last = lines[-1] if lines else ""
     try:
         json.loads(last)
@@ -53,8 +52,17 @@ def json_error(stdout: str) -> str:
 
 
 def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = _lines(text)
     return printable(lines[-1]) if lines else ""
+
+
+def _lines(text: str) -> list[str]:
+    """The non-empty lines of ``text``, stripped.
+
+    Split on "\\n" only: ``str.splitlines`` also splits on U+2028, U+0085 and
+    other characters that are valid, unescaped, inside a JSON string.
+    """
+    return [stripped for line in text.split("\n") if (stripped := line.strip())]
 
 
 def printable(text: str, limit: int = 500) -> str:

@@ -144,3 +144,26 @@ def test_escapes_name_each_character_unambiguously() -> None:
     assert (
         printable("a\x9bb\u202ec\u2028d\U000e0001e\n") == "a\\x9bb\\u202ec\\u2028d\\U000e0001e\\n"
     )
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_result_line_may_hold_characters_that_splitlines_splits_on(separator: str) -> None:
+    """A result line printed with ensure_ascii=False may hold U+2028 and kin; only "\\n" ends it."""
+    line = json.dumps(
+        {"success": True, "metrics": {f"a{separator}b": 0.5}, "note": f"x{separator}y"},
+        ensure_ascii=False,
+    )
+    assert separator in line
+    verdict = judge(f"progress\r\n{line}\r\n")
+    assert verdict.success, verdict.error_message
+    assert verdict.metrics == {f"a{separator}b": 0.5}
+
+
+def test_stderr_and_json_errors_read_whole_lines() -> None:
+    """The last stderr line and the decoder's complaint are about "\\n"-separated lines."""
+    crash = judge(stderr="first\nValueError: a\u2028b\n", exit_code=1)
+    assert crash.error_message == "Script exited with code 1: ValueError: a\\u2028b"
+    unparsable = judge('{"success": tru\u2028e}\n')
+    assert unparsable.error_message == (
+        "Failed to parse JSON output: Expecting value: line 1 column 13 (char 12)"
+    )
