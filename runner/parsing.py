@@ -86,12 +86,15 @@ def parse_metrics(raw: Any) -> tuple[dict[str, float], str | None]:
         # bool is an int in Python, but never a metric.
         if isinstance(value, bool) or not isinstance(value, int | float):
             return {}, (
-                f"Invalid metrics: {name!r} must be a number, got "
+                f"Invalid metrics: {_short(name)} must be a number, got "
                 f"{type(value).__name__} {_short(value)}"
             )
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # JSON integers have no size limit; floats do
+            return {}, f"Invalid metrics: {_short(name)} is too large for a float"
         if not math.isfinite(number):
-            return {}, f"Invalid metrics: {name!r} must be a finite number, got {number}"
+            return {}, f"Invalid metrics: {_short(name)} must be a finite number, got {number}"
         metrics[str(name)] = number
     return metrics, None
 

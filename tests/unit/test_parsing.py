@@ -167,3 +167,17 @@ def test_stderr_and_json_errors_read_whole_lines() -> None:
     assert unparsable.error_message == (
         "Failed to parse JSON output: Expecting value: line 1 column 13 (char 12)"
     )
+
+
+def test_an_integer_too_large_for_a_float_is_a_failed_run() -> None:
+    """A 400-digit metric fails the run with a clear message instead of raising."""
+    verdict = judge('{"success": true, "metrics": {"accuracy": 1' + "0" * 400 + "}}")
+    assert not verdict.success
+    assert verdict.error_message == "Invalid metrics: 'accuracy' is too large for a float"
+
+
+def test_metric_names_in_errors_are_bounded() -> None:
+    """A megabyte-long metric name is cut in the error message."""
+    verdict = judge(json.dumps({"success": True, "metrics": {"n" * 1_000_000: "x"}}))
+    assert not verdict.success
+    assert len(verdict.error_message or "") < 200
