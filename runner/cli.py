@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from runner.cleanup import cleanup
 from runner.codegen import CodeGenerator
@@ -29,12 +31,21 @@ from runner.image import (
     image_dir,
 )
 from runner.models import ExperimentResult, ExperimentSpec
+from runner.parsing import printable
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
 
 # Piped output (CI logs, tests) gets a wide fixed width instead of rich's 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 errors = Console(stderr=True, highlight=False)
+
+
+def safe_text(value: object, limit: int = 500) -> Text:
+    """Text a script (or a file) controls, for a console: never markup, controls escaped.
+
+    rich strips only a few control codes itself (not ESC, C1 or bidi characters).
+    """
+    return Text(printable(str(value), limit))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,7 +169,8 @@ def _run(args: argparse.Namespace) -> int:
         spec = ExperimentSpec(experiment_name=args.name or args.script.stem, model_type="script")
         result = runner.run(args.script, spec, 0)
     if args.json:
-        print(result.model_dump_json(indent=2))
+        # ensure_ascii also escapes C1 and bidi characters (and DEL), which JSON allows raw.
+        print(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=True))
     else:
         _summary(result)
     return 0 if result.success else 1
@@ -194,7 +206,9 @@ def _run_demo(
 
         def done(index: int, result: ExperimentResult) -> None:
             progress.advance(task)
-            progress.console.print(f"  {_outcome(result)}: {result.experiment_name}")
+            progress.console.print(
+                Text.assemble("  ", _outcome(result), ": ", safe_text(result.experiment_name))
+            )
 
         results = runner.run_many(jobs, max_workers=workers, on_result=done)
     console.print(_leaderboard(results, title="Leaderboard"))
@@ -237,8 +251,10 @@ def _doctor(args: argparse.Namespace) -> int:
     def report(good: bool, what: str, fix: str = "") -> None:
         nonlocal ok
         ok = ok and good
-        mark = "[green]ok[/]  " if good else "[red]FAIL[/]"
-        console.print(f"{mark} {what}" + (f"\n      fix: {fix}" if fix else ""))
+        line = Text.assemble(("ok  ", "green") if good else ("FAIL", "red"), " ", safe_text(what))
+        if fix:
+            line.append("\n      fix: ").append_text(safe_text(fix))
+        console.print(line)
 
     try:
         engine = DockerEngine()
@@ -306,9 +322,10 @@ def _history(args: argparse.Namespace) -> int:
     if args.name:
         results = [r for r in results if args.name in r.experiment_name]
     if unreadable:
-        errors.print(f"note: skipped {unreadable} unreadable line(s) in {path}")
+        errors.print(safe_text(f"note: skipped {unreadable} unreadable line(s) in {path}"))
     if not results:
-        console.print(f"no results in {path}" + (f" matching {args.name!r}" if args.name else ""))
+        matching = f" matching {args.name!r}" if args.name else ""
+        console.print(safe_text(f"no results in {path}{matching}"))
         return 0
     shown = best_first(results)[: args.limit]
     console.print(_leaderboard(shown, title=f"{path}: {len(results)} result(s), best first"))
@@ -316,15 +333,15 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(results: Sequence[ExperimentResult], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=safe_text(title))
     for column in ("#", "experiment", "model", "main metric", "time", "outcome", "when (UTC)"):
         table.add_column(column, justify="right" if column in ("#", "time") else "left")
     for rank, result in enumerate(best_first(results), 1):
         metric = ranking_metric(result)
         table.add_row(
             str(rank),
-            result.experiment_name,
-            result.model_type,
+            safe_text(result.experiment_name),
+            safe_text(result.model_type),
             f"{metric[0]} {metric[1]:.4f}" if metric and result.success else "-",
             f"{result.execution_time:.2f}s",
             _outcome(result),
@@ -333,23 +350,27 @@ def _leaderboard(results: Sequence[ExperimentResult], title: str) -> Table:
     return table
 
 
-def _outcome(result: ExperimentResult) -> str:
+def _outcome(result: ExperimentResult) -> Text:
     if result.success:
-        return "ok"
+        return Text("ok")
     if result.timed_out:
-        return "timed out"
+        return Text("timed out")
     if result.oom_killed:
-        return "out of memory"
-    return f"failed: {(result.error_message or '')[:60]}"
+        return Text("out of memory")
+    return Text("failed: ").append_text(safe_text(result.error_message or "", limit=60))
 
 
 def _summary(result: ExperimentResult) -> None:
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
-    detail = metrics if result.success else result.error_message
+    detail = metrics if result.success else result.error_message or ""
     console.print(
-        f"{_outcome(result).split(':')[0]} {result.experiment_name} "
-        f"({result.execution_time:.2f}s, exit {result.exit_code}): {detail}",
-        markup=False,
+        Text.assemble(
+            _outcome(result).plain.split(":")[0],
+            " ",
+            safe_text(result.experiment_name),
+            f" ({result.execution_time:.2f}s, exit {result.exit_code}): ",
+            safe_text(detail, limit=10_000),
+        )
     )
 
 

@@ -26,8 +26,7 @@ class Verdict:
 
 def find_result_line(stdout: str) -> dict[str, Any] | None:
     """The last line of ``stdout`` that is a JSON object (scripts print progress first)."""
-    for line in reversed(stdout.splitlines()):
-        candidate = line.strip()
+    for candidate in reversed(_lines(stdout)):
         if not candidate.startswith("{"):
             continue
         try:
@@ -41,7 +40,7 @@ def find_result_line(stdout: str) -> dict[str, Any] | None:
 
 def json_error(stdout: str) -> str:
     """The decoder's complaint about the last non-empty line, as the document words it."""
-    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    lines = _lines(stdout)
     last = lines[-1] if lines else ""
     try:
         json.loads(last)
@@ -53,13 +52,26 @@ def json_error(stdout: str) -> str:
 
 
 def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = _lines(text)
     return printable(lines[-1]) if lines else ""
+
+
+def _lines(text: str) -> list[str]:
+    """The non-empty lines of ``text``, stripped.
+
+    Split on "\\n" only: ``str.splitlines`` also splits on U+2028, U+0085 and
+    other characters that are valid, unescaped, inside a JSON string.
+    """
+    return [stripped for line in text.split("\n") if (stripped := line.strip())]
 
 
 def printable(text: str, limit: int = 500) -> str:
     """Script-controlled text made safe for a terminal or a log: escapes and length bounded."""
-    cleaned = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[: limit * 2])
+    # Python's own escapes (\x9b, \u202e, \U000e0001) name the character unambiguously.
+    escaped = (
+        c if c.isprintable() else c.encode("unicode_escape").decode() for c in text[: limit * 2]
+    )
+    cleaned = "".join(escaped)
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
@@ -74,12 +86,15 @@ def parse_metrics(raw: Any) -> tuple[dict[str, float], str | None]:
         # bool is an int in Python, but never a metric.
         if isinstance(value, bool) or not isinstance(value, int | float):
             return {}, (
-                f"Invalid metrics: {name!r} must be a number, got "
+                f"Invalid metrics: {_short(name)} must be a number, got "
                 f"{type(value).__name__} {_short(value)}"
             )
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # JSON integers have no size limit; floats do
+            return {}, f"Invalid metrics: {_short(name)} is too large for a float"
         if not math.isfinite(number):
-            return {}, f"Invalid metrics: {name!r} must be a finite number, got {number}"
+            return {}, f"Invalid metrics: {_short(name)} must be a finite number, got {number}"
         metrics[str(name)] = number
     return metrics, None
 

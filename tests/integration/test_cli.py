@@ -153,3 +153,28 @@ def test_help_reads_well() -> None:
     run_help = runner_cli("run", "--help").stdout
     for option in ("--timeout", "--memory", "--cpus", "--runtime", "--input", "--json"):
         assert option in run_help
+
+
+def test_a_hostile_scripts_text_reaches_the_terminal_inert(
+    write_script: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Markup, escape sequences, C1 controls and bidi overrides a script prints show as text."""
+    hostile = "[/][link=x]\x1b[2J\x1b]0;pwned\x07\x9b31m\u202e"
+    emit = "import json\nprint(json.dumps({!r}))\n"
+    good = write_script(emit.format({"success": True, "metrics": {hostile: 0.5}}), "good.py")
+    bad = write_script(emit.format({"success": False, "error": hostile}), "bad.py")
+    results = tmp_path / "results.jsonl"
+    ran = runner_cli("run", str(good), "--results", str(results), "--name", "good")
+    failed = runner_cli("run", str(bad), "--results", str(results), "--name", "bad")
+    history = runner_cli("history", "--results", str(results))
+    as_json = runner_cli("run", str(good), "--no-record", "--json")
+    outs = (ran, failed, history, as_json)
+    assert [out.returncode for out in outs] == [0, 1, 0, 0], [out.stderr for out in outs]
+    for out in outs:
+        for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+            assert raw not in out.stdout + out.stderr
+    shown = "[/][link=x]\\x1b[2J\\x1b]0;pwned\\x07\\x9b31m\\u202e"
+    assert shown in ran.stdout and shown in failed.stdout
+    assert "good" in history.stdout and "[/][link=x]" in history.stdout
+    assert as_json.stdout.isascii()
+    assert json.loads(as_json.stdout)["metrics"] == {hostile: 0.5}

@@ -1,8 +1,19 @@
+import io
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from rich.console import Console
 
+from runner import cli
 from runner.cli import main
+from runner.exceptions import ExperimentExecutionError
+from runner.history import ResultsHistory
+from runner.models import ExperimentResult
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,3 +36,163 @@ def test_caller_errors_are_one_line_and_exit_2(
     assert err.startswith("error: Script not found")
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+#: What a script controls, at its worst: a screen clear, a window title (OSC), a C1 CSI,
+#: a bidi override and rich markup, including a hyperlink and a bare closing tag.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\x9b31m\u202e[/][link=x]click[/link][bold]"
+#: Markup that must reach the screen as the literal text.
+MARKUP = "[/][link=x]click[/link][bold]"
+
+
+def assert_inert(screen: str) -> None:
+    """Nothing of HOSTILE acted on the terminal: no escape, no link, no BEL, no C1, no bidi."""
+    for raw in ("\x1b[2J", "\x1b]0;", "\x1b]8;", "\x07", "\x9b", "\u202e"):
+        assert raw not in screen
+    assert MARKUP in screen
+    assert "\\x1b[2J" in screen and "\\u202e" in screen
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """What the CLI's consoles write, as a colour terminal would receive it."""
+    screen = io.StringIO()
+    for name in ("console", "errors"):
+        console = Console(file=screen, force_terminal=True, width=400, highlight=False)
+        monkeypatch.setattr(cli, name, console)
+    return screen
+
+
+def result(**fields: Any) -> ExperimentResult:
+    defaults: dict[str, Any] = {
+        "experiment_name": HOSTILE,
+        "iteration": 0,
+        "model_type": HOSTILE,
+        "execution_time": 1.0,
+        "success": True,
+        "code_path": "script.py",
+        "timestamp": datetime(2024, 1, 1, tzinfo=UTC),
+        "stdout": HOSTILE,
+        "stderr": HOSTILE,
+    }
+    return ExperimentResult(**{**defaults, **fields})
+
+
+SUCCEEDED = result(metrics={HOSTILE: 0.5, "accuracy": 0.9})
+FAILED = result(success=False, exit_code=1, error_message=HOSTILE)
+
+
+class FakeRunner:
+    """Stands in for ExperimentRunner: run returns the first of ``results``, run_many all."""
+
+    results = (SUCCEEDED, FAILED)
+    warm_pool_size = 0
+    policy = SimpleNamespace(image="image", cpu_limit=1.0, memory_limit="1g")
+
+    def __init__(self, **options: object) -> None:
+        pass
+
+    def __enter__(self) -> "FakeRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def default_workers(self) -> int:
+        return 1
+
+    def run(self, script: Path, spec: object, iteration: int) -> ExperimentResult:
+        return self.results[0]
+
+    def run_many(
+        self, jobs: list[Any], max_workers: int, on_result: Callable[[int, ExperimentResult], None]
+    ) -> list[ExperimentResult]:
+        done = [self.results[i % len(self.results)] for i in range(len(jobs))]
+        for index, each in enumerate(done):
+            on_result(index, each)
+        return done
+
+
+@pytest.fixture
+def fake_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> type[FakeRunner]:
+    """The CLI runs scripts with FakeRunner; the demo writes its scripts under tmp_path."""
+    monkeypatch.setattr(cli, "ExperimentRunner", FakeRunner)
+    monkeypatch.setenv("RUNNER_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
+    return FakeRunner
+
+
+@pytest.mark.parametrize("outcome", [SUCCEEDED, FAILED], ids=["ok", "failed"])
+def test_run_summary_shows_script_text_inert(
+    outcome: ExperimentResult,
+    fake_runs: type[FakeRunner],
+    terminal: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`runner run` shows metric names, experiment names and errors as escaped plain text."""
+    monkeypatch.setattr(fake_runs, "results", (outcome,))
+    code = main(["run", "script.py", "--no-record"])
+    assert code == (0 if outcome.success else 1)
+    assert_inert(terminal.getvalue())
+
+
+def test_run_json_is_ascii_and_parses_back(
+    fake_runs: type[FakeRunner], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`runner run --json` escapes every control and non-ASCII character, and stays valid JSON."""
+    assert main(["run", "script.py", "--no-record", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.isascii()
+    assert "\x1b" not in out and "\x07" not in out and "\x7f" not in out
+    assert ExperimentResult.model_validate_json(out) == SUCCEEDED
+    assert json.loads(out)["metrics"] == {HOSTILE: 0.5, "accuracy": 0.9}
+
+
+def test_demo_progress_and_leaderboard_show_script_text_inert(
+    fake_runs: type[FakeRunner], terminal: io.StringIO
+) -> None:
+    """`runner demo` prints each outcome and the leaderboard without acting on script text."""
+    assert main(["demo", "--no-record", "--workers", "1"]) == 1
+    screen = terminal.getvalue()
+    assert_inert(screen)
+    assert "failed: " in screen and "accuracy 0.9000" in screen
+
+
+def test_history_shows_hostile_records_as_text(tmp_path: Path, terminal: io.StringIO) -> None:
+    """`runner history` lists names, models and errors holding markup or escapes as text."""
+    path = tmp_path / "results.jsonl"
+    for each in (SUCCEEDED, FAILED):
+        ResultsHistory(path).append(each)
+    assert main(["history", "--results", str(path)]) == 0
+    screen = terminal.getvalue()
+    assert_inert(screen)
+    assert screen.count(MARKUP) >= 4  # two names, two model types, the error
+
+
+def test_history_paths_with_markup_are_shown_as_given(
+    tmp_path: Path, terminal: io.StringIO
+) -> None:
+    """A results path holding markup is printed literally in the notes and the title."""
+    path = tmp_path / "[bold]x" / "results.jsonl"
+    path.parent.mkdir()
+    path.write_text("not json\n")
+    assert main(["history", "--results", str(path)]) == 0
+    assert f"skipped 1 unreadable line(s) in {path}" in terminal.getvalue()
+    assert f"no results in {path}" in terminal.getvalue()
+    ResultsHistory(path).append(SUCCEEDED)
+    assert main(["history", "--results", str(path)]) == 0
+    assert f"{path}: 1 result(s), best first" in terminal.getvalue()
+
+
+def test_doctor_shows_a_hint_as_text(
+    monkeypatch: pytest.MonkeyPatch, terminal: io.StringIO
+) -> None:
+    """`runner doctor` prints what it was told (here a hint) as text, never as markup."""
+
+    def unreachable() -> None:
+        raise ExperimentExecutionError("Cannot reach the engine", hint=HOSTILE)
+
+    monkeypatch.setattr(cli, "DockerEngine", unreachable)
+    assert main(["doctor"]) == 1
+    screen = terminal.getvalue()
+    assert "FAIL" in screen and "fix: " in screen
+    assert_inert(screen)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from runner.parsing import Ending, find_result_line, interpret
+from runner.parsing import Ending, find_result_line, interpret, printable
 
 
 def judge(stdout: str = "", stderr: str = "", exit_code: int | None = 0, **ending: bool):
@@ -137,3 +137,47 @@ def test_error_messages_are_bounded() -> None:
     """A megabyte-long error line is cut to a readable length."""
     verdict = judge(stderr="E" * 1_000_000 + "\n", exit_code=1)
     assert len(verdict.error_message or "") < 600
+
+
+def test_escapes_name_each_character_unambiguously() -> None:
+    """C1, bidi, line-separator and astral format characters read as Python escapes."""
+    assert (
+        printable("a\x9bb\u202ec\u2028d\U000e0001e\n") == "a\\x9bb\\u202ec\\u2028d\\U000e0001e\\n"
+    )
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_result_line_may_hold_characters_that_splitlines_splits_on(separator: str) -> None:
+    """A result line printed with ensure_ascii=False may hold U+2028 and kin; only "\\n" ends it."""
+    line = json.dumps(
+        {"success": True, "metrics": {f"a{separator}b": 0.5}, "note": f"x{separator}y"},
+        ensure_ascii=False,
+    )
+    assert separator in line
+    verdict = judge(f"progress\r\n{line}\r\n")
+    assert verdict.success, verdict.error_message
+    assert verdict.metrics == {f"a{separator}b": 0.5}
+
+
+def test_stderr_and_json_errors_read_whole_lines() -> None:
+    """The last stderr line and the decoder's complaint are about "\\n"-separated lines."""
+    crash = judge(stderr="first\nValueError: a\u2028b\n", exit_code=1)
+    assert crash.error_message == "Script exited with code 1: ValueError: a\\u2028b"
+    unparsable = judge('{"success": tru\u2028e}\n')
+    assert unparsable.error_message == (
+        "Failed to parse JSON output: Expecting value: line 1 column 13 (char 12)"
+    )
+
+
+def test_an_integer_too_large_for_a_float_is_a_failed_run() -> None:
+    """A 400-digit metric fails the run with a clear message instead of raising."""
+    verdict = judge('{"success": true, "metrics": {"accuracy": 1' + "0" * 400 + "}}")
+    assert not verdict.success
+    assert verdict.error_message == "Invalid metrics: 'accuracy' is too large for a float"
+
+
+def test_metric_names_in_errors_are_bounded() -> None:
+    """A megabyte-long metric name is cut in the error message."""
+    verdict = judge(json.dumps({"success": True, "metrics": {"n" * 1_000_000: "x"}}))
+    assert not verdict.success
+    assert len(verdict.error_message or "") < 200
