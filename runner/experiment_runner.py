@@ -110,6 +110,8 @@ class Execution:
     peak_memory_bytes: int | None = None
     cpu_seconds: float | None = None
     warm: bool = False
+    #: False when the sandbox ended before the script's exit was recorded.
+    exit_reported: bool = True
 
 
 class ExperimentRunner:
@@ -231,7 +233,12 @@ class ExperimentRunner:
                 error_message=str(e) or type(e).__name__,
             )
         verdict = interpret(
-            Ending(execution.exit_code, execution.timed_out, execution.oom_killed),
+            Ending(
+                execution.exit_code,
+                execution.timed_out,
+                execution.oom_killed,
+                exit_reported=execution.exit_reported,
+            ),
             execution.stdout,
             execution.stderr,
             timeout=self.timeout,
@@ -263,9 +270,12 @@ class ExperimentRunner:
         ``timed_out`` and ``oom_killed``. A timed-out run has returncode 137.
         """
         execution = self.execute(Path(script_path))
+        stderr = execution.stderr
+        if not execution.exit_reported:
+            stderr += "\n[runner] the sandbox ended before the script did\n"
         return {
             "stdout": execution.stdout,
-            "stderr": execution.stderr,
+            "stderr": stderr,
             "returncode": execution.exit_code if execution.exit_code is not None else -1,
             "timed_out": execution.timed_out,
             "oom_killed": execution.oom_killed,
@@ -615,6 +625,8 @@ class ExperimentRunner:
             peak_memory_bytes=usage.peak_memory_bytes,
             cpu_seconds=max(cpu - cpu_before, 0.0) if cpu is not None else None,
             warm=warm,
+            # A deadline kill or an OOM kill of the whole sandbox also leaves no record.
+            exit_reported=output.exit_reported or timed_out or state.oom_killed,
         )
 
     @property

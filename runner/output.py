@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from runner.engine import OutputStream
+from runner.sandbox import EXIT_MARKER
 
 #: Receives ("stdout" or "stderr", one line without its newline) as the script prints.
 OutputCallback = Callable[[str, str], None]
@@ -37,6 +38,18 @@ class TailBuffer:
     @property
     def truncated(self) -> bool:
         return self.total > self.limit
+
+    def take_exit_marker(self) -> bool:
+        """Remove a final ``EXIT_MARKER`` line from the tail; True if there was one."""
+        start = self._data.rfind(b"\n" + EXIT_MARKER)
+        start = start + 1 if start >= 0 else (0 if self._data.startswith(EXIT_MARKER) else -1)
+        if start < 0 or not self._data.endswith(b"\n"):
+            return False
+        if not self._data[start + len(EXIT_MARKER) : -1].isdigit():
+            return False
+        self.total -= len(self._data) - start
+        del self._data[start:]
+        return True
 
     def text(self) -> str:
         # A cut tail can start inside a multi-byte character; never fail on it.
@@ -70,7 +83,7 @@ class LineSplitter:
             self._partial.clear()
 
     def _emit(self, line: bytes) -> None:
-        if self._callback is None:
+        if self._callback is None or line.startswith(EXIT_MARKER):
             return
         try:
             self._callback(self._name, line.decode("utf-8", errors="replace"))
@@ -85,6 +98,8 @@ class CapturedOutput:
     stderr: str
     stdout_truncated: bool
     stderr_truncated: bool
+    #: The sandbox's wrapper recorded the script's exit (see ``self_limited``).
+    exit_reported: bool = True
 
 
 class OutputCollector:
@@ -132,6 +147,7 @@ class OutputCollector:
         self._closing = True
         self._stream.close()
         self._thread.join(1.0)
+        exit_reported = self.stderr.take_exit_marker()
         stderr = self.stderr.text()
         for splitter in self._lines or ():
             if splitter.callback_error is not None:
@@ -143,4 +159,5 @@ class OutputCollector:
             stderr=stderr,
             stdout_truncated=self.stdout.truncated,
             stderr_truncated=self.stderr.truncated,
+            exit_reported=exit_reported,
         )

@@ -15,6 +15,8 @@ class Ending:
     exit_code: int | None
     timed_out: bool = False
     oom_killed: bool = False
+    #: The sandbox recorded the script's exit; False when the sandbox ended first.
+    exit_reported: bool = True
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,15 @@ def interpret(
             False,
             error_message=f"Experiment ran out of memory: killed at the memory limit of "
             f"{memory_limit} (exit code {ending.exit_code})",
+        )
+    if not ending.exit_reported:
+        detail = last_line(stderr)
+        return Verdict(
+            False,
+            error_message=f"The sandbox ended before the script did (exit code "
+            f"{ending.exit_code}): the script killed its own supervisor, or the sandbox "
+            f"itself failed (under gVisor: its kernel)"
+            + (f"; last error: {detail}" if detail else ""),
         )
     payload = find_result_line(stdout)
     if ending.exit_code != 0:

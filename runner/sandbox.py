@@ -100,14 +100,25 @@ class Run:
     user_kernel: bool = False
 
 
+#: The last line of a run's stderr, written once the script has exited, with its status.
+EXIT_MARKER = b"\x00experiment-runner-exit "
+_REPORT_EXIT = (
+    'timeout --signal=KILL "$0" "$@"; status=$?; '
+    'printf \'\\000experiment-runner-exit %d\\n\' "$status" >&2; exit "$status"'
+)
+
+
 def self_limited(command: list[str], timeout: float) -> list[str]:
     """Wrap ``command`` so the container kills it itself, should no runner be left to.
 
-    ``timeout`` (coreutils) is the child of tini; if the script kills it, tini
-    exits and the container stops, so the wrapper cannot be used to escape.
+    ``timeout`` (coreutils) is the child of ``sh``, the child of tini; if the
+    script kills either, tini exits and the container stops, so the wrapper
+    cannot be used to escape. ``sh`` then writes ``EXIT_MARKER`` and the status
+    to stderr: a run that ends without that line ended with its sandbox (say,
+    gVisor's kernel failed), not by the script's own exit.
     """
     seconds = math.ceil(timeout) + SELF_DEADLINE_GRACE
-    return ["timeout", "--signal=KILL", f"{seconds}s", *command]
+    return ["sh", "-c", _REPORT_EXIT, f"{seconds}s", *command]
 
 
 def parse_size(size: str) -> int:

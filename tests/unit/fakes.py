@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.engine import ContainerState
+from runner.sandbox import EXIT_MARKER
 
 
 class FakeStream:
@@ -32,6 +33,7 @@ class FakeEngine:
     runtimes_registered: set[str] = field(default_factory=lambda: {"runc"})
     on_wait: Callable[[], None] | None = None
     create_error: Exception | None = None
+    exit_reported: bool = True
     created: list[dict[str, Any]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -55,7 +57,9 @@ class FakeEngine:
 
     def attach(self, container_id: str) -> FakeStream:
         self.calls.append("attach")
-        return FakeStream([(self.stdout, None), (None, self.stderr)])
+        # The sandbox's wrapper records the script's exit as the last line of stderr.
+        marker = EXIT_MARKER + b"0\n" if self.exit_reported else b""
+        return FakeStream([(self.stdout, None), (None, self.stderr + marker)])
 
     def start(self, container_id: str) -> None:
         self.calls.append("start")

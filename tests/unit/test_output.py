@@ -1,6 +1,7 @@
 import pytest
 
 from runner.output import OutputCollector, TailBuffer
+from runner.sandbox import EXIT_MARKER
 from tests.unit.fakes import FakeStream
 
 
@@ -68,3 +69,14 @@ def test_collector_reports_a_broken_stream_in_stderr() -> None:
     assert captured.stdout == "partial\n"
     assert "output capture stopped early" in captured.stderr
     assert "connection reset" in captured.stderr
+
+
+def test_exit_marker_is_taken_only_as_the_last_whole_line() -> None:
+    """The wrapper's exit line is removed from the tail; a forged one mid-stream is not."""
+    buffer = TailBuffer(1024)
+    buffer.write(b"err\n" + EXIT_MARKER + b"0\nmore\n")
+    assert not buffer.take_exit_marker()
+    buffer.write(EXIT_MARKER + b"137\n")
+    assert buffer.take_exit_marker()
+    assert buffer.text() == "err\n" + EXIT_MARKER.decode() + "0\nmore\n"
+    assert buffer.total == len(buffer.text())

@@ -44,13 +44,9 @@ def test_container_runs_the_script_from_its_directory(script: Path) -> None:
     make(engine, python_executable="python3").run(script, SPEC, 0)
     created = engine.created[0]
     # The container kills the script itself 10 s after the runner's deadline (5 s here).
-    assert created["command"] == [
-        "timeout",
-        "--signal=KILL",
-        "15s",
-        "python3",
-        str(script.resolve()),
-    ]
+    assert created["command"][:2] == ["sh", "-c"]
+    assert created["command"][3:] == ["15s", "python3", str(script.resolve())]
+    assert 'timeout --signal=KILL "$0" "$@"' in created["command"][2]
     assert created["working_dir"] == str(script.parent.resolve())
     assert [m["Source"] for m in created["mounts"]] == [str(script.parent.resolve())]
     assert created["labels"][LABEL] == "1"
@@ -186,3 +182,26 @@ def test_nonpositive_timeout_is_refused() -> None:
     """A zero timeout would kill every run at once; it is refused."""
     with pytest.raises(ValueError):
         ExperimentRunner(timeout=0)
+
+
+def test_a_sandbox_that_ends_before_the_script_says_so(script: Path) -> None:
+    """Without the wrapper's record of the script's exit, the result blames the sandbox."""
+    engine = FakeEngine(stdout=b"", wait_results=[2], exit_reported=False)
+    result = make(engine).run(script, SPEC, 0)
+    assert not result.success
+    assert (result.error_message or "").startswith("The sandbox ended before the script did")
+    raw = make(FakeEngine(stdout=b"", wait_results=[2], exit_reported=False)).run_script_directly(
+        script
+    )
+    assert "[runner] the sandbox ended before the script did" in raw["stderr"]
+
+
+def test_the_exit_record_is_not_part_of_the_output(script: Path) -> None:
+    """The wrapper's exit line never shows in stderr or reaches on_output."""
+    engine = FakeEngine(stderr=b"warning\n")
+    lines: list[tuple[str, str]] = []
+    result = make(engine).run(script, SPEC, 0, on_output=lambda s, line: lines.append((s, line)))
+    assert result.success
+    assert result.stderr == "warning\n"
+    assert ("stderr", "warning") in lines
+    assert all("experiment-runner-exit" not in line for _, line in lines)
