@@ -16,22 +16,27 @@ MAX_LINE = 64 * 1024
 
 
 class TailBuffer:
-    """Keeps the last ``limit`` bytes written to it, and counts all of them."""
+    """Keeps the last ``limit`` bytes written to it, and counts all of them.
 
-    def __init__(self, limit: int) -> None:
+    ``slack`` more bytes are held back so that a trailer (the sandbox's exit
+    record) can be taken off the end and still leave ``limit`` bytes of output.
+    """
+
+    def __init__(self, limit: int, slack: int = 0) -> None:
         if limit <= 0:
             raise ValueError("limit must be positive")
         self.limit = limit
         self.total = 0
+        self._keep = limit + slack
         self._data = bytearray()
 
     def write(self, chunk: bytes) -> None:
         self.total += len(chunk)
-        if len(chunk) >= self.limit:
-            self._data[:] = chunk[-self.limit :]
+        if len(chunk) >= self._keep:
+            self._data[:] = chunk[-self._keep :]
             return
         self._data += chunk
-        excess = len(self._data) - self.limit
+        excess = len(self._data) - self._keep
         if excess > 0:
             del self._data[:excess]
 
@@ -40,9 +45,12 @@ class TailBuffer:
         return self.total > self.limit
 
     def take_exit_marker(self) -> bool:
-        """Remove a final ``EXIT_MARKER`` line from the tail; True if there was one."""
-        start = self._data.rfind(b"\n" + EXIT_MARKER)
-        start = start + 1 if start >= 0 else (0 if self._data.startswith(EXIT_MARKER) else -1)
+        """Take a final ``EXIT_MARKER`` record off the end; True if the output ended with one.
+
+        Only the very end counts: the record follows whatever the script wrote
+        last, newline or not, and one the script printed earlier stays output.
+        """
+        start = self._data.rfind(EXIT_MARKER)
         if start < 0 or not self._data.endswith(b"\n"):
             return False
         if not self._data[start + len(EXIT_MARKER) : -1].isdigit():
@@ -53,7 +61,11 @@ class TailBuffer:
 
     def text(self) -> str:
         # A cut tail can start inside a multi-byte character; never fail on it.
-        return self._data.decode("utf-8", errors="replace")
+        return self._data[-self.limit :].decode("utf-8", errors="replace")
+
+
+#: Room for the sandbox's exit record behind a full stderr tail.
+EXIT_RECORD_SLACK = len(EXIT_MARKER) + 16
 
 
 class LineSplitter:
@@ -110,7 +122,7 @@ class OutputCollector:
     ) -> None:
         self._stream = stream
         self.stdout = TailBuffer(limit)
-        self.stderr = TailBuffer(limit)
+        self.stderr = TailBuffer(limit, slack=EXIT_RECORD_SLACK)
         self._lines = (
             (LineSplitter("stdout", on_output), LineSplitter("stderr", on_output))
             if on_output is not None

@@ -103,7 +103,8 @@ class Run:
 #: The last line of a run's stderr, written once the script has exited, with its status.
 EXIT_MARKER = b"\x00experiment-runner-exit "
 _REPORT_EXIT = (
-    'timeout --signal=KILL "$0" "$@"; status=$?; '
+    # sh would export PWD to the script: a variable a bare ``python script.py`` lacks.
+    'unset PWD OLDPWD; timeout --signal=KILL "$0" "$@"; status=$?; '
     'printf \'\\000experiment-runner-exit %d\\n\' "$status" >&2; exit "$status"'
 )
 

@@ -75,6 +75,26 @@ def test_killing_its_own_watchdog_ends_the_run(hostile: Hostile) -> None:
     assert result.execution_time < 10
 
 
+def test_killing_the_exit_recorder_is_reported_as_the_sandbox_ending_first(
+    hostile: Hostile,
+) -> None:
+    """A script that kills the shell recording its exit gets no verdict of its own."""
+    result = hostile(
+        """
+        import json, os, signal, time
+        recorder = int(open(f"/proc/{os.getppid()}/stat").read().rsplit(")", 1)[1].split()[1])
+        print(json.dumps({"success": True, "metrics": {"accuracy": 1.0}}), flush=True)
+        os.kill(recorder, signal.SIGKILL)
+        time.sleep(600)
+        """,
+        timeout=60,
+    )
+    assert not result.success
+    assert not result.timed_out
+    assert (result.error_message or "").startswith("The sandbox ended before the script did")
+    assert result.execution_time < 10
+
+
 def test_orphaned_children_are_reaped(hostile: Hostile) -> None:
     """Orphans that exit are reaped by the sandbox's init, not left as zombies."""
     result = hostile(

@@ -19,7 +19,8 @@ import pytest
 
 from runner import ExperimentRunner
 from runner.engine import DockerEngine
-from runner.sandbox import LABEL, SANDBOX_UID, sandbox_environment
+from runner.identity import UID_COUNT, UID_FIRST
+from runner.sandbox import LABEL, sandbox_environment
 from tests.integration.conftest import IN_CI, RUNTIME, SPEC
 from tests.integration.test_lifecycle import wait_for_container
 
@@ -117,7 +118,7 @@ def test_only_loopback_no_route_and_host_listeners_unreachable(
 def test_non_root_without_capabilities_and_with_seccomp(
     runner: ExperimentRunner, write_script: Callable[..., Path]
 ) -> None:
-    """The script runs as uid 10001 with no capabilities (and, under runc, NoNewPrivs and seccomp).
+    """The script runs as a sandbox user ID with no capabilities (runc: NoNewPrivs and seccomp).
 
     Under gVisor the script talks to gVisor's kernel; no_new_privs and the seccomp
     filter sit on the sandbox's host processes, outside the script's view.
@@ -136,8 +137,10 @@ def test_non_root_without_capabilities_and_with_seccomp(
         """
     )
     seen = json.loads(runner.run_script_directly(script)["stdout"])
-    assert (seen["uid"], seen["euid"], seen["gid"]) == (SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
-    assert seen["groups"] in ([], [SANDBOX_UID])
+    uid = seen["uid"]
+    assert UID_FIRST <= uid < UID_FIRST + UID_COUNT
+    assert (seen["euid"], seen["gid"]) == (uid, uid)
+    assert seen["groups"] in ([], [uid])
     for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd"):
         assert int(seen[cap], 16) == 0, cap
     assert int(seen.get("CapAmb", "0"), 16) == 0
