@@ -154,3 +154,116 @@ def test_the_script_cannot_change_itself_or_its_inputs(
     assert set(seen.values()) <= {"EROFS", "EPERM", "EACCES"}, seen
     assert (workdir / "hostile.py").exists()
     assert not (workdir / "planted.py").exists()
+
+
+REMOVED_CALLS = """
+import ctypes, errno, json, mmap, os, signal, socket
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(number, *args):
+    r = libc.syscall(number, *args)
+    return "ok" if r != -1 else errno.errorcode.get(ctypes.get_errno(), "?")
+def open_socket(family, kind, pair=False):
+    try:
+        for s in socket.socketpair(family, kind) if pair else [socket.socket(family, kind)]:
+            s.close()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+def i386_getpid():
+    # int 0x80 from a child: a 32-bit call, which the profile answers by killing the caller.
+    pid = os.fork()
+    if pid == 0:
+        code = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        # push rbx; mov eax, 20 (getpid); int 0x80; pop rbx; ret
+        code[:10] = b"\\x53\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\x5b\\xc3"
+        ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(code)))()
+        os._exit(0)
+    status = os.waitpid(pid, 0)[1]
+    return signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else "ok"
+params = (ctypes.c_uint32 * 30)()
+print(json.dumps({
+    "io_uring_setup": call(425, 1, ctypes.byref(params)),
+    "modify_ldt": call(154, 0, None, 0),
+    "splice": call(275, -1, None, -1, None, 0, 0),
+    "tee": call(276, -1, -1, 0, 0),
+    "vmsplice": call(278, -1, None, 0, 0),
+    "AF_ALG": open_socket(38, socket.SOCK_SEQPACKET),
+    "AF_VSOCK": open_socket(40, socket.SOCK_STREAM),
+    "AF_TIPC pair": open_socket(30, socket.SOCK_RDM, pair=True),
+    "i386": i386_getpid(),
+}))
+"""
+
+
+def test_io_uring_is_refused(hostile: Hostile) -> None:
+    """runc: io_uring_setup fails with EPERM (Docker 20.10's own profile lets it through)."""
+    seen = report(hostile(REMOVED_CALLS))
+    if RUNTIME == "runc":
+        assert seen["io_uring_setup"] == "EPERM"
+    # runsc ignores the OCI profile (no --oci-seccomp): io_uring there is gVisor's own
+    # implementation inside the sandbox, and never reaches the host's kernel.
+
+
+def test_other_needless_calls_are_refused(hostile: Hostile) -> None:
+    """runc: modify_ldt, the splice family, rare socket families and 32-bit calls are refused."""
+    seen = report(hostile(REMOVED_CALLS))
+    if RUNTIME == "runc":
+        assert seen["i386"] == "SIGSYS"
+        del seen["i386"], seen["io_uring_setup"]
+        assert set(seen.values()) == {"EPERM"}, seen
+
+
+def test_init_and_the_watchdog_cannot_be_traced(hostile: Hostile) -> None:
+    """ptrace attach to tini (PID 1) or the in-container timeout fails with EPERM."""
+    seen = report(
+        hostile(
+            """
+            import ctypes, errno, json, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+            def seize(pid):  # PTRACE_SEIZE: unlike ATTACH, it would not stop the tracee
+                ok = libc.ptrace(0x4206, pid, None, None) == 0
+                return "ok" if ok else errno.errorcode.get(ctypes.get_errno(), "?")
+            commands = {p: open(f"/proc/{p}/cmdline", "rb").read().split(b"\\0")[0].decode()
+                        for p in (1, os.getppid())}
+            print(json.dumps({"commands": commands, "init": seize(1),
+                              "parent": seize(os.getppid())}))
+            """
+        )
+    )
+    assert set(seen["commands"].values()) == {"/sbin/docker-init", "timeout"}, seen
+    # runc: the profile has no ptrace; runsc: gVisor only lets a process trace its descendants.
+    assert seen["init"] == "EPERM"
+    assert seen["parent"] == "EPERM"
+
+
+def test_parallel_scikit_learn_still_works(hostile: Hostile) -> None:
+    """Threads, joblib's process workers and a multiprocessing Pool all work under the profile."""
+    result = hostile(
+        """
+        import json, multiprocessing
+        from sklearn.datasets import make_classification
+        from sklearn.ensemble import RandomForestClassifier
+        from sklearn.model_selection import cross_val_score
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            X, y = make_classification(n_samples=300, n_features=8, random_state=0)
+            forest = RandomForestClassifier(n_estimators=20, n_jobs=2, random_state=0)
+            accuracy = cross_val_score(forest, X, y, cv=3, n_jobs=2).mean()
+            squares = 0
+            for method in ("fork", "forkserver"):  # forkserver passes descriptors on unix sockets
+                with multiprocessing.get_context(method).Pool(2) as pool:
+                    squares += sum(pool.map(square, range(10)))
+            print(json.dumps({"success": True, "metrics": {"accuracy": accuracy,
+                                                           "squares": squares}}))
+        """,
+        cpu_limit=2.0,
+        timeout=60,
+    )
+    assert result.success, result.stderr[-2000:]
+    assert result.metrics["squares"] == 2 * 285
+    assert result.metrics["accuracy"] > 0.7

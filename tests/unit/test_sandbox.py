@@ -13,6 +13,7 @@ from runner.sandbox import (
     host_pids_limit,
     sandbox_environment,
 )
+from runner.seccomp import profile
 
 
 def config(**policy: object) -> dict:
@@ -47,13 +48,13 @@ def test_cpu_and_pids_capped() -> None:
 
 
 def test_privileges_dropped() -> None:
-    """Non-root user, all capabilities dropped, no-new-privileges, default seccomp kept."""
+    """Non-root user, all capabilities dropped, no-new-privileges, the project's seccomp profile."""
     cfg = config()
     assert cfg["user"] == "2000000123:2000000123"
     assert cfg["cap_drop"] == ["ALL"]
     assert "cap_add" not in cfg
-    assert cfg["security_opt"] == ["no-new-privileges"]
-    assert not any("seccomp" in opt or "apparmor" in opt for opt in cfg["security_opt"])
+    assert cfg["security_opt"] == ["no-new-privileges", f"seccomp={profile()}"]
+    assert not any("unconfined" in opt or "apparmor" in opt for opt in cfg["security_opt"])
     assert "privileged" not in cfg
 
 
