@@ -107,7 +107,9 @@ def test_sockets_only_of_the_families_an_ml_script_uses() -> None:
 
 def test_every_container_gets_the_profile() -> None:
     """container_config passes the profile's text to the engine, beside no-new-privileges."""
-    run = Run(["python", "x.py"], Path("/exp"), (), deadline=0, labels=build_labels(0))
+    run = Run(
+        ["python", "x.py"], Path("/exp"), (), deadline=0, uid=2_000_000_001, labels=build_labels(0)
+    )
     for policy in (SandboxPolicy(image="img"), SandboxPolicy(image="img", runtime="runsc")):
         options = container_config(policy, run)["security_opt"]
         assert options == ["no-new-privileges", f"seccomp={profile()}"]
