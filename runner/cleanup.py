@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from runner.engine import ContainerInfo, DockerEngine
+from runner.engine import ContainerInfo, DockerEngine, Engine
 from runner.sandbox import LABEL, LABEL_DEADLINE, LABEL_OWNER, LABEL_SLOT, process_start_time
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
@@ -34,7 +34,7 @@ def is_abandoned(labels: Mapping[str, str], now: float | None = None) -> bool:
 
 
 def cleanup(
-    engine: DockerEngine | None = None,
+    engine: Engine | None = None,
     *,
     everything: bool = False,
     telemetry: CgroupTelemetry | None = None,

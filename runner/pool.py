@@ -13,56 +13,106 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.bootstrap import READY
-from runner.engine import OutputStream
+from runner.engine import Engine
 from runner.exceptions import ExperimentExecutionError
-from runner.identity import UidLease
+from runner.identity import lease_uid
+from runner.lifecycle import Resources, Sandbox
+from runner.sandbox import (
+    LABEL_SLOT,
+    Run,
+    SandboxPolicy,
+    build_labels,
+    deadline_after,
+    self_limited,
+)
+from runner.telemetry import CgroupTelemetry
 
 
 @dataclass
 class Slot:
-    """One started pool container, waiting for a script."""
+    """One started pool container, waiting for a script, and its host directory."""
 
-    container_id: str
+    sandbox: Sandbox
     host_dir: Path
-    stream: OutputStream
-    frames: Iterator[tuple[bytes | None, bytes | None]]
-    cgroup_parent: str | None
-    #: The image the container was created from: what a run in it reports.
-    image_id: str
-    #: The slot's own sandbox user ID, held until the slot is dropped.
-    lease: UidLease
+
+    @property
+    def image_id(self) -> str:
+        """The image the container was created from: what a run in it reports."""
+        return self.sandbox.image_id
 
 
-class _Remainder:
-    """The rest of a slot's output stream, after the ready line was consumed."""
+@dataclass(frozen=True)
+class SlotMaker:
+    """Everything needed to start a pool container and to take it down again."""
 
-    def __init__(self, slot: Slot) -> None:
-        self._slot = slot
+    engine: Engine
+    image: str
+    policy: SandboxPolicy
+    #: The command that preloads and waits (``python -c SOURCE modules...``).
+    command: list[str]
+    #: The directory the slot's host directory is mounted at, read-only.
+    pool_root: Path
+    #: Where the slots' host directories live.
+    slots_dir: Path
+    #: How long a slot may wait plus run, before it ends itself.
+    lifetime: float
+    telemetry: CgroupTelemetry | None = None
+    user_kernel: bool = False
 
-    def __iter__(self) -> Iterator[tuple[bytes | None, bytes | None]]:
-        return self._slot.frames
+    def make(self) -> Slot:
+        """Create, attach and start one slot (its readiness is read by ``wait_ready``)."""
+        host_dir = new_slot_dir(self.slots_dir)
+        resources = Resources(
+            lease=lease_uid(),
+            cgroup_parent=self.telemetry.new_parent() if self.telemetry is not None else None,
+            telemetry=self.telemetry,
+            extra=[lambda: shutil.rmtree(host_dir, ignore_errors=True)],
+        )
+        deadline = deadline_after(self.lifetime)
+        run = Run(
+            command=self_limited(self.command, self.lifetime),
+            workdir=self.pool_root,
+            read_only_paths=(),
+            deadline=deadline,
+            uid=resources.lease.uid,
+            labels=build_labels(deadline, {LABEL_SLOT: host_dir.name}),
+            cgroup_parent=resources.cgroup_parent,
+            relocated=((host_dir, self.pool_root),),
+            stdin_open=True,
+            user_kernel=self.user_kernel,
+        )
+        try:
+            image_id = self.engine.image_id(self.image)
+        except BaseException:
+            resources.release()
+            raise
+        sandbox = Sandbox.create(self.engine, image_id, self.policy, run, resources)
+        try:
+            sandbox.attach()
+            sandbox.start()
+        except BaseException:
+            sandbox.destroy()
+            raise
+        return Slot(sandbox, host_dir)
 
-    def close(self) -> None:
-        self._slot.stream.close()
-
-
-def remainder(slot: Slot) -> OutputStream:
-    return _Remainder(slot)
+    @staticmethod
+    def drop(slot: Slot) -> None:
+        slot.sandbox.destroy()
 
 
 def wait_ready(slot: Slot) -> bool:
     """Read the slot's output until the bootstrap says it is ready; False if it died."""
     pending = b""
-    for out, _err in slot.frames:
+    for out, _err in slot.sandbox.frames:
         pending += out or b""
         if READY in pending:
             return True
@@ -209,12 +259,10 @@ def _copy_owner_and_mode(st: os.stat_result, path: Path) -> None:
 class WarmPool:
     """Keeps ``size`` started slots ready; ``take`` hands one out, never twice."""
 
-    def __init__(
-        self, size: int, create_slot: Callable[[], Slot], destroy_slot: Callable[[Slot], None]
-    ) -> None:
+    def __init__(self, size: int, maker: SlotMaker) -> None:
         self.size = size
-        self._create = create_slot
-        self._destroy = destroy_slot
+        self._create = maker.make
+        self._destroy = maker.drop
         self._ready: list[Slot] = []
         self._starting = 0
         self._lock = threading.Condition()

@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.engine import ContainerState
+from runner.bootstrap import READY
+from runner.engine import ContainerInfo, ContainerState, Engine, OutputStream
 from runner.sandbox import EXIT_MARKER
 
 
@@ -24,7 +25,12 @@ class FakeStream:
 
 @dataclass
 class FakeEngine:
-    """Stands in for ``DockerEngine``; ``wait_results`` are returned in turn."""
+    """Stands in for ``DockerEngine`` (it satisfies ``runner.engine.Engine``).
+
+    Each container prints ``stdout`` and ``stderr``; ``wait_results`` are
+    returned in turn. A container created with ``stdin_open`` (a warm slot)
+    first announces it is ready, and prints only once a script is handed over.
+    """
 
     stdout: bytes = b'{"success": true, "metrics": {"accuracy": 0.9}}\n'
     stderr: bytes = b""
@@ -37,12 +43,14 @@ class FakeEngine:
     created: list[dict[str, Any]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    handed_over: dict[str, bytes] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
 
     def info(self) -> dict[str, Any]:
         runtimes: dict[str, Any] = {name: {} for name in self.runtimes_registered}
         return {"Runtimes": runtimes, "CgroupDriver": "fake", "CgroupVersion": "1"}
 
-    def containers(self, label: str) -> list[Any]:
+    def containers(self, label: str) -> list[ContainerInfo]:
         return []
 
     def image_id(self, ref: str) -> str:
@@ -55,11 +63,21 @@ class FakeEngine:
         self.calls.append("create")
         return f"c{len(self.created)}"
 
-    def attach(self, container_id: str) -> FakeStream:
+    def attach(self, container_id: str) -> OutputStream:
         self.calls.append("attach")
         # The sandbox's wrapper records the script's exit as the last line of stderr.
         marker = EXIT_MARKER + b"0\n" if self.exit_reported else b""
-        return FakeStream([(self.stdout, None), (None, self.stderr + marker)])
+        frames: list[tuple[bytes | None, bytes | None]] = [
+            (self.stdout, None),
+            (None, self.stderr + marker),
+        ]
+        if self._config(container_id).get("stdin_open"):
+            frames.insert(0, (READY, None))
+        return FakeStream(frames)
+
+    def send_stdin(self, container_id: str, data: bytes) -> None:
+        self.calls.append("send_stdin")
+        self.handed_over[container_id] = data
 
     def start(self, container_id: str) -> None:
         self.calls.append("start")
@@ -68,14 +86,31 @@ class FakeEngine:
         self.calls.append("wait")
         if self.on_wait is not None:
             self.on_wait()
-        return self.wait_results.pop(0)
+        code = self.wait_results.pop(0)
+        if code is not None:
+            self.finished.add(container_id)
+        return code
 
     def kill(self, container_id: str) -> None:
         self.calls.append("kill")
+        self.finished.add(container_id)
 
     def state(self, container_id: str) -> ContainerState:
-        return ContainerState(running=False, exit_code=137, oom_killed=self.oom_killed)
+        return ContainerState(
+            running=container_id not in self.finished,
+            exit_code=137,
+            oom_killed=self.oom_killed,
+        )
 
     def remove(self, container_id: str) -> None:
         self.calls.append("remove")
         self.removed.append(container_id)
+        self.finished.add(container_id)
+
+    def _config(self, container_id: str) -> dict[str, Any]:
+        return self.created[int(container_id[1:]) - 1]
+
+
+def _conforms(engine: FakeEngine) -> Engine:
+    """mypy checks here that the fake satisfies the seam's interface."""
+    return engine

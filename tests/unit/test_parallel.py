@@ -24,7 +24,7 @@ def test_default_workers_never_book_more_than_the_host(monkeypatch: pytest.Monke
 def test_run_many_keeps_job_order_and_isolates_a_broken_job(script: Path, tmp_path: Path) -> None:
     """Results follow the jobs' order; a job that cannot run fails alone."""
     engine = FakeEngine(wait_results=[0, 0])
-    runner = ExperimentRunner(timeout=5, engine=engine)  # type: ignore[arg-type]
+    runner = ExperimentRunner(timeout=5, engine=engine)
     jobs = [(script, SPEC, 0), (tmp_path / "missing.py", SPEC, 1), (script, SPEC, 2)]
     seen: list[int] = []
     results = runner.run_many(jobs, max_workers=2, on_result=lambda i, r: seen.append(i))
@@ -51,7 +51,7 @@ def test_run_calls_on_output_with_each_line(script: Path) -> None:
     """on_output receives each stream's lines, without newlines, the last partial one too."""
     engine = FakeEngine(stdout=b"one\ntw", stderr=b"warn\n")
     lines: list[tuple[str, str]] = []
-    ExperimentRunner(timeout=5, engine=engine).run(  # type: ignore[arg-type]
+    ExperimentRunner(timeout=5, engine=engine).run(
         script, SPEC, 0, on_output=lambda stream, line: lines.append((stream, line))
     )
     assert lines == [("stdout", "one"), ("stderr", "warn"), ("stdout", "tw")]
@@ -73,8 +73,6 @@ def test_a_failing_callback_does_not_stop_capture(script: Path) -> None:
     def broken(stream: str, line: str) -> None:
         raise RuntimeError("ui crashed")
 
-    result = ExperimentRunner(timeout=5, engine=FakeEngine()).run(  # type: ignore[arg-type]
-        script, SPEC, 0, on_output=broken
-    )
+    result = ExperimentRunner(timeout=5, engine=FakeEngine()).run(script, SPEC, 0, on_output=broken)
     assert result.success
     assert "on_output callback failed" in result.stderr

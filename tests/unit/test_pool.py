@@ -4,14 +4,20 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from runner import ExperimentDefaults, ExperimentExecutionError, ExperimentRunner
+from runner.backend import fits_pool
 from runner.bootstrap import READY, SOURCE
-from runner.pool import StageExpired, StageLimits, StageRefused, stage
+from runner.models import ExperimentSpec
+from runner.pool import SlotMaker, StageExpired, StageLimits, StageRefused, stage
+from runner.sandbox import SandboxPolicy
 from tests.unit.fakes import FakeEngine
+
+SPEC = ExperimentSpec(experiment_name="warm", model_type="SVC")
 
 
 def test_stage_links_the_directory_at_its_relative_place(tmp_path: Path) -> None:
@@ -149,20 +155,18 @@ def test_stage_counts_against_the_deadline(tmp_path: Path) -> None:
 
 def test_only_scripts_under_the_pool_root_are_eligible(tmp_path: Path) -> None:
     """The pool serves scripts below its root whose inputs sit in the script's directory."""
-    runner = ExperimentRunner(engine=FakeEngine(), pool_root=tmp_path)  # type: ignore[arg-type]
-    runner._pool = object()  # type: ignore[assignment]  # eligibility only asks "is there one"
     script = tmp_path / "exp" / "experiment.py"
-    assert runner._warm_eligible(script, [])
-    assert runner._warm_eligible(script, [tmp_path / "exp" / "data.csv"])
-    assert not runner._warm_eligible(script, [tmp_path / "elsewhere.csv"])
-    assert not runner._warm_eligible(tmp_path / "experiment.py", [])
-    assert not runner._warm_eligible(Path("/opt/other/experiment.py"), [])
+    assert fits_pool(tmp_path, script, [])
+    assert fits_pool(tmp_path, script, [tmp_path / "exp" / "data.csv"])
+    assert not fits_pool(tmp_path, script, [tmp_path / "elsewhere.csv"])
+    assert not fits_pool(tmp_path, tmp_path / "experiment.py", [])
+    assert not fits_pool(tmp_path, Path("/opt/other/experiment.py"), [])
 
 
 def test_negative_pool_size_is_refused() -> None:
     """warm_pool must be 0 or positive."""
     with pytest.raises(ValueError):
-        ExperimentRunner(engine=FakeEngine(), warm_pool=-1)  # type: ignore[arg-type]
+        ExperimentRunner(engine=FakeEngine(), warm_pool=-1)
 
 
 def hand_over(tmp_path: Path, code: str, preload: list[str]) -> subprocess.CompletedProcess[bytes]:
@@ -233,12 +237,81 @@ def test_bootstrap_exit_joins_threads_runs_atexit_and_flushes(tmp_path: Path) ->
 
 def test_a_slot_that_cannot_be_created_leaves_no_directory(tmp_path: Path) -> None:
     """When the engine refuses a pool container, its host directory is removed too."""
-    engine = FakeEngine(create_error=ExperimentExecutionError("refused"))
-    runner = ExperimentRunner(
-        engine=engine,  # type: ignore[arg-type]
-        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
+    maker = SlotMaker(
+        engine=FakeEngine(create_error=ExperimentExecutionError("refused")),
+        image="img",
+        policy=SandboxPolicy(image="img"),
+        command=["python", "-c", "pass"],
         pool_root=tmp_path / "experiments",
+        slots_dir=tmp_path / "slots",
+        lifetime=60,
     )
     with pytest.raises(ExperimentExecutionError, match="refused"):
-        runner._new_slot()
-    assert list((tmp_path / "cache" / "pool").iterdir()) == []
+        maker.make()
+    assert list((tmp_path / "slots").iterdir()) == []
+
+
+@pytest.fixture
+def warm_runner(tmp_path: Path) -> Iterator[tuple[ExperimentRunner, FakeEngine, Path]]:
+    """A runner with a one-slot pool on the fake engine, and a script below its root."""
+    engine = FakeEngine(wait_results=[0, 0])
+    root = tmp_path / "experiments"
+    script = root / "exp" / "experiment.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("print(1)\n")
+    runner = ExperimentRunner(
+        timeout=5,
+        engine=engine,
+        warm_pool=1,
+        pool_root=root,
+        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
+    )
+    assert runner.wait_for_warm(10)
+    yield runner, engine, script
+    runner.close()
+
+
+def test_a_warm_run_hands_the_script_to_a_started_slot(
+    warm_runner: tuple[ExperimentRunner, FakeEngine, Path],
+) -> None:
+    """The slot was started ahead; the run writes the script's path to it and removes it."""
+    runner, engine, script = warm_runner
+    slot_id = "c1"
+    staged: list[bool] = []
+    slot_dir = engine.created[0]["mounts"][0]["Source"]
+    engine.on_wait = lambda: staged.append(
+        (Path(slot_dir) / script.relative_to(runner.pool_root)).is_file()
+    )
+    result = runner.run(script, SPEC, 0)
+    assert result.success, result.error_message
+    assert result.warm_start
+    assert engine.created[0]["stdin_open"] is True
+    assert engine.handed_over == {slot_id: str(script).encode() + b"\n"}
+    assert staged == [True]  # the script's directory was in the slot when it ran
+    assert slot_id in engine.removed
+    assert not Path(slot_dir).exists()
+
+
+def test_a_dead_slot_sends_the_run_cold(
+    warm_runner: tuple[ExperimentRunner, FakeEngine, Path],
+) -> None:
+    """A slot found stopped is dropped and the script runs in a fresh container."""
+    runner, engine, script = warm_runner
+    engine.finished.add("c1")
+    result = runner.run(script, SPEC, 0)
+    assert result.success
+    assert not result.warm_start
+    assert "c1" in engine.removed
+    assert engine.handed_over == {}
+
+
+def test_a_directory_the_mirror_refuses_runs_cold(
+    warm_runner: tuple[ExperimentRunner, FakeEngine, Path],
+) -> None:
+    """A FIFO beside the script makes the hand-over refuse; the run goes cold, not wrong."""
+    runner, engine, script = warm_runner
+    os.mkfifo(script.parent / "pipe")
+    result = runner.run(script, SPEC, 0)
+    assert result.success
+    assert not result.warm_start
+    assert engine.handed_over == {}

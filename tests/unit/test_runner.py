@@ -16,7 +16,7 @@ SPEC = ExperimentSpec(
 
 
 def make(engine: FakeEngine, **kwargs: object) -> ExperimentRunner:
-    return ExperimentRunner(timeout=5, engine=engine, **kwargs)  # type: ignore[arg-type]
+    return ExperimentRunner(timeout=5, engine=engine, **kwargs)
 
 
 def test_success_fills_every_document_field(script: Path) -> None:
@@ -171,7 +171,7 @@ def test_defaults_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without arguments the runner takes timeout and limits from RUNNER_* settings."""
     monkeypatch.setenv("RUNNER_EXPERIMENT_TIMEOUT", "42")
     monkeypatch.setenv("RUNNER_CPU_LIMIT", "2")
-    runner = ExperimentRunner(engine=FakeEngine())  # type: ignore[arg-type]
+    runner = ExperimentRunner(engine=FakeEngine())
     assert runner.timeout == 42
     assert runner.policy.cpu_limit == 2.0
     assert runner.policy.memory_limit == "2g"

@@ -1,0 +1,295 @@
+"""The execution seam: a prepared run goes in, what happened comes out.
+
+``ExperimentRunner`` checks what it is asked, interprets the output and keeps
+the results; a backend only executes. ``DockerBackend`` runs each script in a
+fresh hardened container of one engine, cold or from its warm pool, through
+the one container lifecycle of ``runner.lifecycle``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from runner.bootstrap import DEFAULT_PRELOAD, SOURCE
+from runner.cleanup import cleanup
+from runner.engine import DockerEngine, Engine, SandboxStartError
+from runner.exceptions import ExperimentExecutionError
+from runner.identity import lease_uid
+from runner.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
+from runner.output import OutputCallback
+from runner.pool import (
+    Slot,
+    SlotMaker,
+    StageExpired,
+    StageRefused,
+    WarmPool,
+    stage,
+)
+from runner.sandbox import (
+    Run,
+    SandboxPolicy,
+    build_labels,
+    deadline_after,
+    self_limited,
+)
+from runner.settings import ExperimentDefaults
+from runner.telemetry import CgroupTelemetry
+
+#: How long a warm pool container may wait for a script before it ends itself.
+POOL_IDLE_MAX = 3600
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One checked run: the script, what must be visible beside it, and its bounds."""
+
+    script: Path
+    #: Absolute paths mounted read-only at the same place: the script's directory first.
+    mounts: tuple[Path, ...]
+    timeout: float
+    output_limit: int
+
+
+class Backend(Protocol):
+    """Executes prepared runs; what ``ExperimentRunner`` stands on."""
+
+    def execute(
+        self, request: RunRequest, on_output: OutputCallback | None, token: object
+    ) -> Execution: ...
+
+    def abort(self, tokens: Iterable[object]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _SlotUnusable(Exception):
+    """A pool slot could not take its script; the run goes cold instead."""
+
+
+class DockerBackend:
+    """Fresh hardened containers on one Docker engine, cold or from a warm pool."""
+
+    def __init__(
+        self,
+        policy: SandboxPolicy,
+        *,
+        engine: Engine | None = None,
+        python_executable: str = "python",
+        settings: ExperimentDefaults | None = None,
+        preload: Sequence[str] | None = None,
+        pool_root: Path | str | None = None,
+    ) -> None:
+        defaults = settings or ExperimentDefaults()
+        self.policy = policy
+        self.python_executable = python_executable
+        self.preload = tuple(DEFAULT_PRELOAD if preload is None else preload)
+        self.pool_root = Path(pool_root or defaults.experiments_dir).resolve()
+        self.slots_dir = defaults.cache_dir / "pool"
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._ready = False
+        self._telemetry: CgroupTelemetry | None = None
+        self._user_kernel = False
+        self._active = ActiveRuns()
+        self._pool: WarmPool | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The Docker seam, connected on first use."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = DockerEngine()
+            return self._engine
+
+    def prepare(self) -> None:
+        """Once per backend: check the runtime, find telemetry, sweep abandoned containers."""
+        engine = self.engine
+        with self._lock:
+            if self._ready:
+                return
+            info = engine.info()
+            runtime = self.policy.runtime
+            registered_runtimes = set(info.get("Runtimes") or {})
+            if runtime is not None and runtime not in registered_runtimes:
+                raise ExperimentExecutionError(
+                    f"Runtime {runtime!r} is not registered with the Docker engine "
+                    f"(registered: {', '.join(sorted(registered_runtimes)) or 'none'}).",
+                    hint="register it in /etc/docker/daemon.json and reload the engine, or "
+                    "choose one of the registered runtimes; the runner never falls back.",
+                )
+            self._user_kernel = runtime is not None and is_user_kernel(info, runtime)
+            telemetry = CgroupTelemetry()
+            self._telemetry = telemetry if telemetry.available(info) else None
+            # Containers of callers that crashed (or outlived their deadline) go now, and
+            # so do the slot directories of pools that went with them.
+            cleanup(engine, telemetry=self._telemetry, slots_dir=self.slots_dir)
+            self._ready = True
+
+    # the warm pool ---------------------------------------------------------
+
+    def start_pool(self, size: int, timeout: float) -> None:
+        """Keep ``size`` containers started ahead, the ``preload`` modules imported."""
+        self.prepare()
+        self.engine.image_id(self.policy.image)  # fail now, with a hint, if it is missing
+        self.pool_root.mkdir(parents=True, exist_ok=True)
+        maker = SlotMaker(
+            engine=self.engine,
+            image=self.policy.image,
+            policy=self.policy,
+            command=[self.python_executable, "-c", SOURCE, *self.preload],
+            pool_root=self.pool_root,
+            slots_dir=self.slots_dir,
+            lifetime=POOL_IDLE_MAX + timeout,
+            telemetry=self._telemetry,
+            user_kernel=self._user_kernel,
+        )
+        pool = WarmPool(size, maker)
+        self._pool = pool
+        # The pool goes with the backend, or at interpreter exit, whichever comes first.
+        self._finalizer = weakref.finalize(self, pool.close)
+
+    @property
+    def pool(self) -> WarmPool | None:
+        return self._pool
+
+    def close(self) -> None:
+        """Remove the warm pool's containers; runs are cold from then on."""
+        if self._pool is not None:
+            self._finalizer()
+            self._pool = None
+
+    # running ---------------------------------------------------------------
+
+    def execute(
+        self, request: RunRequest, on_output: OutputCallback | None, token: object
+    ) -> Execution:
+        """Run the request in a warm slot if one fits and is ready, else in a cold container."""
+        self.prepare()
+        if self._pool is not None and fits_pool(self.pool_root, request.script, request.mounts[1:]):
+            slot = self._pool.take() if self._pool is not None else None
+            if slot is not None:
+                try:
+                    return self._execute_warm(slot, request, on_output, token)
+                except _SlotUnusable:
+                    pass  # run cold instead
+        image_id = self.engine.image_id(self.policy.image)
+        for attempt in (1, 2):
+            try:
+                return self._execute_cold(image_id, request, on_output, token)
+            except SandboxStartError:
+                # A sandbox that failed to start ran nothing; gVisor occasionally fails
+                # to set one up, so one fresh attempt is safe and worth it.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def abort(self, tokens: Iterable[object]) -> None:
+        """Remove the containers of the runs ``tokens`` name; those not started never start."""
+        for container_id in self._active.abort(tokens):
+            self.engine.remove(container_id)
+
+    def _execute_cold(
+        self,
+        image_id: str,
+        request: RunRequest,
+        on_output: OutputCallback | None,
+        token: object,
+    ) -> Execution:
+        telemetry = self._telemetry
+        resources = Resources(
+            lease=lease_uid(),
+            cgroup_parent=telemetry.new_parent() if telemetry is not None else None,
+            telemetry=telemetry,
+        )
+        deadline = deadline_after(request.timeout)
+        run = Run(
+            command=self_limited([self.python_executable, str(request.script)], request.timeout),
+            workdir=request.script.parent,
+            read_only_paths=request.mounts,
+            deadline=deadline,
+            uid=resources.lease.uid,
+            labels=build_labels(deadline),
+            cgroup_parent=resources.cgroup_parent,
+            user_kernel=self._user_kernel,
+        )
+        engine = self.engine
+        with (
+            Sandbox.create(engine, image_id, self.policy, run, resources) as sandbox,
+            registered(self._active, token, sandbox),
+        ):
+            sandbox.attach()
+            return sandbox.run(request.timeout, request.output_limit, on_output)
+
+    def _execute_warm(
+        self,
+        slot: Slot,
+        request: RunRequest,
+        on_output: OutputCallback | None,
+        token: object,
+    ) -> Execution:
+        sandbox = slot.sandbox
+        with sandbox, registered(self._active, token, sandbox):
+            if not sandbox.running:
+                raise _SlotUnusable  # it died while waiting (say, its idle deadline passed)
+            # The hand-over counts against the run's deadline.
+            started = time.monotonic()
+            try:
+                stage(
+                    request.script.parent,
+                    self.pool_root,
+                    slot.host_dir,
+                    deadline=started + request.timeout,
+                )
+            except StageRefused as e:
+                raise _SlotUnusable from e  # a cold run shows this directory exactly
+            except StageExpired:
+                return _expired_in_hand_over(sandbox, time.monotonic() - started)
+            cpu_before = sandbox.resources.usage().cpu_seconds or 0.0
+            return sandbox.run(
+                request.timeout,
+                request.output_limit,
+                on_output,
+                hand_over=os.fsencode(str(request.script)) + b"\n",
+                started=started,
+                cpu_before=cpu_before,
+            )
+
+
+def fits_pool(pool_root: Path, script: Path, inputs: Sequence[Path]) -> bool:
+    """A pooled container can only see what lies under the pool root."""
+    return (
+        script.parent.is_relative_to(pool_root)
+        and script.parent != pool_root
+        and all(path.is_relative_to(script.parent) for path in inputs)
+        and "\n" not in str(script)
+    )
+
+
+def is_user_kernel(engine_info: dict[str, Any], runtime: str) -> bool:
+    """True when ``runtime`` is gVisor's runsc (by its program, whatever its name)."""
+    entry = (engine_info.get("Runtimes") or {}).get(runtime) or {}
+    program = Path(str(entry.get("path") or runtime)).name
+    return program == "runsc" or runtime == "runsc"
+
+
+def _expired_in_hand_over(sandbox: Sandbox, duration: float) -> Execution:
+    """The record of a run whose deadline passed before its script was handed over."""
+    return Execution(
+        exit_code=None,
+        timed_out=True,
+        oom_killed=False,
+        stdout="",
+        stderr="[runner] the deadline passed while the script's directory was handed over\n",
+        stdout_truncated=False,
+        stderr_truncated=False,
+        duration=duration,
+        image_id=sandbox.image_id,
+        warm=True,
+    )
