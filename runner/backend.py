@@ -24,14 +24,7 @@ from runner.exceptions import ExperimentExecutionError
 from runner.identity import lease_uid
 from runner.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
 from runner.output import OutputCallback
-from runner.pool import (
-    Slot,
-    SlotMaker,
-    StageExpired,
-    StageRefused,
-    WarmPool,
-    stage,
-)
+from runner.pool import Slot, SlotMaker, WarmPool, stage
 from runner.sandbox import (
     Run,
     SandboxPolicy,
@@ -41,6 +34,8 @@ from runner.sandbox import (
 )
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
+from runner.transfer import TRANSFERS, Transfer, copy_to_engine, engine_sees_local_files
+from runner.tree import Budget, TreeExpired, TreeRefused
 
 #: How long a warm pool container may wait for a script before it ends itself.
 POOL_IDLE_MAX = 3600
@@ -55,6 +50,8 @@ class RunRequest:
     mounts: tuple[Path, ...]
     timeout: float
     output_limit: int
+    #: Why the sandbox user could not read the files in place (then they are copied).
+    unreadable: str | None = None
 
 
 class Backend(Protocol):
@@ -85,8 +82,12 @@ class DockerBackend:
         settings: ExperimentDefaults | None = None,
         preload: Sequence[str] | None = None,
         pool_root: Path | str | None = None,
+        transfer: Transfer | None = None,
     ) -> None:
         defaults = settings or ExperimentDefaults()
+        self.transfer: Transfer = transfer or defaults.transfer
+        if self.transfer not in TRANSFERS:
+            raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}, not {transfer!r}")
         self.policy = policy
         self.python_executable = python_executable
         self.preload = tuple(DEFAULT_PRELOAD if preload is None else preload)
@@ -97,6 +98,7 @@ class DockerBackend:
         self._ready = False
         self._telemetry: CgroupTelemetry | None = None
         self._user_kernel = False
+        self._shares_files = True
         self._active = ActiveRuns()
         self._pool: WarmPool | None = None
 
@@ -125,8 +127,14 @@ class DockerBackend:
                     "choose one of the registered runtimes; the runner never falls back.",
                 )
             self._user_kernel = runtime is not None and is_user_kernel(info, runtime)
+            if self.transfer != "bind":
+                probe_labels = build_labels(deadline_after(60))
+                image_id = engine.image_id(self.policy.image)
+                self._shares_files = engine_sees_local_files(engine, image_id, probe_labels)
             telemetry = CgroupTelemetry()
-            self._telemetry = telemetry if telemetry.available(info) else None
+            # The engine's cgroups are readable here only if it runs on this machine.
+            local = self._shares_files and telemetry.available(info)
+            self._telemetry = telemetry if local else None
             # Containers of callers that crashed (or outlived their deadline) go now, and
             # so do the slot directories of pools that went with them.
             cleanup(engine, telemetry=self._telemetry, slots_dir=self.slots_dir)
@@ -172,7 +180,11 @@ class DockerBackend:
     ) -> Execution:
         """Run the request in a warm slot if one fits and is ready, else in a cold container."""
         self.prepare()
-        if self._pool is not None and fits_pool(self.pool_root, request.script, request.mounts[1:]):
+        if (
+            self._pool is not None
+            and not self._copies(request)
+            and fits_pool(self.pool_root, request.script, request.mounts[1:])
+        ):
             slot = self._pool.take() if self._pool is not None else None
             if slot is not None:
                 try:
@@ -189,6 +201,18 @@ class DockerBackend:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _copies(self, request: RunRequest) -> bool:
+        """Whether the request's files travel through the engine rather than a bind mount."""
+        if self.transfer == "bind":
+            if request.unreadable is not None:
+                raise ExperimentExecutionError(
+                    request.unreadable,
+                    hint="make it readable by others, or let the runner copy the files "
+                    "(transfer='auto' or 'copy').",
+                )
+            return False
+        return self.transfer == "copy" or not self._shares_files or request.unreadable is not None
 
     def abort(self, tokens: Iterable[object]) -> None:
         """Remove the containers of the runs ``tokens`` name; those not started never start."""
@@ -209,17 +233,29 @@ class DockerBackend:
             telemetry=telemetry,
         )
         deadline = deadline_after(request.timeout)
+        labels = build_labels(deadline)
+        engine = self.engine
+        bound: tuple[Path, ...] = request.mounts
+        copied: tuple[tuple[Path, Path], ...] = ()
+        if self._copies(request):
+            try:
+                files = copy_to_engine(engine, image_id, request.mounts, labels)
+            except BaseException:
+                resources.release()
+                raise
+            resources.extra.append(lambda: engine.remove_volume(files.volume))
+            bound, copied = (), files.binds()
         run = Run(
             command=self_limited([self.python_executable, str(request.script)], request.timeout),
             workdir=request.script.parent,
-            read_only_paths=request.mounts,
+            read_only_paths=bound,
             deadline=deadline,
             uid=resources.lease.uid,
-            labels=build_labels(deadline),
+            labels=labels,
             cgroup_parent=resources.cgroup_parent,
+            relocated=copied,
             user_kernel=self._user_kernel,
         )
-        engine = self.engine
         with (
             Sandbox.create(engine, image_id, self.policy, run, resources) as sandbox,
             registered(self._active, token, sandbox),
@@ -240,16 +276,12 @@ class DockerBackend:
                 raise _SlotUnusable  # it died while waiting (say, its idle deadline passed)
             # The hand-over counts against the run's deadline.
             started = time.monotonic()
+            budget = Budget(deadline=started + request.timeout)
             try:
-                stage(
-                    request.script.parent,
-                    self.pool_root,
-                    slot.host_dir,
-                    deadline=started + request.timeout,
-                )
-            except StageRefused as e:
+                stage(request.script.parent, self.pool_root, slot.host_dir, budget=budget)
+            except TreeRefused as e:
                 raise _SlotUnusable from e  # a cold run shows this directory exactly
-            except StageExpired:
+            except TreeExpired:
                 return _expired_in_hand_over(sandbox, time.monotonic() - started)
             cpu_before = sandbox.resources.usage().cpu_seconds or 0.0
             return sandbox.run(

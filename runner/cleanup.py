@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from runner.engine import ContainerInfo, DockerEngine, Engine
+from runner.exceptions import ExperimentExecutionError
 from runner.sandbox import LABEL, LABEL_DEADLINE, LABEL_OWNER, LABEL_SLOT, process_start_time
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
@@ -43,10 +45,10 @@ def cleanup(
     """Remove the project's abandoned containers (all of them with ``everything``).
 
     Containers of runs still in progress in a live process are left alone
-    unless ``everything`` is set. Warm pool directories under ``slots_dir``
-    (default: the cache directory's ``pool``) that no remaining container uses
-    go too. With ``telemetry``, empty per-run cgroup parents left by crashed
-    callers go as well.
+    unless ``everything`` is set; the same goes for volumes of copied files.
+    Warm pool directories under ``slots_dir`` (default: the cache directory's
+    ``pool``) that no remaining container uses go too. With ``telemetry``, empty
+    per-run cgroup parents left by crashed callers go as well.
     """
     engine = engine or DockerEngine()
     removed = []
@@ -57,6 +59,11 @@ def cleanup(
             removed.append(container)
         elif LABEL_SLOT in container.labels:
             kept.add(container.labels[LABEL_SLOT])
+    for volume in engine.volumes(f"{LABEL}=1"):
+        if everything or is_abandoned(volume.labels):
+            # A volume still mounted by a container that stays is refused: it goes later.
+            with contextlib.suppress(ExperimentExecutionError):
+                engine.remove_volume(volume.name)
     remove_stale_slot_dirs(slots_dir or ExperimentDefaults().cache_dir / "pool", kept)
     if telemetry is not None:
         telemetry.release_stale()

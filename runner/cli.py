@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
         "--input", action="append", default=[], type=Path, metavar="PATH",
         help="a file or directory to mount read-only at its own path (repeatable)",
     )  # fmt: skip
+    run.add_argument(
+        "--transfer", choices=("auto", "bind", "copy"),
+        help="how the script's files reach the sandbox: bind-mounted in place, copied "
+        "through the engine's API, or auto (bind where the engine sees them; default)",
+    )  # fmt: skip
     run.add_argument("--name", help="experiment name to record (default: the script's name)")
     run.add_argument(
         "--warm", type=int, default=0, metavar="N",
@@ -162,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         history=_history_for(args, settings),
         warm_pool=args.warm,
         pool_root=args.script.resolve().parent.parent,
+        transfer=args.transfer,
         settings=settings,
     ) as runner:
         if args.warm:

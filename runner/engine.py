@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import docker
 import requests
@@ -61,6 +61,16 @@ class Engine(Protocol):
 
     def containers(self, label: str) -> list[ContainerInfo]: ...
 
+    def create_volume(self, labels: Mapping[str, str]) -> VolumeInfo: ...
+
+    def remove_volume(self, name: str) -> None: ...
+
+    def volumes(self, label: str) -> list[VolumeInfo]: ...
+
+    def put_archive(self, container_id: str, path: str, data: bytes | BinaryIO) -> None: ...
+
+    def get_archive(self, container_id: str, path: str) -> bytes: ...
+
 
 @dataclass(frozen=True)
 class ContainerState:
@@ -78,6 +88,15 @@ class ContainerInfo:
     id: str
     name: str
     status: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A named volume: its name, the engine's own path to its files, its labels."""
+
+    name: str
+    mountpoint: str
     labels: Mapping[str, str]
 
 
@@ -274,6 +293,52 @@ class DockerEngine:
             raise _engine_error(e) from e
         except DockerException as e:
             raise _engine_error(e) from e
+
+    # files over the API ----------------------------------------------------
+
+    def create_volume(self, labels: Mapping[str, str]) -> VolumeInfo:
+        """A new named volume carrying ``labels``; its name and where the engine keeps it."""
+        data = self._call(self._api.create_volume, name=None, labels=dict(labels))
+        return VolumeInfo(
+            name=str(data["Name"]),
+            mountpoint=str(data.get("Mountpoint") or ""),
+            labels=dict(data.get("Labels") or {}),
+        )
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume; gone already is fine."""
+        try:
+            self._api.remove_volume(name, force=True)
+        except NotFound:
+            return
+        except DockerException as e:
+            raise _engine_error(e) from e
+
+    def volumes(self, label: str) -> list[VolumeInfo]:
+        """All volumes that carry ``label``."""
+        data = self._call(self._api.volumes, filters={"label": label})
+        return [
+            VolumeInfo(
+                name=str(row["Name"]),
+                mountpoint=str(row.get("Mountpoint") or ""),
+                labels=dict(row.get("Labels") or {}),
+            )
+            for row in (data or {}).get("Volumes") or []
+        ]
+
+    def put_archive(self, container_id: str, path: str, data: bytes | BinaryIO) -> None:
+        """Unpack the tar ``data`` at ``path`` in a (created, not necessarily started) container."""
+        ok = self._call(self._api.put_archive, container_id, path, data)
+        if not ok:
+            raise ExperimentExecutionError(
+                f"The engine refused the files for {path}.",
+                hint="check the engine's log; the files go in through its archive API.",
+            )
+
+    def get_archive(self, container_id: str, path: str) -> bytes:
+        """The tar of ``path`` in a container (which may never have been started)."""
+        stream, _ = self._call(self._api.get_archive, container_id, path)
+        return b"".join(stream)
 
     def containers(self, label: str) -> list[ContainerInfo]:
         """All containers, running or not, that carry ``label``."""

@@ -20,8 +20,9 @@ from runner.lifecycle import Execution
 from runner.models import ExperimentResult, ExperimentSpec
 from runner.output import OutputCallback
 from runner.parsing import Ending, interpret, printable
-from runner.sandbox import SandboxPolicy, check_readable, parse_size
+from runner.sandbox import SandboxPolicy, parse_size, unreadable
 from runner.settings import ExperimentDefaults
+from runner.transfer import Transfer
 
 #: One job of a batch: (script_path, spec, iteration).
 Job = tuple[Path | str, ExperimentSpec, int]
@@ -57,6 +58,7 @@ class ExperimentRunner:
         warm_pool: int = 0,
         preload: Sequence[str] | None = None,
         pool_root: Path | str | None = None,
+        transfer: Transfer | None = None,
         settings: ExperimentDefaults | None = None,
         engine: Engine | None = None,
     ) -> None:
@@ -90,6 +92,7 @@ class ExperimentRunner:
             settings=defaults,
             preload=preload,
             pool_root=pool_root,
+            transfer=transfer,
         )
         if warm_pool:
             self._backend.start_pool(min(warm_pool, self.default_workers()), self.timeout)
@@ -335,7 +338,9 @@ class ExperimentRunner:
     ) -> Execution:
         """Check the script and inputs, then have the backend run them; the raw record."""
         script, mounts = self._prepare_mounts(script_path, inputs)
-        request = RunRequest(script, mounts, self.timeout, self.output_limit)
+        request = RunRequest(
+            script, mounts, self.timeout, self.output_limit, unreadable([*mounts, script])
+        )
         return self._backend.execute(request, on_output, token or object())
 
     @property
@@ -361,7 +366,6 @@ class ExperimentRunner:
                 )
             if path not in paths:
                 paths.append(path)
-        check_readable([*paths, script])
         return script, tuple(paths)
 
 

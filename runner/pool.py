@@ -11,12 +11,10 @@ is removed, never reused; a background thread starts replacements.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import stat
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from runner.sandbox import (
     self_limited,
 )
 from runner.telemetry import CgroupTelemetry
+from runner.tree import Budget, Entry, TreeRefused, read_chunks, walk
 
 
 @dataclass
@@ -121,129 +120,61 @@ def wait_ready(slot: Slot) -> bool:
     return False
 
 
-class StageRefused(Exception):
-    """The directory cannot be mirrored exactly within the limits; the run goes cold."""
-
-
-class StageExpired(Exception):
-    """The run's deadline passed while its directory was being handed over."""
-
-
-@dataclass(frozen=True)
-class StageLimits:
-    """Bounds of one hand-over: entries mirrored, and bytes copied when linking fails."""
-
-    max_entries: int = 10_000
-    max_copy_bytes: int = 256 * 1024 * 1024
-
-
-def stage(
-    source_dir: Path,
-    root: Path,
-    slot_dir: Path,
-    *,
-    deadline: float = math.inf,
-    limits: StageLimits = StageLimits(),
-) -> Path:
+def stage(source_dir: Path, root: Path, slot_dir: Path, *, budget: Budget | None = None) -> Path:
     """Mirror ``source_dir`` (under ``root``) into ``slot_dir`` as a bind mount would show it.
 
     Regular files are hard-linked (copied where linking fails, say across
     filesystems), symlinks are recreated with the same target text, and
-    directories keep their modes. Nothing on the host is ever read through a
-    symlink, and devices, FIFOs and sockets are never opened: a directory that
-    holds one raises ``StageRefused`` (a cold run shows it exactly), as does one
-    over ``limits``. ``deadline`` (``time.monotonic()``) bounds the whole hand-over.
+    directories keep their modes. Nothing on the host is read through a symlink
+    and no device, FIFO or socket is opened (``runner.tree``): a directory that
+    holds one, or is over ``budget``, raises ``TreeRefused`` (a cold run shows
+    it exactly); past the budget's deadline, ``TreeExpired``.
     """
+    budget = budget or Budget()
     target = slot_dir / source_dir.relative_to(root)
-    budget = _Budget(limits, deadline)
-    fd = os.open(source_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        _mirror(fd, target, budget)
-        _copy_owner_and_mode(os.fstat(fd), target)
-    finally:
-        os.close(fd)
+    target.mkdir(parents=True, exist_ok=True)
+    directories = [(target, source_dir.lstat())]
+    for entry in walk(source_dir, budget):
+        here = target / entry.path
+        if entry.kind == "symlink":
+            # The target text only: it resolves inside the sandbox, as in a cold run.
+            here.symlink_to(entry.link_target())
+        elif entry.kind == "dir":
+            here.mkdir()
+            directories.append((here, entry.stat))
+        else:
+            _link_or_copy(entry, here, budget)
+    for directory, st in reversed(directories):
+        _copy_owner_and_mode(st, directory)
     for parent in target.relative_to(slot_dir).parents:
         (slot_dir / parent).chmod(0o755)  # the way down must be open to the sandbox user
     return target
 
 
-class _Budget:
-    def __init__(self, limits: StageLimits, deadline: float) -> None:
-        self.entries = limits.max_entries
-        self.copy_bytes = limits.max_copy_bytes
-        self.deadline = deadline
-
-    def entry(self) -> None:
-        self.entries -= 1
-        if self.entries < 0:
-            raise StageRefused("more files than a hand-over mirrors")
-        self.check_time()
-
-    def check_time(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise StageExpired
-
-
-def _mirror(dir_fd: int, destination: Path, budget: _Budget) -> None:
-    """Mirror the directory open at ``dir_fd`` into ``destination`` (which exists)."""
-    with os.scandir(dir_fd) as entries:
-        names = [entry.name for entry in entries]
-    for name in names:
-        budget.entry()
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        here = destination / name
-        if stat.S_ISLNK(st.st_mode):
-            # The target text only: it resolves inside the sandbox, as in a cold run.
-            here.symlink_to(os.readlink(name, dir_fd=dir_fd))
-        elif stat.S_ISDIR(st.st_mode):
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            try:
-                here.mkdir()
-                _mirror(sub, here, budget)
-                _copy_owner_and_mode(os.fstat(sub), here)
-            finally:
-                os.close(sub)
-        elif stat.S_ISREG(st.st_mode):
-            _link_or_copy(dir_fd, name, here, budget)
-        else:
-            raise StageRefused(f"{name!r} is a device, FIFO or socket")
-
-
-def _link_or_copy(dir_fd: int, name: str, here: Path, budget: _Budget) -> None:
+def _link_or_copy(entry: Entry, here: Path, budget: Budget) -> None:
     try:
-        # linkat() without AT_SYMLINK_FOLLOW: should ``name`` have become a symlink
+        # linkat() without AT_SYMLINK_FOLLOW: should the entry have become a symlink
         # meanwhile, the link is to the symlink itself, never to its target.
-        os.link(name, here, src_dir_fd=dir_fd, follow_symlinks=False)
+        os.link(entry.name, here, src_dir_fd=entry.dir_fd, follow_symlinks=False)
     except OSError:
         pass
     else:
-        mode = os.lstat(here).st_mode
+        mode = here.lstat().st_mode
         if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
             return
         here.unlink()
-        raise StageRefused(f"{name!r} changed into a special file while being handed over")
-    # O_NONBLOCK: a file swapped for a FIFO meanwhile cannot make the open hang.
-    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        raise TreeRefused(f"{str(entry.path)!r} changed into a special file meanwhile")
+    src = entry.open()
     try:
-        st = os.fstat(src)
-        if not stat.S_ISREG(st.st_mode):
-            raise StageRefused(f"{name!r} is not a regular file")
-        if st.st_size > budget.copy_bytes:
-            raise StageRefused("more bytes to copy than a hand-over copies")
         dst = os.open(here, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            while chunk := os.read(src, 1024 * 1024):
-                budget.copy_bytes -= len(chunk)
-                if budget.copy_bytes < 0:
-                    raise StageRefused("more bytes to copy than a hand-over copies")
-                budget.check_time()
+            for chunk in read_chunks(src, budget):
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(dst, view) :]
         finally:
             os.close(dst)
-        _copy_owner_and_mode(st, here)
+        _copy_owner_and_mode(os.fstat(src), here)
     finally:
         os.close(src)
 

@@ -19,7 +19,6 @@ from typing import Any
 
 from docker.types import LogConfig, Mount, Ulimit
 
-from runner.exceptions import ExperimentExecutionError
 from runner.seccomp import security_option
 
 #: Every container the project starts carries this label (value: "1").
@@ -240,20 +239,19 @@ def host_pids_limit(pids_limit: int, *, user_kernel: bool) -> int:
     return pids_limit * USER_KERNEL_THREADS_PER_TASK + USER_KERNEL_THREADS_BASE
 
 
-def check_readable(paths: Iterable[Path]) -> None:
-    """Fail early, with a fix, when the sandbox user could not read a mounted path."""
+def unreadable(paths: Iterable[Path]) -> str | None:
+    """Why the sandbox user could not read one of ``paths`` in place, or None if it can."""
     for path in paths:
         st = path.stat()
         # Each run has a user ID of its own, so only the "other" bits can grant access.
         need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else 0)
         if st.st_mode & need != need:
             kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
-            raise ExperimentExecutionError(
-                f"The sandbox user cannot read the {kind} {path} "
-                f"(mode {stat.S_IMODE(st.st_mode):o}).",
-                hint=f"make it readable by others: chmod o+r{'x' if kind == 'directory' else ''} "
-                f"{path}",
+            return (
+                f"The sandbox user cannot read the {kind} {path} in place "
+                f"(mode {stat.S_IMODE(st.st_mode):o})."
             )
+    return None
 
 
 def deadline_after(timeout: float, grace: float = 30.0) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,10 @@ class ExperimentDefaults(BaseSettings):
     cpu_limit: float = Field(default=1.0, gt=0)
     pids_limit: int = Field(default=256, gt=0)
     runtime: str | None = None
+    #: How a run's files reach the sandbox: "bind" (mounted in place: a local engine),
+    #: "copy" (through the engine's API into a volume), or "auto" (bind where the
+    #: engine sees this machine's files and the sandbox user may read them, else copy).
+    transfer: Literal["auto", "bind", "copy"] = "auto"
     #: Bytes of stdout and of stderr kept per run (the tail is kept).
     output_limit: int = Field(default=1024 * 1024, gt=0)
     #: Size of the writable, non-executable ``/tmp`` inside the sandbox.

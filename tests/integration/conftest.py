@@ -42,12 +42,16 @@ def engine() -> DockerEngine:
 
 @pytest.fixture(autouse=True)
 def no_leftover_containers(engine: DockerEngine) -> Iterator[None]:
-    """Every integration test must leave no project container behind."""
+    """Every integration test must leave no project container or volume behind."""
     yield
     left = engine.containers(f"{LABEL}=1")
     for container in left:
         engine.remove(container.id)
+    volumes = engine.volumes(f"{LABEL}=1")
+    for volume in volumes:
+        engine.remove_volume(volume.name)
     assert left == [], f"containers left behind: {[c.name for c in left]}"
+    assert volumes == [], f"volumes left behind: {[v.name for v in volumes]}"
 
 
 @pytest.fixture

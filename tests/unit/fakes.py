@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import io
+import tarfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from runner.bootstrap import READY
-from runner.engine import ContainerInfo, ContainerState, Engine, OutputStream
+from runner.engine import ContainerInfo, ContainerState, Engine, OutputStream, VolumeInfo
+from runner.exceptions import ExperimentExecutionError
 from runner.sandbox import EXIT_MARKER
 
 
@@ -45,6 +49,9 @@ class FakeEngine:
     removed: list[str] = field(default_factory=list)
     handed_over: dict[str, bytes] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)
+    volumes_made: list[VolumeInfo] = field(default_factory=list)
+    volumes_removed: list[str] = field(default_factory=list)
+    archives: dict[tuple[str, str], bytes] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         runtimes: dict[str, Any] = {name: {} for name in self.runtimes_registered}
@@ -106,6 +113,36 @@ class FakeEngine:
         self.calls.append("remove")
         self.removed.append(container_id)
         self.finished.add(container_id)
+
+    # files over the API: volumes live in memory; archives of bind mounts read the host,
+    # as a local engine's would.
+
+    def create_volume(self, labels: Mapping[str, str]) -> VolumeInfo:
+        name = f"v{len(self.volumes_made) + 1}"
+        volume = VolumeInfo(name, f"/var/lib/fake/volumes/{name}/_data", dict(labels))
+        self.volumes_made.append(volume)
+        return volume
+
+    def remove_volume(self, name: str) -> None:
+        self.calls.append("remove_volume")
+        self.volumes_removed.append(name)
+
+    def volumes(self, label: str) -> list[VolumeInfo]:
+        return [v for v in self.volumes_made if v.name not in self.volumes_removed]
+
+    def put_archive(self, container_id: str, path: str, data: bytes | BinaryIO) -> None:
+        self.calls.append("put_archive")
+        self.archives[(container_id, path)] = data if isinstance(data, bytes) else data.read()
+
+    def get_archive(self, container_id: str, path: str) -> bytes:
+        for mount in self._config(container_id).get("mounts", []):
+            if mount["Type"] == "bind" and path.startswith(mount["Target"] + "/"):
+                host = Path(mount["Source"] + path[len(mount["Target"]) :])
+                buffer = io.BytesIO()
+                with tarfile.open(fileobj=buffer, mode="w") as tar:
+                    tar.add(host, arcname=host.name)
+                return buffer.getvalue()
+        raise ExperimentExecutionError(f"no such path in the fake container: {path}")
 
     def _config(self, container_id: str) -> dict[str, Any]:
         return self.created[int(container_id[1:]) - 1]

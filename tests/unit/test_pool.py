@@ -13,8 +13,9 @@ from runner import ExperimentDefaults, ExperimentExecutionError, ExperimentRunne
 from runner.backend import fits_pool
 from runner.bootstrap import READY, SOURCE
 from runner.models import ExperimentSpec
-from runner.pool import SlotMaker, StageExpired, StageLimits, StageRefused, stage
+from runner.pool import SlotMaker, stage
 from runner.sandbox import SandboxPolicy
+from runner.tree import Budget, TreeExpired, TreeRefused
 from tests.unit.fakes import FakeEngine
 
 SPEC = ExperimentSpec(experiment_name="warm", model_type="SVC")
@@ -115,7 +116,7 @@ def test_stage_refuses_a_fifo_without_opening_it(tmp_path: Path, no_hard_links: 
     slot = tmp_path / "slot"
     slot.mkdir()
     started = time.monotonic()
-    with pytest.raises(StageRefused, match="FIFO"):
+    with pytest.raises(TreeRefused, match="FIFO"):
         stage(source, source.parent, slot)
     assert time.monotonic() - started < 5
 
@@ -128,7 +129,7 @@ def test_stage_refuses_a_device_node(tmp_path: Path) -> None:
     os.mknod(source / "zero", 0o666 | 0o020000, os.makedev(1, 5))
     slot = tmp_path / "slot"
     slot.mkdir()
-    with pytest.raises(StageRefused, match="device"):
+    with pytest.raises(TreeRefused, match="device"):
         stage(source, source.parent, slot)
 
 
@@ -138,19 +139,21 @@ def test_stage_is_bounded_in_files_and_bytes(tmp_path: Path, no_hard_links: None
     source.mkdir(parents=True)
     for i in range(5):
         (source / f"f{i}").write_bytes(b"x" * 1000)
-    with pytest.raises(StageRefused, match="files"):
-        stage(source, source.parent, tmp_path / "s1", limits=StageLimits(max_entries=4))
-    with pytest.raises(StageRefused, match="bytes"):
-        stage(source, source.parent, tmp_path / "s2", limits=StageLimits(max_copy_bytes=4500))
+    with pytest.raises(TreeRefused, match="files"):
+        stage(source, source.parent, tmp_path / "s1", budget=Budget(entries=4))
+    with pytest.raises(TreeRefused, match="bytes"):
+        stage(source, source.parent, tmp_path / "s2", budget=Budget(bytes=4500))
 
 
 def test_stage_counts_against_the_deadline(tmp_path: Path) -> None:
-    """A hand-over that would end past the run's deadline stops with StageExpired."""
+    """A hand-over that would end past the run's deadline stops with TreeExpired."""
     source = tmp_path / "root" / "exp"
     source.mkdir(parents=True)
     (source / "f").write_text("x")
-    with pytest.raises(StageExpired):
-        stage(source, source.parent, tmp_path / "slot", deadline=time.monotonic() - 1)
+    with pytest.raises(TreeExpired):
+        stage(
+            source, source.parent, tmp_path / "slot", budget=Budget(deadline=time.monotonic() - 1)
+        )
 
 
 def test_only_scripts_under_the_pool_root_are_eligible(tmp_path: Path) -> None:

@@ -2,16 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from runner import ExperimentExecutionError
 from runner.sandbox import (
     LABEL,
     Run,
     SandboxPolicy,
     build_labels,
-    check_readable,
     container_config,
     host_pids_limit,
     sandbox_environment,
+    unreadable,
 )
 from runner.seccomp import profile
 
@@ -122,12 +121,13 @@ def test_policy_rejects_nonsense_limits(policy: dict) -> None:
         SandboxPolicy(image="img", **policy)
 
 
-def test_unreadable_directory_gives_a_fix(tmp_path: Path) -> None:
-    """A 0700 directory is refused with a chmod hint, before any container starts."""
+def test_unreadable_directory_is_named(tmp_path: Path) -> None:
+    """A 0700 directory is reported as not readable in place by the sandbox user."""
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    with pytest.raises(ExperimentExecutionError, match=r"chmod o\+rx"):
-        check_readable([private])
+    assert "cannot read the directory" in (unreadable([private]) or "")
+    private.chmod(0o755)
+    assert unreadable([private]) is None
 
 
 def test_each_run_has_its_own_process_quota() -> None:

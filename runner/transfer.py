@@ -1,0 +1,184 @@
+"""How a run's files reach its sandbox: bind-mounted in place, or copied through the engine.
+
+A bind mount needs an engine that sees the caller's files (a local engine) and
+a sandbox user that may read them. Where either fails (a remote engine, a
+Docker-in-Docker CI service, a Podman machine, a private 0700 directory) the
+files travel as a tar archive through the engine's API into a labelled volume,
+and the sandbox bind-mounts them read-only, at their own absolute paths, from
+the volume's place on the engine. The archive is built with ``runner.tree``:
+no symlink followed, no special file opened, bounded in entries and bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import stat
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Literal
+
+from docker.types import Mount
+
+from runner.engine import Engine
+from runner.exceptions import ExperimentExecutionError
+from runner.tree import Budget, TreeRefused, walk
+
+Transfer = Literal["auto", "bind", "copy"]
+TRANSFERS: tuple[Transfer, ...] = ("auto", "bind", "copy")
+
+#: Where the helper container that fills a volume mounts it (it is never started).
+_FILL_AT = "/files"
+#: Bounds of one copy: entries, and bytes of file content.
+COPY_MAX_ENTRIES = 100_000
+COPY_MAX_BYTES = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class CopiedFiles:
+    """A volume holding one run's files, laid out as on the caller's machine."""
+
+    volume: str
+    mountpoint: str
+    paths: tuple[Path, ...]
+
+    def binds(self) -> tuple[tuple[Path, Path], ...]:
+        """(engine-side source, container target) pairs: each path at its own place."""
+        return tuple((Path(self.mountpoint + str(path)), path) for path in self.paths)
+
+
+def archive(paths: Sequence[Path], budget: Budget, out: BinaryIO) -> None:
+    """Write to ``out`` a tar of ``paths`` (absolute) at their own paths, readable by any user.
+
+    Regular files, directories and symlinks (as symlinks) only; owners are root,
+    and every entry gains read (and, for directories, search) permission, as the
+    sandbox's user ID is not the files' owner. Raises ``TreeRefused``.
+    """
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in paths:
+            top = PurePosixPath(str(path).lstrip("/"))
+            if path.is_dir() and not path.is_symlink():
+                tar.addfile(_info(top, "dir", path.lstat()))
+                for entry in walk(path, budget):
+                    name = top / entry.path
+                    if entry.kind == "file":
+                        _add_open_file(tar, entry.open(), name, budget)
+                    elif entry.kind == "symlink":
+                        tar.addfile(_info(name, "symlink", entry.stat, link=entry.link_target()))
+                    else:
+                        tar.addfile(_info(name, "dir", entry.stat))
+            else:
+                # An input file the caller named (a symlink to it is resolved: it was checked).
+                _add_open_file(tar, os.open(path, os.O_RDONLY | os.O_NONBLOCK), top, budget)
+
+
+def _add_open_file(tar: tarfile.TarFile, fd: int, name: PurePosixPath, budget: Budget) -> None:
+    """Add the regular file open at ``fd`` (closed here), its content streamed."""
+    with os.fdopen(fd, "rb") as source:
+        st = os.fstat(source.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise TreeRefused(f"{str(name)!r} is not a regular file or directory")
+        budget.spend(st.st_size)
+        tar.addfile(_info(name, "file", st, st.st_size), source)
+
+
+def _info(
+    name: PurePosixPath,
+    kind: Literal["dir", "file", "symlink"],
+    st: os.stat_result,
+    size: int = 0,
+    link: str = "",
+) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(str(name))
+    info.mtime = int(st.st_mtime)
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    mode = st.st_mode & 0o777
+    if kind == "dir":
+        info.type = tarfile.DIRTYPE
+        info.mode = mode | 0o555
+    elif kind == "symlink":
+        info.type = tarfile.SYMTYPE
+        info.linkname = link
+        info.mode = 0o777
+    else:
+        info.type = tarfile.REGTYPE
+        info.size = size
+        info.mode = mode | 0o444
+    return info
+
+
+def copy_to_engine(
+    engine: Engine,
+    image_id: str,
+    paths: Sequence[Path],
+    labels: Mapping[str, str],
+    budget: Budget | None = None,
+) -> CopiedFiles:
+    """Ship ``paths`` into a new labelled volume through the engine's archive API."""
+    budget = budget or Budget(entries=COPY_MAX_ENTRIES, bytes=COPY_MAX_BYTES)
+    with tempfile.TemporaryFile(prefix="runner-files-") as data:
+        try:
+            archive(paths, budget, data)
+        except TreeRefused as e:
+            raise ExperimentExecutionError(
+                f"The script's files cannot be copied to the engine: {e}.",
+                hint="keep devices, FIFOs and sockets out of the script's directory and "
+                "inputs, and stay within the copy limits; or use a local engine "
+                "(transfer='bind').",
+            ) from e
+        data.seek(0)
+        volume = engine.create_volume(labels)
+        try:
+            helper = engine.create(
+                image_id,
+                ["true"],
+                labels=dict(labels),
+                network_mode="none",
+                mounts=[Mount(target=_FILL_AT, source=volume.name, type="volume")],
+            )
+            try:
+                engine.put_archive(helper, _FILL_AT, data)
+            finally:
+                engine.remove(helper)
+        except BaseException:
+            engine.remove_volume(volume.name)
+            raise
+    return CopiedFiles(volume.name, volume.mountpoint, tuple(paths))
+
+
+def engine_sees_local_files(engine: Engine, image_id: str, labels: Mapping[str, str]) -> bool:
+    """True when a bind mount of a path on this machine shows this machine's file.
+
+    A real check, not a guess from ``DOCKER_HOST``: a probe file with a random
+    token is bind-mounted into a container that is created (never started), and
+    read back through the engine's archive API.
+    """
+    token = secrets.token_hex(16)
+    with tempfile.TemporaryDirectory(prefix="runner-probe-") as tmp:
+        probe = Path(tmp)
+        probe.chmod(0o755)
+        (probe / "token").write_text(token)
+        try:
+            container = engine.create(
+                image_id,
+                ["true"],
+                labels=dict(labels),
+                network_mode="none",
+                mounts=[Mount(target="/probe", source=str(probe), type="bind", read_only=True)],
+            )
+        except ExperimentExecutionError:
+            return False  # "bind source path does not exist": another machine's filesystem
+        try:
+            data = engine.get_archive(container, "/probe/token")
+        except ExperimentExecutionError:
+            return False
+        finally:
+            engine.remove(container)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile("token")
+        return member is not None and member.read().decode() == token
