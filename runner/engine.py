@@ -61,6 +61,10 @@ class Engine(Protocol):
 
     def containers(self, label: str) -> list[ContainerInfo]: ...
 
+    def inspect(self, container_id: str) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
     def create_volume(self, labels: Mapping[str, str]) -> VolumeInfo: ...
 
     def remove_volume(self, name: str) -> None: ...
@@ -114,6 +118,7 @@ class DockerEngine:
                 ) from e
         self._client = client
         self._api = client.api
+        self._description: str | None = None
 
     # engine ---------------------------------------------------------------
 
@@ -271,6 +276,21 @@ class DockerEngine:
             raise _engine_error(e) from e
         except DockerException as e:
             raise _engine_error(e) from e
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        """The engine's full record of a container (``docker inspect``)."""
+        return dict(self._call(self._api.inspect_container, container_id))
+
+    def describe(self) -> str:
+        """Which engine this is, for messages: product, version and address."""
+        if self._description is None:
+            version = self._call(self._api.version)
+            product = next(
+                (str(c.get("Name")) for c in version.get("Components") or [] if c.get("Name")),
+                "Docker Engine",
+            )
+            self._description = f"{product} {version.get('Version', '?')} at {self._api.base_url}"
+        return self._description
 
     def state(self, container_id: str) -> ContainerState:
         data = self._call(self._api.inspect_container, container_id)

@@ -21,6 +21,7 @@ from runner.identity import UidLease
 from runner.output import CapturedOutput, OutputCallback, OutputCollector
 from runner.sandbox import Run, SandboxPolicy, container_config
 from runner.telemetry import CgroupTelemetry, Usage
+from runner.verify import gaps
 
 #: How long output may keep arriving after the container has stopped.
 DRAIN_GRACE = 2.0
@@ -128,13 +129,30 @@ class Sandbox:
         run: Run,
         resources: Resources,
     ) -> Sandbox:
-        """Create the container for ``run``; on failure release ``resources`` and raise."""
+        """Create the container for ``run`` and check every control is in force.
+
+        On failure, or when the engine would run it with a control missing,
+        nothing is left: ``resources`` are released and the error raised.
+        """
         try:
             container_id = engine.create(image_id, run.command, **container_config(policy, run))
         except BaseException:
             resources.release()
             raise
-        return cls(engine, container_id, image_id, resources)
+        sandbox = cls(engine, container_id, image_id, resources)
+        try:
+            missing = gaps(engine.inspect(container_id), policy, run)
+            if missing:
+                raise ExperimentExecutionError(
+                    f"{engine.describe()} would run the sandbox without: {'; '.join(missing)}. "
+                    "It was not started.",
+                    hint="use an engine that enforces every control (`runner doctor` lists "
+                    "each engine's gaps); the runner never runs a weaker sandbox.",
+                )
+        except BaseException:
+            sandbox.destroy()
+            raise
+        return sandbox
 
     def __enter__(self) -> Sandbox:
         return self

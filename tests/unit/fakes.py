@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 from runner.bootstrap import READY
 from runner.engine import ContainerInfo, ContainerState, Engine, OutputStream, VolumeInfo
 from runner.exceptions import ExperimentExecutionError
-from runner.sandbox import EXIT_MARKER
+from runner.sandbox import EXIT_MARKER, parse_size
 
 
 class FakeStream:
@@ -52,6 +52,8 @@ class FakeEngine:
     volumes_made: list[VolumeInfo] = field(default_factory=list)
     volumes_removed: list[str] = field(default_factory=list)
     archives: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    #: Fields the engine reports differently from what was asked (a silently weaker engine).
+    quietly: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         runtimes: dict[str, Any] = {name: {} for name in self.runtimes_registered}
@@ -113,6 +115,34 @@ class FakeEngine:
         self.calls.append("remove")
         self.removed.append(container_id)
         self.finished.add(container_id)
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        """What Docker would report for the container, with ``quietly`` applied on top."""
+        config = self._config(container_id)
+        host: dict[str, Any] = {
+            "Runtime": config.get("runtime", "runc"),
+            "NetworkMode": config.get("network_mode", "default"),
+            "ReadonlyRootfs": bool(config.get("read_only")),
+            "Privileged": False,
+            "CapDrop": config.get("cap_drop"),
+            "CapAdd": None,
+            "SecurityOpt": config.get("security_opt"),
+            "Memory": parse_size(config["mem_limit"]) if "mem_limit" in config else 0,
+            "MemorySwap": parse_size(config["memswap_limit"]) if "memswap_limit" in config else 0,
+            "NanoCpus": config.get("nano_cpus", 0),
+            "PidsLimit": config.get("pids_limit"),
+            "Ulimits": [dict(u) for u in config.get("ulimits", [])],
+            "Tmpfs": config.get("tmpfs"),
+        }
+        host.update(self.quietly)
+        mounts = [
+            {"Destination": m["Target"], "RW": not m.get("ReadOnly")}
+            for m in config.get("mounts", [])
+        ]
+        return {"HostConfig": host, "Config": {"User": config.get("user")}, "Mounts": mounts}
+
+    def describe(self) -> str:
+        return "Fake Engine 1.0 at fake://"
 
     # files over the API: volumes live in memory; archives of bind mounts read the host,
     # as a local engine's would.

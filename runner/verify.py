@@ -1,0 +1,90 @@
+"""Verify, don't trust: read a created container back and check every control is in force.
+
+An engine may accept a setting and quietly run without it (Podman's
+Docker-compatible API ignores ``runtime``, adds a writable ``/var/tmp``, ...).
+Before a sandbox is started, ``gaps`` compares what the engine reports for the
+container with what was asked; any difference stops the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from runner.sandbox import Run, SandboxPolicy, host_pids_limit, parse_size
+from runner.seccomp import profile
+
+
+def gaps(inspected: Mapping[str, Any], policy: SandboxPolicy, run: Run) -> list[str]:
+    """The controls ``inspected`` (``docker inspect`` of a created container) lacks, in words."""
+    host = inspected.get("HostConfig") or {}
+    config = inspected.get("Config") or {}
+    found: list[str] = []
+
+    def expect(control: str, ok: bool, seen: object) -> None:
+        if not ok:
+            found.append(f"{control} (the engine reports {seen!r})")
+
+    runtime = host.get("Runtime")
+    if policy.runtime is not None:
+        expect(f"runtime {policy.runtime}", runtime == policy.runtime, runtime)
+    expect("no network", host.get("NetworkMode") == "none", host.get("NetworkMode"))
+    expect(
+        "read-only root filesystem", host.get("ReadonlyRootfs") is True, host.get("ReadonlyRootfs")
+    )
+    expect("not privileged", not host.get("Privileged"), host.get("Privileged"))
+    user = config.get("User")
+    expect(f"user {run.uid}:{run.uid}", user == f"{run.uid}:{run.uid}", user)
+    cap_drop = [str(c).upper().removeprefix("CAP_") for c in host.get("CapDrop") or []]
+    expect("every capability dropped", "ALL" in cap_drop, host.get("CapDrop"))
+    expect("no capability added", not host.get("CapAdd"), host.get("CapAdd"))
+    options = [str(o) for o in host.get("SecurityOpt") or []]
+    expect(
+        "no-new-privileges",
+        any(o.replace("=true", "").replace(":true", "") == "no-new-privileges" for o in options),
+        options,
+    )
+    expect(
+        "the project's seccomp profile",
+        any(o.startswith("seccomp=") and _same_profile(o) for o in options),
+        [o[:40] for o in options],
+    )
+    memory = parse_size(policy.memory_limit)
+    expect("memory cap", host.get("Memory") == memory, host.get("Memory"))
+    expect(
+        "no swap (memory + swap = memory)", host.get("MemorySwap") == memory, host.get("MemorySwap")
+    )
+    nano = int(policy.cpu_limit * 1e9)
+    expect("CPU cap", host.get("NanoCpus") == nano, host.get("NanoCpus"))
+    pids = host_pids_limit(policy.pids_limit, user_kernel=run.user_kernel)
+    expect("PID cap", host.get("PidsLimit") == pids, host.get("PidsLimit"))
+    ulimits = {u.get("Name"): (u.get("Soft"), u.get("Hard")) for u in host.get("Ulimits") or []}
+    for name, value in (("nofile", 1024), ("core", 0), ("nproc", policy.pids_limit)):
+        expect(f"ulimit {name}={value}", ulimits.get(name) == (value, value), ulimits.get(name))
+    found.extend(_writable_mounts(inspected))
+    return found
+
+
+def _same_profile(option: str) -> bool:
+    try:
+        return bool(json.loads(option.removeprefix("seccomp=")) == json.loads(profile()))
+    except ValueError:
+        return False
+
+
+def _writable_mounts(inspected: Mapping[str, Any]) -> list[str]:
+    """Every mount but the capped ``/tmp`` tmpfs must be read-only."""
+    host = inspected.get("HostConfig") or {}
+    found = []
+    tmpfs = host.get("Tmpfs") or {}
+    for target in tmpfs:
+        if target != "/tmp":
+            found.append(f"no writable mount but /tmp (the engine adds a tmpfs at {target})")
+    if "size=" not in str(tmpfs.get("/tmp", "")):
+        found.append(f"a size-capped /tmp (the engine reports {tmpfs.get('/tmp')!r})")
+    for mount in inspected.get("Mounts") or []:
+        target = mount.get("Destination")
+        if mount.get("RW") and target != "/tmp":
+            found.append(f"no writable mount but /tmp (the engine mounts {target} writable)")
+    return found
