@@ -99,8 +99,12 @@ class DockerBackend:
         self._telemetry: CgroupTelemetry | None = None
         self._user_kernel = False
         self._shares_files = True
+        self._engine_cpus = 1
+        self._engine_memory = 0
         self._active = ActiveRuns()
         self._pool: WarmPool | None = None
+        #: Why a warm pool that was asked for is not kept, if it is not.
+        self.pool_unavailable: str | None = None
 
     @property
     def engine(self) -> Engine:
@@ -131,6 +135,8 @@ class DockerBackend:
                 probe_labels = build_labels(deadline_after(60))
                 image_id = engine.image_id(self.policy.image)
                 self._shares_files = engine_sees_local_files(engine, image_id, probe_labels)
+            self._engine_cpus = int(info.get("NCPU") or 1)
+            self._engine_memory = int(info.get("MemTotal") or 0)
             telemetry = CgroupTelemetry()
             # The engine's cgroups are readable here only if it runs on this machine.
             local = self._shares_files and telemetry.available(info)
@@ -140,11 +146,44 @@ class DockerBackend:
             cleanup(engine, telemetry=self._telemetry, slots_dir=self.slots_dir)
             self._ready = True
 
+    def capacity(self) -> tuple[int, int]:
+        """CPU cores and bytes of memory of the machine the engine runs on."""
+        self.prepare()
+        if self._shares_files:
+            cores = len(os.sched_getaffinity(0))
+            return cores, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return self._engine_cpus, self._engine_memory
+
+    def describe_files(self) -> str:
+        """How files reach this engine's sandboxes, in words (for ``runner doctor``)."""
+        self.prepare()
+        if self.transfer == "copy" or not self._shares_files:
+            why = "asked for" if self.transfer == "copy" else "it does not see this machine's files"
+            return f"copied through the engine's API into a volume ({why})"
+        if self.transfer == "bind":
+            return "bind-mounted in place (transfer=bind); files others cannot read are refused"
+        return "bind-mounted in place; files others cannot read are copied"
+
+    @property
+    def telemetry_available(self) -> bool:
+        """Whether peak memory and CPU time can be read from the engine's cgroups."""
+        self.prepare()
+        return self._telemetry is not None
+
     # the warm pool ---------------------------------------------------------
 
     def start_pool(self, size: int, timeout: float) -> None:
-        """Keep ``size`` containers started ahead, the ``preload`` modules imported."""
+        """Keep ``size`` containers started ahead, the ``preload`` modules imported.
+
+        Only on an engine that sees this machine's files (a slot's directory is
+        bind-mounted); elsewhere ``pool_unavailable`` says why and runs are cold.
+        """
         self.prepare()
+        if not self._shares_files or self.transfer == "copy":
+            self.pool_unavailable = (
+                "the warm pool needs an engine that sees this machine's files; runs are cold"
+            )
+            return
         self.engine.image_id(self.policy.image)  # fail now, with a hint, if it is missing
         self.pool_root.mkdir(parents=True, exist_ok=True)
         maker = SlotMaker(

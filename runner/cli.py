@@ -171,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         settings=settings,
     ) as runner:
         if args.warm:
+            _note_pool(runner)
             runner.wait_for_warm(120)
         spec = ExperimentSpec(experiment_name=args.name or args.script.stem, model_type="script")
         result = runner.run(args.script, spec, 0)
@@ -195,6 +196,8 @@ def _run_demo(
 ) -> int:
     jobs = demo_jobs(CodeGenerator(settings.experiments_dir))
     workers = args.workers or runner.default_workers()
+    if args.warm:
+        _note_pool(runner)
     warm = f", {runner.warm_pool_size} kept warm" if runner.warm_pool_size else ""
     console.print(
         f"Running {len(jobs)} experiments on the churn demo data, {workers} at once, "
@@ -219,6 +222,11 @@ def _run_demo(
         results = runner.run_many(jobs, max_workers=workers, on_result=done)
     console.print(_leaderboard(results, title="Leaderboard"))
     return 0 if all(r.success for r in results) else 1
+
+
+def _note_pool(runner: ExperimentRunner) -> None:
+    if runner.backend.pool_unavailable:
+        errors.print(safe_text(f"note: {runner.backend.pool_unavailable}"))
 
 
 def _image_build(args: argparse.Namespace) -> int:
@@ -284,6 +292,11 @@ def _doctor(args: argparse.Namespace) -> int:
         + ("" if current else " (older than images/sandbox)"),
         "" if current else "runner image build",
     )
+
+    backend = ExperimentRunner(engine=engine, settings=settings).backend
+    report(True, f"files: {backend.describe_files()}")
+    telemetry = "read from the engine's cgroups" if backend.telemetry_available else "not available"
+    report(True, f"telemetry (peak memory, CPU time): {telemetry}")
 
     wanted = settings.runtime
     if wanted and wanted not in runtimes:

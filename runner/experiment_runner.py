@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -235,9 +234,12 @@ class ExperimentRunner:
     # many runs -------------------------------------------------------------
 
     def default_workers(self) -> int:
-        """Runs at once that never book more CPU cores or memory than the host has."""
-        cores = len(os.sched_getaffinity(0))
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        """Runs at once that never book more CPU cores or memory than the engine has.
+
+        The engine's machine is this one for a local engine; for a remote engine
+        its own count of CPUs and memory is used.
+        """
+        cores, memory = self._backend.capacity()
         by_cpu = math.floor(cores / self.policy.cpu_limit)
         by_memory = memory // parse_size(self.policy.memory_limit)
         return max(1, min(by_cpu, by_memory))
@@ -342,6 +344,11 @@ class ExperimentRunner:
             script, mounts, self.timeout, self.output_limit, unreadable([*mounts, script])
         )
         return self._backend.execute(request, on_output, token or object())
+
+    @property
+    def backend(self) -> DockerBackend:
+        """The execution seam this runner stands on."""
+        return self._backend
 
     @property
     def engine(self) -> Engine:

@@ -52,12 +52,22 @@ class FakeEngine:
     volumes_made: list[VolumeInfo] = field(default_factory=list)
     volumes_removed: list[str] = field(default_factory=list)
     archives: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    #: An engine on another machine: a bind mount never shows this machine's files.
+    remote: bool = False
+    ncpu: int = 16
+    mem_total: int = 64 * 1024**3
     #: Fields the engine reports differently from what was asked (a silently weaker engine).
     quietly: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         runtimes: dict[str, Any] = {name: {} for name in self.runtimes_registered}
-        return {"Runtimes": runtimes, "CgroupDriver": "fake", "CgroupVersion": "1"}
+        return {
+            "Runtimes": runtimes,
+            "CgroupDriver": "fake",
+            "CgroupVersion": "1",
+            "NCPU": self.ncpu,
+            "MemTotal": self.mem_total,
+        }
 
     def containers(self, label: str) -> list[ContainerInfo]:
         return []
@@ -165,6 +175,8 @@ class FakeEngine:
         self.archives[(container_id, path)] = data if isinstance(data, bytes) else data.read()
 
     def get_archive(self, container_id: str, path: str) -> bytes:
+        if self.remote:
+            raise ExperimentExecutionError(f"Could not find the file {path} in container")
         for mount in self._config(container_id).get("mounts", []):
             if mount["Type"] == "bind" and path.startswith(mount["Target"] + "/"):
                 host = Path(mount["Source"] + path[len(mount["Target"]) :])

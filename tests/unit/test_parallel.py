@@ -21,6 +21,20 @@ def test_default_workers_never_book_more_than_the_host(monkeypatch: pytest.Monke
     assert ExperimentRunner(cpu_limit=8.0, memory_limit="1g", engine=engine).default_workers() == 1
 
 
+def test_default_workers_on_a_remote_engine_count_its_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On an engine that does not share this machine, its own CPUs and memory count."""
+    monkeypatch.setenv("RUNNER_TRANSFER", "auto")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    engine = FakeEngine(remote=True, ncpu=8, mem_total=4 * 1024**3)
+    assert ExperimentRunner(cpu_limit=1.0, memory_limit="1g", engine=engine).default_workers() == 4
+    assert ExperimentRunner(cpu_limit=2.0, memory_limit="1g", engine=engine).default_workers() == 4
+    assert (
+        ExperimentRunner(cpu_limit=1.0, memory_limit="512m", engine=engine).default_workers() == 8
+    )
+
+
 def test_run_many_keeps_job_order_and_isolates_a_broken_job(script: Path, tmp_path: Path) -> None:
     """Results follow the jobs' order; a job that cannot run fails alone."""
     engine = FakeEngine(wait_results=[0, 0])

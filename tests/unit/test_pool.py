@@ -318,3 +318,22 @@ def test_a_directory_the_mirror_refuses_runs_cold(
     assert result.success
     assert not result.warm_start
     assert engine.handed_over == {}
+
+
+def test_on_an_engine_that_cannot_see_the_files_the_pool_says_why_and_runs_cold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote engine gets no warm pool (slots bind a host directory): a note, cold runs."""
+    monkeypatch.setenv("RUNNER_TRANSFER", "auto")
+    engine = FakeEngine(remote=True)
+    script = tmp_path / "experiments" / "exp" / "experiment.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("print(1)\n")
+    with ExperimentRunner(
+        timeout=5, engine=engine, warm_pool=1, pool_root=tmp_path / "experiments"
+    ) as runner:
+        assert runner.warm_pool_size == 0
+        assert "cold" in (runner.backend.pool_unavailable or "")
+        result = runner.run(script, SPEC, 0)
+    assert result.success and not result.warm_start
+    assert engine.volumes_made  # the files were copied, not bound
