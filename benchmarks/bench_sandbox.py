@@ -14,7 +14,9 @@ and p95 wall time and the ratio to bare:
 - warm-runsc: warm under gVisor, when runsc is registered.
 
 Then the batch mode: ``--batch`` short experiments through ``run_many``, cold
-and warm, in experiments per second.
+and warm, in experiments per second; and the cost of copying a run's files
+through the engine's API (``transfer="copy"``) against bind-mounting them, for
+the one-line script alone and with a 50 MB input.
 """
 
 from __future__ import annotations
@@ -200,6 +202,36 @@ def main() -> None:
             print(f"  {way:<5} {len(batch) / elapsed:6.2f} experiments/s "
                   f"({elapsed:.1f} s, {runner.default_workers()} at once, "
                   f"{warm_share:.0%} warm starts)")  # fmt: skip
+
+        print(f"\ntransfer: bind vs copy (cold, 1 CPU), {args.runs} runs each, interleaved")
+        big = root / "data" / "input-50mb.bin"
+        big.parent.mkdir(mode=0o755)
+        big.write_bytes(os.urandom(50 * 1024 * 1024))
+        big.chmod(0o644)
+        transfers = {t: ExperimentRunner(timeout=120, transfer=t) for t in ("bind", "copy")}
+        cases = {"one line": (), "one line + 50 MB input": (big,)}
+        spent: dict[tuple[str, str], list[float]] = {
+            (case, t): [] for case in cases for t in transfers
+        }
+
+        def copied_run(runner: ExperimentRunner, inputs: tuple[Path, ...]) -> Measure:
+            def run() -> None:
+                result = runner.run(scripts["one line"], SPEC, 0, inputs=inputs)
+                assert result.success, result.error_message
+
+            return run
+
+        for round_ in range(args.runs + 1):
+            for (case, t), values in spent.items():
+                runner = transfers[t]
+                elapsed = timed(copied_run(runner, cases[case]))
+                if round_:
+                    values.append(elapsed)
+        for case in cases:
+            bind = statistics.median(spent[(case, "bind")])
+            copy = statistics.median(spent[(case, "copy")])
+            print(f"  {case:<24} bind {bind:6.3f}  copy {copy:6.3f}  "
+                  f"copy adds {(copy - bind) * 1000:+.0f} ms")  # fmt: skip
     finally:
         for runner in runners:
             runner.close()
