@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 from collections.abc import Callable, Iterator
@@ -18,6 +19,16 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: The runtime this session of the suite runs under (RUNNER_RUNTIME picks it).
 RUNTIME = ExperimentDefaults().runtime or "runc"
 SPEC = ExperimentSpec(experiment_name="probe", model_type="LogisticRegression")
+#: The engine the suites run against: "local" (default) or "dind" (Docker-in-Docker,
+#: which cannot see this machine's files: every run's files are copied to it).
+TEST_ENGINE = os.environ.get("RUNNER_TEST_ENGINE", "local")
+LOCAL_ENGINE = TEST_ENGINE == "local"
+#: For what only an engine on this machine offers (README: "Where the engine is").
+needs_local_engine = pytest.mark.skipif(
+    not LOCAL_ENGINE,
+    reason="needs an engine that sees this machine's files and cgroups (the warm pool, "
+    "telemetry, host cgroup files); documented as unavailable elsewhere",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,16 +39,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def engine() -> DockerEngine:
-    """A reachable engine with the pinned image, or a skip (a failure in CI)."""
-    try:
-        engine = DockerEngine()
-        engine.image_id(ExperimentDefaults().image)
-    except ExperimentExecutionError as e:
-        if IN_CI:
-            pytest.fail(f"CI needs Docker and the sandbox image: {e}")
-        pytest.skip(f"needs Docker and the sandbox image: {e}")
-    return engine
+def engine() -> Iterator[DockerEngine]:
+    """A reachable engine with the pinned image, or a skip (a failure in CI).
+
+    ``RUNNER_TEST_ENGINE=dind`` runs the suite against a Docker-in-Docker engine
+    started for the session (``tests/engines.py``): ``DOCKER_HOST`` points at it
+    for the runner and for every caller process a test starts.
+    """
+    with contextlib.ExitStack() as stack:
+        if TEST_ENGINE == "dind":
+            from tests.engines import dind_engine
+
+            os.environ["DOCKER_HOST"] = stack.enter_context(dind_engine())
+        elif TEST_ENGINE != "local":
+            pytest.fail(f"unknown RUNNER_TEST_ENGINE {TEST_ENGINE!r}: local or dind")
+        try:
+            engine = DockerEngine()
+            engine.image_id(ExperimentDefaults().image)
+        except ExperimentExecutionError as e:
+            if IN_CI:
+                pytest.fail(f"CI needs Docker and the sandbox image: {e}")
+            pytest.skip(f"needs Docker and the sandbox image: {e}")
+        yield engine
 
 
 @pytest.fixture(autouse=True)
