@@ -21,7 +21,8 @@ from runner import ExperimentRunner
 from runner.engine import DockerEngine
 from runner.identity import UID_COUNT, UID_FIRST
 from runner.sandbox import LABEL, host_pids_limit, sandbox_environment
-from tests.integration.conftest import IN_CI, RUNTIME, SPEC, needs_local_engine
+from tests.conftest import IN_CI
+from tests.integration.conftest import RUNTIME, SPEC, needs_local_engine
 from tests.integration.test_lifecycle import wait_for_container
 
 CONNECT_PROBE = """
