@@ -8,7 +8,8 @@
 # engine (installed and started when missing and we are root on Debian or
 # Ubuntu); for the tests, gVisor (runsc) registered with it; the pinned sandbox
 # image, built offline from Debian packages and the locked wheels. Every step is
-# skipped when already done.
+# skipped when already done. The tests also start a Docker-in-Docker engine of
+# their own (tests/engines.py builds its image with debootstrap, once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -117,6 +118,10 @@ case "${1:-}" in
         .venv/bin/pytest
         step "pytest: integration and adversarial suites again under gVisor (runsc)"
         RUNNER_RUNTIME=runsc .venv/bin/pytest tests/integration tests/adversarial
+        # An engine that cannot see this machine's files: every run's files are copied.
+        step "pytest: integration and adversarial suites against Docker-in-Docker"
+        command -v debootstrap >/dev/null || apt_install debootstrap
+        RUNNER_TEST_ENGINE=dind .venv/bin/pytest tests/integration tests/adversarial
         ;;
     *)
         echo "usage: bash scripts/setup.sh demo|test" >&2

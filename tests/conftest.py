@@ -1,6 +1,46 @@
 """Shared test set-up."""
 
+from __future__ import annotations
+
+import contextlib
 import os
+from collections.abc import Iterator
+
+import pytest
 
 # The Ryuk reaper image cannot be pulled here (no registry); tests clean up themselves.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+from runner import ExperimentExecutionError
+from runner.engine import DockerEngine
+from runner.settings import ExperimentDefaults
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: The engine the integration and adversarial suites run against: "local" (default)
+#: or "dind" (Docker-in-Docker, which cannot see this machine's files).
+TEST_ENGINE = os.environ.get("RUNNER_TEST_ENGINE", "local")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[DockerEngine]:
+    """A reachable engine with the pinned image, or a skip (a failure in CI).
+
+    ``RUNNER_TEST_ENGINE=dind`` runs the suite against a Docker-in-Docker engine
+    started for the session (``tests/engines.py``): ``DOCKER_HOST`` points at it
+    for the runner and for every caller process a test starts.
+    """
+    with contextlib.ExitStack() as stack:
+        if TEST_ENGINE == "dind":
+            from tests.engines import dind_engine
+
+            os.environ["DOCKER_HOST"] = stack.enter_context(dind_engine())
+        elif TEST_ENGINE != "local":
+            pytest.fail(f"unknown RUNNER_TEST_ENGINE {TEST_ENGINE!r}: local or dind")
+        try:
+            engine = DockerEngine()
+            engine.image_id(ExperimentDefaults().image)
+        except ExperimentExecutionError as e:
+            if IN_CI:
+                pytest.fail(f"CI needs Docker and the sandbox image: {e}")
+            pytest.skip(f"needs Docker and the sandbox image: {e}")
+        yield engine

@@ -19,7 +19,6 @@ from runner import ExperimentResult, ExperimentRunner
 from runner.engine import DockerEngine
 from tests.integration.conftest import (  # noqa: F401 - fixtures shared with this suite
     SPEC,
-    engine,
     no_leftover_containers,
     runner,
     workdir,

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
+from runner import ExperimentRunner, ExperimentSpec
 from runner.engine import DockerEngine
 from runner.sandbox import LABEL
 from runner.settings import ExperimentDefaults
+from tests.conftest import TEST_ENGINE
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: The runtime this session of the suite runs under (RUNNER_RUNTIME picks it).
 RUNTIME = ExperimentDefaults().runtime or "runc"
 SPEC = ExperimentSpec(experiment_name="probe", model_type="LogisticRegression")
+LOCAL_ENGINE = TEST_ENGINE == "local"
+#: For what only an engine on this machine offers (README: "Where the engine is").
+needs_local_engine = pytest.mark.skipif(
+    not LOCAL_ENGINE,
+    reason="needs an engine that sees this machine's files and cgroups (the warm pool, "
+    "telemetry, host cgroup files); documented as unavailable elsewhere",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -25,19 +31,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.docker)
-
-
-@pytest.fixture(scope="session")
-def engine() -> DockerEngine:
-    """A reachable engine with the pinned image, or a skip (a failure in CI)."""
-    try:
-        engine = DockerEngine()
-        engine.image_id(ExperimentDefaults().image)
-    except ExperimentExecutionError as e:
-        if IN_CI:
-            pytest.fail(f"CI needs Docker and the sandbox image: {e}")
-        pytest.skip(f"needs Docker and the sandbox image: {e}")
-    return engine
 
 
 @pytest.fixture(autouse=True)

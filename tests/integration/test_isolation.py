@@ -21,7 +21,8 @@ from runner import ExperimentRunner
 from runner.engine import DockerEngine
 from runner.identity import UID_COUNT, UID_FIRST
 from runner.sandbox import LABEL, host_pids_limit, sandbox_environment
-from tests.integration.conftest import IN_CI, RUNTIME, SPEC
+from tests.conftest import IN_CI
+from tests.integration.conftest import RUNTIME, SPEC, needs_local_engine
 from tests.integration.test_lifecycle import wait_for_container
 
 CONNECT_PROBE = """
@@ -160,6 +161,7 @@ def test_no_caller_environment_leaks(
     assert env == {**sandbox_environment(runner.policy.cpu_limit), "HOSTNAME": "sandbox"}
 
 
+@needs_local_engine
 def test_caps_are_in_force_in_the_cgroup(
     engine: DockerEngine, write_script: Callable[..., Path]
 ) -> None:

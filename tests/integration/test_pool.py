@@ -21,8 +21,10 @@ from runner.engine import DockerEngine
 from runner.identity import UID_COUNT, UID_FIRST
 from runner.sandbox import LABEL
 from runner.settings import ExperimentDefaults
-from tests.integration.conftest import SPEC
+from tests.integration.conftest import SPEC, needs_local_engine
 from tests.integration.test_lifecycle import spawn, wait_for_container
+
+pytestmark = needs_local_engine
 
 PROBE = """
 import json, os, sys

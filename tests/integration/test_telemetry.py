@@ -12,7 +12,7 @@ import pytest
 
 from runner import ExperimentResult, ExperimentRunner
 from runner.engine import DockerEngine
-from tests.integration.conftest import SPEC
+from tests.integration.conftest import LOCAL_ENGINE, SPEC, needs_local_engine
 from tests.integration.test_lifecycle import wait_for_container
 
 FOOTPRINT = """
@@ -28,6 +28,7 @@ print(json.dumps({"success": True, "metrics": {"sum": float(block[:10].sum())}})
 """
 
 
+@needs_local_engine
 def test_peak_memory_and_cpu_match_what_the_engine_reports(
     engine: DockerEngine, write_script: Callable[..., Path]
 ) -> None:
@@ -62,6 +63,7 @@ def test_peak_memory_and_cpu_match_what_the_engine_reports(
     assert result.cpu_seconds == pytest.approx(engine_cpu, rel=0.10)
 
 
+@needs_local_engine
 def test_telemetry_cgroups_are_removed_after_the_run(
     runner: ExperimentRunner, write_script: Callable[..., Path]
 ) -> None:
@@ -71,3 +73,13 @@ def test_telemetry_cgroups_are_removed_after_the_run(
     after = set(Path("/sys/fs/cgroup/memory/experiment-runner").glob("*"))
     assert result.peak_memory_bytes is not None
     assert {p for p in after - before if p.is_dir()} == set()
+
+
+@pytest.mark.skipif(LOCAL_ENGINE, reason="for engines on another machine (RUNNER_TEST_ENGINE)")
+def test_telemetry_is_none_where_the_engine_is_elsewhere(
+    runner: ExperimentRunner, write_script: Callable[..., Path]
+) -> None:
+    """An engine whose cgroups are not this machine's gives no telemetry, never wrong numbers."""
+    result = runner.run(write_script("print('{\"success\": true}')\n"), SPEC, 0)
+    assert result.success, result.error_message
+    assert (result.peak_memory_bytes, result.cpu_seconds) == (None, None)

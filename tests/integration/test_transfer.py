@@ -11,7 +11,7 @@ import pytest
 
 from runner import ExperimentRunner
 from runner.engine import DockerEngine
-from tests.integration.conftest import SPEC
+from tests.integration.conftest import SPEC, needs_local_engine
 
 PROBE = """
 import json, os
@@ -73,6 +73,7 @@ def test_a_private_directory_just_works(
     assert seen["write"] in ("OSError", "PermissionError")  # EROFS
 
 
+@needs_local_engine
 def test_copy_and_bind_show_the_same_files(
     engine: DockerEngine, write_script: Callable[..., Path]
 ) -> None:
