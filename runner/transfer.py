@@ -134,12 +134,8 @@ def copy_to_engine(
         data.seek(0)
         volume = engine.create_volume(labels)
         try:
-            helper = engine.create(
-                image_id,
-                ["true"],
-                labels=dict(labels),
-                network_mode="none",
-                mounts=[Mount(target=_FILL_AT, source=volume.name, type="volume")],
+            helper = _unstarted(
+                engine, image_id, labels, Mount(target=_FILL_AT, source=volume.name, type="volume")
             )
             try:
                 engine.put_archive(helper, _FILL_AT, data)
@@ -164,12 +160,11 @@ def engine_sees_local_files(engine: Engine, image_id: str, labels: Mapping[str, 
         probe.chmod(0o755)
         (probe / "token").write_text(token)
         try:
-            container = engine.create(
+            container = _unstarted(
+                engine,
                 image_id,
-                ["true"],
-                labels=dict(labels),
-                network_mode="none",
-                mounts=[Mount(target="/probe", source=str(probe), type="bind", read_only=True)],
+                labels,
+                Mount(target="/probe", source=str(probe), type="bind", read_only=True),
             )
         except ExperimentExecutionError:
             return False  # "bind source path does not exist": another machine's filesystem
@@ -182,3 +177,10 @@ def engine_sees_local_files(engine: Engine, image_id: str, labels: Mapping[str, 
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         member = tar.extractfile("token")
         return member is not None and member.read().decode() == token
+
+
+def _unstarted(engine: Engine, image_id: str, labels: Mapping[str, str], mount: Mount) -> str:
+    """A container made only to reach files through the archive API: never started."""
+    return engine.create(
+        image_id, ["true"], labels=dict(labels), network_mode="none", mounts=[mount]
+    )
