@@ -213,10 +213,20 @@ class DockerEngine:
         except ImageNotFound as e:
             raise ExperimentExecutionError(f"Image {image!r} not found.", hint=IMAGE_HINT) from e
         except APIError as e:
+            explanation = str(e.explanation or e)
+            if "bind source path does not exist" in explanation:
+                hint = (
+                    "the engine does not see this machine's files (a remote or "
+                    "Docker-in-Docker engine): use transfer='auto' or 'copy' "
+                    "(RUNNER_TRANSFER, runner run --transfer)."
+                )
+            else:
+                hint = (
+                    "check that the runtime and limits are supported by this engine "
+                    "(`docker info`, `runner doctor`)."
+                )
             raise ExperimentExecutionError(
-                f"The Docker engine refused the sandbox: {e.explanation or e}",
-                hint="check that the runtime and limits are supported by this engine "
-                "(`docker info`).",
+                f"The Docker engine refused the sandbox: {explanation}", hint=hint
             ) from e
         except DockerException as e:
             raise _engine_error(e) from e

@@ -59,3 +59,18 @@ def test_other_engine_errors_are_wrapped() -> None:
     with pytest.raises(ExperimentExecutionError) as info:
         engine_with(api).start("c")
     assert isinstance(info.value.__cause__, APIError)
+
+
+def test_a_bind_source_the_engine_lacks_points_at_transfer() -> None:
+    """A remote engine's "bind source path does not exist" hints at copying, not at limits."""
+    client = mock.Mock(spec=docker.DockerClient)
+    client.api = mock.Mock()
+    response = mock.Mock(status_code=400)
+    client.containers.create.side_effect = APIError(
+        "400",
+        response=response,
+        explanation='invalid mount config for type "bind": '
+        "bind source path does not exist: /tmp/exp",
+    )
+    with pytest.raises(ExperimentExecutionError, match="transfer='auto' or 'copy'"):
+        DockerEngine(client).create("img", ["python"])
