@@ -299,18 +299,12 @@ class _Rest:
         self._stream.close()
 
 
-def registered(
-    active: ActiveRuns, token: object, sandbox: Sandbox
-) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def registered(active: ActiveRuns, token: object, sandbox: Sandbox) -> Iterator[None]:
     """Register ``sandbox`` as ``token``'s container for the ``with`` block (abortable)."""
-
-    @contextlib.contextmanager
-    def scope() -> Iterator[None]:
-        if not active.register(token, sandbox.container_id):
-            raise ExperimentExecutionError("The run was cancelled before it started.")
-        try:
-            yield
-        finally:
-            active.release(token)
-
-    return scope()
+    if not active.register(token, sandbox.container_id):
+        raise ExperimentExecutionError("The run was cancelled before it started.")
+    try:
+        yield
+    finally:
+        active.release(token)
