@@ -18,20 +18,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runner.bootstrap import DEFAULT_PRELOAD, SOURCE
-from runner.cleanup import cleanup
+from runner.cleanup import build_labels, cleanup, deadline_after
 from runner.engine import DockerEngine, Engine, SandboxStartError
 from runner.exceptions import ExperimentExecutionError
 from runner.identity import lease_uid
 from runner.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
 from runner.output import OutputCallback
 from runner.pool import Slot, SlotMaker, WarmPool, stage
-from runner.sandbox import (
-    Run,
-    SandboxPolicy,
-    build_labels,
-    deadline_after,
-    self_limited,
-)
+from runner.sandbox import Run, SandboxPolicy, self_limited
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
 from runner.transfer import TRANSFERS, Transfer, copy_to_engine, engine_sees_local_files

@@ -1,4 +1,5 @@
-"""Removing containers that a crashed or interrupted caller left behind."""
+"""Ownership and clean-up: the labels every container and volume carries, and removing
+what a crashed or interrupted caller left behind."""
 
 from __future__ import annotations
 
@@ -12,9 +13,41 @@ from pathlib import Path
 
 from runner.engine import ContainerInfo, DockerEngine, Engine
 from runner.exceptions import ExperimentExecutionError
-from runner.sandbox import LABEL, LABEL_DEADLINE, LABEL_OWNER, LABEL_SLOT, process_start_time
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
+
+#: Every container the project starts carries this label (value: "1").
+LABEL = "io.experiment-runner.managed"
+LABEL_OWNER = "io.experiment-runner.owner"
+LABEL_DEADLINE = "io.experiment-runner.deadline"
+#: A warm pool container's host directory (its name under the pool directory).
+LABEL_SLOT = "io.experiment-runner.slot"
+
+
+def owner_label() -> str:
+    """Who started a container: host, PID and the PID's start time (against PID reuse)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{process_start_time(pid)}"
+
+
+def process_start_time(pid: int) -> str:
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    # Field 22 (starttime) follows the parenthesised command name.
+    return stat_line.rsplit(")", 1)[1].split()[19]
+
+
+def build_labels(deadline: float, extra: dict[str, str] | None = None) -> dict[str, str]:
+    labels = {LABEL: "1", LABEL_OWNER: owner_label(), LABEL_DEADLINE: f"{deadline:.0f}"}
+    labels.update(extra or {})
+    return labels
+
+
+def deadline_after(timeout: float, grace: float = 30.0) -> float:
+    """The wall-clock time after which a container is fair game for cleanup."""
+    return time.time() + timeout + grace
 
 
 def is_abandoned(labels: Mapping[str, str], now: float | None = None) -> bool:

@@ -20,18 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.bootstrap import READY
+from runner.cleanup import LABEL_SLOT, build_labels, deadline_after
 from runner.engine import Engine
 from runner.exceptions import ExperimentExecutionError
 from runner.identity import lease_uid
 from runner.lifecycle import Resources, Sandbox
-from runner.sandbox import (
-    LABEL_SLOT,
-    Run,
-    SandboxPolicy,
-    build_labels,
-    deadline_after,
-    self_limited,
-)
+from runner.sandbox import Run, SandboxPolicy, self_limited
 from runner.telemetry import CgroupTelemetry
 from runner.tree import Budget, Entry, TreeRefused, read_chunks, walk
 

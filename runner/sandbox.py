@@ -7,11 +7,8 @@ named argument of ``ExperimentRunner``.
 from __future__ import annotations
 
 import math
-import os
 import re
-import socket
 import stat
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +17,7 @@ from typing import Any
 from docker.types import LogConfig, Mount, Ulimit
 
 from runner.seccomp import security_option
-
-#: Every container the project starts carries this label (value: "1").
-LABEL = "io.experiment-runner.managed"
-LABEL_OWNER = "io.experiment-runner.owner"
-LABEL_DEADLINE = "io.experiment-runner.deadline"
-#: A warm pool container's host directory (its name under the pool directory).
-LABEL_SLOT = "io.experiment-runner.slot"
+from runner.settings import ExperimentDefaults
 
 #: The non-root user baked into the pinned image; runs use one user ID each (``identity``).
 SANDBOX_UID = 10001
@@ -49,16 +40,20 @@ THREAD_VARIABLES = (
 _SIZE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 
 
+_DEFAULTS = ExperimentDefaults.model_fields
+
+
 @dataclass(frozen=True)
 class SandboxPolicy:
     """The limits and isolation of one sandboxed run."""
 
     image: str
-    memory_limit: str = "2g"
-    cpu_limit: float = 1.0
-    pids_limit: int = 256
+    # The defaults have one home: ExperimentDefaults (which RUNNER_* variables feed).
+    memory_limit: str = _DEFAULTS["memory_limit"].default
+    cpu_limit: float = _DEFAULTS["cpu_limit"].default
+    pids_limit: int = _DEFAULTS["pids_limit"].default
     runtime: str | None = None
-    tmpfs_size: str = "256m"
+    tmpfs_size: str = _DEFAULTS["tmpfs_size"].default
     #: Cap of the engine's own json log of the container (the runner streams
     #: the output itself; this only bounds what the engine keeps on disk).
     engine_log_size: str = "1m"
@@ -159,27 +154,6 @@ def sandbox_environment(cpu_limit: float) -> dict[str, str]:
     return env
 
 
-def owner_label() -> str:
-    """Who started a container: host, PID and the PID's start time (against PID reuse)."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{process_start_time(pid)}"
-
-
-def process_start_time(pid: int) -> str:
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "?"
-    # Field 22 (starttime) follows the parenthesised command name.
-    return stat_line.rsplit(")", 1)[1].split()[19]
-
-
-def build_labels(deadline: float, extra: dict[str, str] | None = None) -> dict[str, str]:
-    labels = {LABEL: "1", LABEL_OWNER: owner_label(), LABEL_DEADLINE: f"{deadline:.0f}"}
-    labels.update(extra or {})
-    return labels
-
-
 def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
     """Keyword arguments for ``docker.DockerClient.containers.create``."""
     pairs = [(path, path) for path in run.read_only_paths] + list(run.relocated)
@@ -252,8 +226,3 @@ def unreadable(paths: Iterable[Path]) -> str | None:
                 f"(mode {stat.S_IMODE(st.st_mode):o})."
             )
     return None
-
-
-def deadline_after(timeout: float, grace: float = 30.0) -> float:
-    """The wall-clock time after which a container is fair game for cleanup."""
-    return time.time() + timeout + grace

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner, ExperimentSpec
+from runner.cleanup import LABEL
 from runner.engine import DockerEngine
-from runner.sandbox import LABEL
 from runner.settings import ExperimentDefaults
 from tests.conftest import TEST_ENGINE
 

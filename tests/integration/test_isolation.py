@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner
+from runner.cleanup import LABEL
 from runner.engine import DockerEngine
 from runner.identity import UID_COUNT, UID_FIRST
-from runner.sandbox import LABEL, host_pids_limit, sandbox_environment
+from runner.sandbox import host_pids_limit, sandbox_environment
 from tests.conftest import IN_CI
 from tests.integration.conftest import RUNTIME, SPEC, needs_local_engine
 from tests.integration.test_lifecycle import wait_for_container

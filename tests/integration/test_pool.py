@@ -17,9 +17,9 @@ import docker
 import pytest
 
 from runner import ExperimentResult, ExperimentRunner
+from runner.cleanup import LABEL
 from runner.engine import DockerEngine
 from runner.identity import UID_COUNT, UID_FIRST
-from runner.sandbox import LABEL
 from runner.settings import ExperimentDefaults
 from tests.integration.conftest import SPEC, needs_local_engine
 from tests.integration.test_lifecycle import spawn, wait_for_container

@@ -3,8 +3,13 @@ import socket
 import time
 from pathlib import Path
 
-from runner.cleanup import is_abandoned, remove_stale_slot_dirs
-from runner.sandbox import LABEL_DEADLINE, LABEL_OWNER, owner_label
+from runner.cleanup import (
+    LABEL_DEADLINE,
+    LABEL_OWNER,
+    is_abandoned,
+    owner_label,
+    remove_stale_slot_dirs,
+)
 
 FUTURE = "9999999999"
 

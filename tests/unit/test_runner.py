@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.sandbox import LABEL
+from runner.cleanup import LABEL
 from tests.unit.fakes import FakeEngine
 
 SPEC = ExperimentSpec(

@@ -2,11 +2,10 @@ from pathlib import Path
 
 import pytest
 
+from runner.cleanup import LABEL, build_labels
 from runner.sandbox import (
-    LABEL,
     Run,
     SandboxPolicy,
-    build_labels,
     container_config,
     host_pids_limit,
     sandbox_environment,

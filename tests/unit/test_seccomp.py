@@ -4,7 +4,8 @@ from typing import Any
 
 import pytest
 
-from runner.sandbox import Run, SandboxPolicy, build_labels, container_config
+from runner.cleanup import build_labels
+from runner.sandbox import Run, SandboxPolicy, container_config
 from runner.seccomp import profile
 
 #: The engine's own default: moby v20.10.24, profiles/seccomp/default.json, unmodified.
