@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from runner import identity
 from runner.engine import ContainerInfo, DockerEngine, Engine
 from runner.exceptions import ExperimentExecutionError
 from runner.settings import ExperimentDefaults
@@ -80,7 +81,8 @@ def cleanup(
     Containers of runs still in progress in a live process are left alone
     unless ``everything`` is set; the same goes for volumes of copied files.
     Warm pool directories under ``slots_dir`` (default: the cache directory's
-    ``pool``) that no remaining container uses go too. With ``telemetry``, empty
+    ``pool``) that no remaining container uses go too, and so do user ID leases
+    no live process holds. With ``telemetry``, empty
     per-run cgroup parents left by crashed callers go as well.
     """
     engine = engine or DockerEngine()
@@ -98,6 +100,7 @@ def cleanup(
             with contextlib.suppress(ExperimentExecutionError):
                 engine.remove_volume(volume.name)
     remove_stale_slot_dirs(slots_dir or ExperimentDefaults().cache_dir / "pool", kept)
+    identity.release_stale()
     if telemetry is not None:
         telemetry.release_stale()
     return removed

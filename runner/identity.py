@@ -82,6 +82,32 @@ def lease_uid(directory: Path = LEASE_DIR, attempts: int = 64) -> UidLease:
     return UidLease(_draw(), None, None)
 
 
+def release_stale(directory: Path = LEASE_DIR) -> int:
+    """Remove lease files no one holds (left by callers that were killed); how many went."""
+    removed = 0
+    try:
+        paths = list(directory.glob("*.lock"))
+    except OSError:
+        return 0
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue  # another user's, or gone already
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Unlinked while locked, as a release does: a concurrent leaser who opened
+            # it meanwhile sees the inode change and draws again.
+            if os.fstat(fd).st_ino == path.lstat().st_ino:
+                path.unlink()
+                removed += 1
+        except OSError:
+            pass  # held: a live sandbox's
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _draw() -> int:
     return UID_FIRST + _random.randrange(UID_COUNT)
 

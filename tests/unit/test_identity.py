@@ -1,7 +1,7 @@
 import os
 from pathlib import Path
 
-from runner.identity import UID_COUNT, UID_FIRST, lease_uid
+from runner.identity import UID_COUNT, UID_FIRST, lease_uid, release_stale
 
 
 def test_live_leases_never_share_a_uid(tmp_path: Path) -> None:
@@ -42,3 +42,12 @@ def test_an_unusable_lease_directory_still_gives_a_sandbox_uid(tmp_path: Path) -
     lease.release()
     lease.release()  # releasing twice is harmless
     assert os.geteuid() != lease.uid
+
+
+def test_stale_leases_are_removed_and_held_ones_kept(tmp_path: Path) -> None:
+    """A lease file nobody holds (its caller was killed) goes; a held one stays."""
+    held = lease_uid(tmp_path)
+    (tmp_path / f"{UID_FIRST + 7}.lock").write_text("")  # left by a killed caller
+    assert release_stale(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{held.uid}.lock"]
+    held.release()
