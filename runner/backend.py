@@ -218,7 +218,7 @@ class DockerBackend:
             and not self._copies(request)
             and fits_pool(self.pool_root, request.script, request.mounts[1:])
         ):
-            slot = self._pool.take() if self._pool is not None else None
+            slot = self._pool.take()
             if slot is not None:
                 try:
                     return self._execute_warm(slot, request, on_output, token)

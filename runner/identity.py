@@ -47,12 +47,6 @@ class UidLease:
                 self._path.unlink()  # while still locked: no one else can hold this file
         os.close(fd)
 
-    def __enter__(self) -> UidLease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
 
 def lease_uid(directory: Path = LEASE_DIR, attempts: int = 64) -> UidLease:
     """A user ID no other live sandbox of this host holds.
@@ -70,14 +64,8 @@ def lease_uid(directory: Path = LEASE_DIR, attempts: int = 64) -> UidLease:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # The holder before us may have unlinked the file after we opened it:
-            # a lock on an unlinked file guards nothing.
-            if os.fstat(fd).st_ino == path.lstat().st_ino:
-                return UidLease(uid, fd, path)
-        except OSError:
-            pass
+        if _lock_current(fd, path):
+            return UidLease(uid, fd, path)
         os.close(fd)
     return UidLease(_draw(), None, None)
 
@@ -95,17 +83,29 @@ def release_stale(directory: Path = LEASE_DIR) -> int:
         except OSError:
             continue  # another user's, or gone already
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # Unlinked while locked, as a release does: a concurrent leaser who opened
             # it meanwhile sees the inode change and draws again.
-            if os.fstat(fd).st_ino == path.lstat().st_ino:
+            if _lock_current(fd, path):
                 path.unlink()
                 removed += 1
         except OSError:
-            pass  # held: a live sandbox's
+            pass
         finally:
             os.close(fd)
     return removed
+
+
+def _lock_current(fd: int, path: Path) -> bool:
+    """Lock ``fd`` without waiting; True only if no one holds it and it is still ``path``.
+
+    A holder that released (unlinking the file) after we opened it leaves us a lock
+    on an unlinked file, which guards nothing.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return os.fstat(fd).st_ino == path.lstat().st_ino
+    except OSError:
+        return False  # held by a live sandbox, or gone
 
 
 def _draw() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 from runner.sandbox import Run, SandboxPolicy, host_pids_limit, parse_size
@@ -66,9 +67,14 @@ def gaps(inspected: Mapping[str, Any], policy: SandboxPolicy, run: Run) -> list[
     return found
 
 
+@cache
+def _expected_profile() -> Any:
+    return json.loads(profile())
+
+
 def _same_profile(option: str) -> bool:
     try:
-        return bool(json.loads(option.removeprefix("seccomp=")) == json.loads(profile()))
+        return bool(json.loads(option.removeprefix("seccomp=")) == _expected_profile())
     except ValueError:
         return False
 
