@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.bootstrap import DEFAULT_PRELOAD, SOURCE
+from runner.bootstrap import DEFAULT_PRELOAD, SOURCE, hand_over_line
 from runner.cleanup import build_labels, cleanup, deadline_after
 from runner.engine import DockerEngine, Engine, SandboxStartError
 from runner.exceptions import ExperimentExecutionError
@@ -46,6 +46,8 @@ class RunRequest:
     output_limit: int
     #: Why the sandbox user could not read the files in place (then they are copied).
     unreadable: str | None = None
+    #: The script's command-line arguments (``sys.argv[1:]``), checked by ``check_args``.
+    args: tuple[str, ...] = ()
 
 
 class Backend(Protocol):
@@ -279,7 +281,9 @@ class DockerBackend:
             resources.extra.append(lambda: engine.remove_volume(files.volume))
             bound, copied = (), files.binds()
         run = Run(
-            command=self_limited([self.python_executable, str(request.script)], request.timeout),
+            command=self_limited(
+                [self.python_executable, str(request.script), *request.args], request.timeout
+            ),
             workdir=request.script.parent,
             read_only_paths=bound,
             deadline=deadline,
@@ -321,7 +325,7 @@ class DockerBackend:
                 request.timeout,
                 request.output_limit,
                 on_output,
-                hand_over=os.fsencode(str(request.script)) + b"\n",
+                hand_over=hand_over_line(str(request.script), request.args),
                 started=started,
                 cpu_before=cpu_before,
             )
@@ -333,7 +337,6 @@ def fits_pool(pool_root: Path, script: Path, inputs: Sequence[Path]) -> bool:
         script.parent.is_relative_to(pool_root)
         and script.parent != pool_root
         and all(path.is_relative_to(script.parent) for path in inputs)
-        and "\n" not in str(script)
     )
 
 

@@ -3,13 +3,21 @@
 It is passed to ``python -c`` with the modules to preload as arguments. While it
 imports them its stdout and stderr point at /dev/null; it then announces it is
 ready with one line on the real stdout, and reads one line from stdin: the
-script's absolute path. From there on the script sees what it would see in a
-cold container: ``__name__ == "__main__"``, ``__file__`` and ``sys.argv[0]``
-its path, its directory as working directory and ``sys.path[0]``, stdin at
-/dev/null, the environment as it was before the preload, and no module loaded
-apart from what a bare interpreter and the preloaded libraries bring. After the
-hand-over it imports nothing.
+hand-over (``hand_over_line``), the script's absolute path and its arguments.
+From there on the script sees what it would see in a cold container:
+``__name__ == "__main__"``, ``__file__`` and ``sys.argv[0]`` its path,
+``sys.argv[1:]`` its arguments, its directory as working directory and
+``sys.path[0]``, stdin at /dev/null, the environment as it was before the
+preload, and no module loaded apart from what a bare interpreter and the
+preloaded libraries bring. After the hand-over it imports nothing.
+
+The hand-over is one line of space-separated fields, each the hex of a UTF-8
+string: hex has no newline or space in it whatever the arguments hold, and
+decoding it needs no import (a JSON line would load ``json`` into the
+script's ``sys.modules``).
 """
+
+from collections.abc import Sequence
 
 READY = b"\x00experiment-runner-ready\n"
 
@@ -34,7 +42,13 @@ os.write(_out, READY)
 _line = sys.stdin.buffer.readline()
 if not _line.endswith(b"\n"):
     os._exit(3)
-_path = _line[:-1].decode("utf-8", "surrogateescape")
+try:
+    _path, *_args = [
+        bytes.fromhex(_field).decode("utf-8", "surrogateescape")
+        for _field in _line[:-1].decode("ascii").split(" ")
+    ]
+except ValueError:
+    os._exit(3)
 _stdin = os.open("/dev/null", os.O_RDONLY)
 os.dup2(_stdin, 0)
 os.close(_stdin)
@@ -44,7 +58,7 @@ for _fd in (_out, _err, _null):
     os.close(_fd)
 _dir = os.path.dirname(_path)
 os.chdir(_dir)
-sys.argv[:] = [_path]
+sys.argv[:] = [_path, *_args]
 sys.path[0] = _dir
 _main = type(sys)("__main__")
 _main.__file__ = _path
@@ -87,6 +101,13 @@ except BaseException:
     _finish(1)
 _finish(0)
 """.replace("READY", repr(READY))
+
+
+def hand_over_line(script: str, args: Sequence[str]) -> bytes:
+    """What the runner writes to a pool container's stdin: the script's path, then its arguments."""
+    fields = (value.encode("utf-8", "surrogateescape").hex() for value in (script, *args))
+    return " ".join(fields).encode("ascii") + b"\n"
+
 
 #: What a warm container imports ahead of time unless told otherwise.
 DEFAULT_PRELOAD = (

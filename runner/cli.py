@@ -49,7 +49,17 @@ def safe_text(value: object, limit: int = 500) -> Text:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is the script's, verbatim (more "--" included).
+    script_args: list[str] = []
+    if "--" in words:
+        at = words.index("--")
+        words, script_args = words[:at], words[at + 1 :]
+    parser = _parser()
+    args = parser.parse_args(words)
+    if script_args and args.handler is not _run:
+        parser.error("arguments after -- are for a script: only `runner run` takes them")
+    args.script_args = script_args
     try:
         return int(args.handler(args))
     except ExperimentExecutionError as e:
@@ -73,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run one script in the sandbox and print its result",
         description="Run one script in a fresh hardened container and print its result.",
+        usage="%(prog)s [options] script [-- script arguments...]",
+        epilog="Everything after -- goes to the script's sys.argv[1:] as it is, e.g. "
+        "`runner run exp.py -- --data train.csv`.",
     )
     run.add_argument("script", type=Path, help="the Python script to run")
     run.add_argument("--timeout", type=float, help="seconds before the container is killed")
@@ -174,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
             _note_pool(runner)
             runner.wait_for_warm(120)
         spec = ExperimentSpec(experiment_name=args.name or args.script.stem, model_type="script")
-        result = runner.run(args.script, spec, 0)
+        result = runner.run(args.script, spec, 0, args=args.script_args)
     if args.json:
         # ensure_ascii also escapes C1 and bidi characters (and DEL), which JSON allows raw.
         print(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=True))
@@ -382,15 +395,19 @@ def _outcome(result: ExperimentResult) -> Text:
 def _summary(result: ExperimentResult) -> None:
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
     detail = metrics if result.success else result.error_message or ""
+    # Script text in a message is escaped (printable), so a newline is the runner's: a hint.
+    first, *more = detail.split("\n")
     console.print(
         Text.assemble(
             _outcome(result).plain.split(":")[0],
             " ",
             safe_text(result.experiment_name),
             f" ({result.execution_time:.2f}s, exit {result.exit_code}): ",
-            safe_text(detail, limit=10_000),
+            safe_text(first, limit=10_000),
         )
     )
+    for line in more:
+        console.print(safe_text(line, limit=10_000))
 
 
 if __name__ == "__main__":

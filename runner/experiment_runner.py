@@ -11,9 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runner.arguments import check_args
 from runner.backend import DockerBackend, RunRequest
 from runner.engine import Engine
 from runner.exceptions import ExperimentExecutionError
+from runner.explain import Context, Evidence, explain
 from runner.history import ResultsHistory
 from runner.lifecycle import Execution
 from runner.models import ExperimentResult, ExperimentSpec
@@ -23,8 +25,9 @@ from runner.sandbox import SandboxPolicy, parse_size, unreadable
 from runner.settings import ExperimentDefaults
 from runner.transfer import Transfer
 
-#: One job of a batch: (script_path, spec, iteration).
-Job = tuple[Path | str, ExperimentSpec, int]
+#: One job of a batch: (script_path, spec, iteration), or with the script's
+#: arguments: (script_path, spec, iteration, args).
+Job = tuple[Path | str, ExperimentSpec, int] | tuple[Path | str, ExperimentSpec, int, Sequence[str]]
 
 
 class ExperimentRunner:
@@ -106,16 +109,18 @@ class ExperimentRunner:
         *,
         inputs: Iterable[str | Path] = (),
         on_output: OutputCallback | None = None,
+        args: Sequence[str] = (),
     ) -> ExperimentResult:
         """Run ``script_path`` in the sandbox and return its typed result.
 
         What the script does (exit code, timeout, OOM kill, bad JSON) is in the
         result; only what the caller or the machine got wrong raises
-        ``ExperimentExecutionError``. ``on_output(stream, line)`` is called, on
+        ``ExperimentExecutionError``. ``args`` (strings) become the script's
+        ``sys.argv[1:]``, exactly. ``on_output(stream, line)`` is called, on
         another thread, with each line as the script prints it. With a
         ``history``, the result is also appended to it.
         """
-        result = self._run(script_path, spec, iteration, inputs, on_output, token=object())
+        result = self._run(script_path, spec, iteration, inputs, on_output, object(), args)
         if self.history is not None:
             self.history.append(result)
         return result
@@ -128,13 +133,15 @@ class ExperimentRunner:
         inputs: Iterable[str | Path],
         on_output: OutputCallback | None,
         token: object,
+        args: Sequence[str] = (),
     ) -> ExperimentResult:
         timestamp = datetime.now(UTC)
         script = Path(script_path)
         common = _spec_fields(spec, iteration, script, timestamp)
         started = time.monotonic()
         try:
-            execution = self.execute(script, inputs=inputs, on_output=on_output, token=token)
+            request = self.request(script, inputs=inputs, args=args)
+            execution = self._backend.execute(request, on_output, token)
         except ExperimentExecutionError:
             raise
         except Exception as e:  # noqa: BLE001 - the document's "unexpected exceptions" case
@@ -144,24 +151,34 @@ class ExperimentRunner:
                 success=False,
                 error_message=str(e) or type(e).__name__,
             )
+        ending = Ending(
+            execution.exit_code,
+            execution.timed_out,
+            execution.oom_killed,
+            exit_reported=execution.exit_reported,
+        )
         verdict = interpret(
-            Ending(
-                execution.exit_code,
-                execution.timed_out,
-                execution.oom_killed,
-                exit_reported=execution.exit_reported,
-            ),
+            ending,
             execution.stdout,
             execution.stderr,
             timeout=self.timeout,
             memory_limit=self.policy.memory_limit,
         )
+        error_message = verdict.error_message
+        if error_message is not None:
+            # When the output shows the sandbox was the reason, one more line says what to do.
+            hint = explain(
+                Evidence.of(ending, execution.stdout, execution.stderr),
+                Context(image=self.policy.image, visible=request.mounts),
+            )
+            if hint is not None:
+                error_message = f"{error_message}\n{hint}"
         return ExperimentResult(
             **common,
             metrics=verdict.metrics,
             execution_time=execution.duration,
             success=verdict.success,
-            error_message=verdict.error_message,
+            error_message=error_message,
             exit_code=execution.exit_code,
             timed_out=execution.timed_out,
             oom_killed=execution.oom_killed,
@@ -175,16 +192,24 @@ class ExperimentRunner:
             warm_start=execution.warm,
         )
 
-    def run_script_directly(self, script_path: Path | str) -> dict[str, Any]:
+    def run_script_directly(
+        self, script_path: Path | str, *, args: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """Run a script in the sandbox and return its raw output.
 
         Keys: ``stdout``, ``stderr``, ``returncode`` (as in the document), plus
-        ``timed_out`` and ``oom_killed``. A timed-out run has returncode 137.
+        ``timed_out`` and ``oom_killed``. A timed-out run has returncode 137,
+        and a line at the end of ``stderr`` says so. ``args`` become the
+        script's ``sys.argv[1:]``.
         """
-        execution = self.execute(Path(script_path))
+        execution = self.execute(Path(script_path), args=args)
         stderr = execution.stderr
-        if not execution.exit_reported:
-            stderr += "\n[runner] the sandbox ended before the script did\n"
+        if execution.timed_out:
+            stderr = _note(
+                stderr, f"the script was killed at its timeout of {self.timeout:g} seconds"
+            )
+        elif not execution.exit_reported:
+            stderr = _note(stderr, "the sandbox ended before the script did")
         return {
             "stdout": execution.stdout,
             "stderr": stderr,
@@ -293,12 +318,13 @@ class ExperimentRunner:
         *,
         inputs: Iterable[str | Path] = (),
         on_output: OutputCallback | None = None,
+        args: Sequence[str] = (),
     ) -> ExperimentResult:
         """``run`` for asyncio; cancelling the task removes its container."""
         token = object()
         try:
             result = await asyncio.to_thread(
-                self._run, script_path, spec, iteration, inputs, on_output, token
+                self._run, script_path, spec, iteration, inputs, on_output, token, args
             )
         except asyncio.CancelledError:
             await asyncio.to_thread(self._abort, [token])
@@ -309,9 +335,10 @@ class ExperimentRunner:
 
     def _run_job(self, job: Job, token: object) -> ExperimentResult:
         """One job of a batch: whatever goes wrong becomes its failed result, never the batch's."""
-        script_path, spec, iteration = job
+        script_path, spec, iteration = job[:3]
+        args: Sequence[str] = job[3] if len(job) > 3 else ()
         try:
-            result = self._run(script_path, spec, iteration, (), None, token)
+            result = self._run(script_path, spec, iteration, (), None, token, args)
         except ExperimentExecutionError as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - one job must never sink the batch
@@ -337,13 +364,26 @@ class ExperimentRunner:
         inputs: Iterable[str | Path] = (),
         on_output: OutputCallback | None = None,
         token: object | None = None,
+        args: Sequence[str] = (),
     ) -> Execution:
-        """Check the script and inputs, then have the backend run them; the raw record."""
-        script, mounts = self._prepare_mounts(script_path, inputs)
-        request = RunRequest(
-            script, mounts, self.timeout, self.output_limit, unreadable([*mounts, script])
-        )
+        """Check the script, inputs and arguments, have the backend run them; the raw record."""
+        request = self.request(script_path, inputs=inputs, args=args)
         return self._backend.execute(request, on_output, token or object())
+
+    def request(
+        self, script_path: Path, *, inputs: Iterable[str | Path] = (), args: Sequence[str] = ()
+    ) -> RunRequest:
+        """The checked request for one run; ``ExperimentExecutionError`` says what is wrong."""
+        checked = check_args(args)
+        script, mounts = self._prepare_mounts(script_path, inputs)
+        return RunRequest(
+            script,
+            mounts,
+            self.timeout,
+            self.output_limit,
+            unreadable([*mounts, script]),
+            args=checked,
+        )
 
     @property
     def backend(self) -> DockerBackend:
@@ -374,6 +414,12 @@ class ExperimentRunner:
             if path not in paths:
                 paths.append(path)
         return script, tuple(paths)
+
+
+def _note(stderr: str, note: str) -> str:
+    """``stderr`` with a line of the runner's own at the end."""
+    separator = "\n" if stderr and not stderr.endswith("\n") else ""
+    return f"{stderr}{separator}[runner] {note}\n"
 
 
 def _spec_fields(

@@ -1,10 +1,10 @@
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from rich.console import Console
@@ -87,6 +87,7 @@ class FakeRunner:
 
     results = (SUCCEEDED, FAILED)
     warm_pool_size = 0
+    script_args: ClassVar[list[str]] = []
     policy = SimpleNamespace(image="image", cpu_limit=1.0, memory_limit="1g")
 
     def __init__(self, **options: object) -> None:
@@ -101,7 +102,10 @@ class FakeRunner:
     def default_workers(self) -> int:
         return 1
 
-    def run(self, script: Path, spec: object, iteration: int) -> ExperimentResult:
+    def run(
+        self, script: Path, spec: object, iteration: int, *, args: Sequence[str] = ()
+    ) -> ExperimentResult:
+        FakeRunner.script_args = list(args)
         return self.results[0]
 
     def run_many(
@@ -145,6 +149,52 @@ def test_run_json_is_ascii_and_parses_back(
     assert "\x1b" not in out and "\x07" not in out and "\x7f" not in out
     assert ExperimentResult.model_validate_json(out) == SUCCEEDED
     assert json.loads(out)["metrics"] == {HOSTILE: 0.5, "accuracy": 0.9}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", "s.py", "--no-record"], []),
+        (["run", "s.py", "--no-record", "--"], []),
+        (["run", "s.py", "--no-record", "--", "--data", "train.csv"], ["--data", "train.csv"]),
+        (
+            ["run", "--no-record", "s.py", "--", "--", "", "a b", "--json"],
+            ["--", "", "a b", "--json"],
+        ),
+    ],
+    ids=["none", "empty", "options", "verbatim"],
+)
+def test_run_passes_everything_after_the_double_dash_to_the_script(
+    fake_runs: type[FakeRunner], argv: list[str], expected: list[str]
+) -> None:
+    """`runner run exp.py -- ...` hands every word after the first -- to the script, unparsed."""
+    fake_runs.script_args = ["unset"]
+    main(argv)
+    assert fake_runs.script_args == expected
+
+
+def test_only_run_takes_script_arguments(
+    fake_runs: type[FakeRunner], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Words after -- for another command are a usage error (exit 2), not silently dropped."""
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--no-record", "--", "--data", "x"])
+    assert info.value.code == 2
+    assert "only `runner run` takes them" in capsys.readouterr().err
+
+
+def test_run_summary_shows_a_hint_on_its_own_line(
+    fake_runs: type[FakeRunner], terminal: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hint after the error is printed as a line of its own, not as an escaped \\n."""
+    failed = result(
+        success=False, exit_code=1, error_message="Script exited with code 1: boom\nHint: do this"
+    )
+    monkeypatch.setattr(fake_runs, "results", (failed,))
+    assert main(["run", "script.py", "--no-record"]) == 1
+    lines = terminal.getvalue().splitlines()
+    assert lines[0].endswith("Script exited with code 1: boom")
+    assert lines[1] == "Hint: do this"
 
 
 def test_demo_progress_and_leaderboard_show_script_text_inert(

@@ -4,14 +4,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from runner import ExperimentDefaults, ExperimentExecutionError, ExperimentRunner
 from runner.backend import fits_pool
-from runner.bootstrap import READY, SOURCE
+from runner.bootstrap import READY, SOURCE, hand_over_line
 from runner.models import ExperimentSpec
 from runner.pool import SlotMaker, stage
 from runner.sandbox import SandboxPolicy
@@ -172,7 +172,9 @@ def test_negative_pool_size_is_refused() -> None:
         ExperimentRunner(engine=FakeEngine(), warm_pool=-1)
 
 
-def hand_over(tmp_path: Path, code: str, preload: list[str]) -> subprocess.CompletedProcess[bytes]:
+def hand_over(
+    tmp_path: Path, code: str, preload: list[str], args: Sequence[str] = ()
+) -> subprocess.CompletedProcess[bytes]:
     """Run the bootstrap on this host's Python, as a pool container would, and hand over."""
     (tmp_path / "setsenv.py").write_text("import os\nos.environ['SET_BY_PRELOAD'] = '1'\n")
     directory = tmp_path / "exp"
@@ -186,7 +188,7 @@ def hand_over(tmp_path: Path, code: str, preload: list[str]) -> subprocess.Compl
     )  # fmt: skip
     assert process.stdout is not None and process.stdin is not None
     assert process.stdout.readline() == READY
-    out, err = process.communicate(str(script).encode() + b"\n", timeout=60)
+    out, err = process.communicate(hand_over_line(str(script), args), timeout=60)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
@@ -208,6 +210,44 @@ def test_bootstrap_hands_over_like_a_cold_start(tmp_path: Path) -> None:
         "path0": str(tmp_path / "exp"), "marker": "1", "stdin": "", "preloaded": True,
         "set_by_preload": False,
     }  # fmt: skip
+
+
+#: Arguments a shell or a line-based hand-over would mangle.
+AWKWARD_ARGS = [
+    "--data", "train data.csv", "", "it's \"quoted\"", "$HOME `id` ; rm -rf /", "*",
+    "line one\nline two", "\r\n", " ", "caf\u00e9 \u6570\u636e \U0001f600", "\\", "--",
+]  # fmt: skip
+
+
+def test_bootstrap_hands_arguments_over_exactly(tmp_path: Path) -> None:
+    """sys.argv[1:] after a warm hand-over is the arguments, byte for byte, newlines included."""
+    code = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
+    done = hand_over(tmp_path, code, [], AWKWARD_ARGS)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == AWKWARD_ARGS
+
+
+def test_bootstrap_imports_nothing_to_read_the_hand_over(tmp_path: Path) -> None:
+    """With no preload, the script's sys.modules is exactly what `python script.py` shows."""
+    code = "import sys\nprint(' '.join(sorted(sys.modules)))\n"
+    warm = hand_over(tmp_path, code, [], ["--flag", "x"])
+    cold = subprocess.run(
+        [sys.executable, str(tmp_path / "exp" / "experiment.py"), "--flag", "x"],
+        capture_output=True, check=True, cwd=tmp_path / "exp",
+    )  # fmt: skip
+    assert warm.stdout.split() == cold.stdout.split()
+
+
+@pytest.mark.parametrize(
+    "line", [b"not hex\n", b"2f78", b"\xff\n", b"2f7\n"], ids=["text", "no-newline", "bytes", "odd"]
+)
+def test_a_malformed_hand_over_ends_the_container(line: bytes) -> None:
+    """A hand-over that is not hex fields on one line runs nothing: exit status 3."""
+    done = subprocess.run(
+        [sys.executable, "-c", SOURCE], input=line, capture_output=True, timeout=60
+    )
+    assert done.returncode == 3
+    assert done.stdout == READY and done.stderr == b""
 
 
 def test_bootstrap_reports_errors_like_a_cold_start(tmp_path: Path) -> None:
@@ -289,7 +329,7 @@ def test_a_warm_run_hands_the_script_to_a_started_slot(
     assert result.success, result.error_message
     assert result.warm_start
     assert engine.created[0]["stdin_open"] is True
-    assert engine.handed_over == {slot_id: str(script).encode() + b"\n"}
+    assert engine.handed_over == {slot_id: hand_over_line(str(script), ())}
     assert staged == [True]  # the script's directory was in the slot when it ran
     assert slot_id in engine.removed
     assert not Path(slot_dir).exists()

@@ -167,6 +167,15 @@ def test_run_script_directly_returns_raw_output(script: Path) -> None:
     assert raw["timed_out"] is False
 
 
+def test_run_script_directly_says_when_it_timed_out(script: Path) -> None:
+    """A timed-out run's stderr ends with a line naming the timeout, not empty."""
+    engine = FakeEngine(wait_results=[None, 137], stdout=b"", stderr=b"")
+    raw = make(engine).run_script_directly(script)
+    assert raw["timed_out"] is True
+    assert raw["returncode"] == 137
+    assert raw["stderr"] == "[runner] the script was killed at its timeout of 5 seconds\n"
+
+
 def test_defaults_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without arguments the runner takes timeout and limits from RUNNER_* settings."""
     monkeypatch.setenv("RUNNER_EXPERIMENT_TIMEOUT", "42")
