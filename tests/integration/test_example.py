@@ -1,4 +1,4 @@
-"""The reference document's Complete Example runs as written on a real CSV."""
+"""The examples run as written."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 from runner.demo import demo_data
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "complete_example.py"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE = EXAMPLES / "complete_example.py"
 
 
 def test_complete_example_succeeds_on_a_real_csv(tmp_path: Path) -> None:
@@ -26,3 +27,14 @@ def test_complete_example_succeeds_on_a_real_csv(tmp_path: Path) -> None:
     assert "Accuracy: 0." in out.stdout
     generated = list((tmp_path / "experiments").glob("logistic_baseline-*/experiment.py"))
     assert len(generated) == 1
+
+
+def test_arguments_example_passes_options_and_shows_a_hint(tmp_path: Path) -> None:
+    """The argparse script succeeds with its options; the seaborn script fails with a hint."""
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "arguments_and_hints.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "with arguments: success=True metrics={'accuracy': 0." in out.stdout, out.stdout
+    assert "No module named 'seaborn'\nHint: there is no module 'seaborn'" in out.stdout
