@@ -9,7 +9,7 @@ import signal
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from runner.engine import DockerEngine
 from runner.identity import UID_COUNT, UID_FIRST
 from runner.settings import ExperimentDefaults
 from tests.integration.conftest import SPEC, needs_local_engine
+from tests.integration.test_args_and_hints import AWKWARD_ARGS
 from tests.integration.test_lifecycle import spawn, wait_for_container
 
 pytestmark = needs_local_engine
@@ -75,9 +76,9 @@ def warm(engine: DockerEngine, pool_root: Path) -> Iterator[ExperimentRunner]:
     runner.close()
 
 
-def run_ready(runner: ExperimentRunner, script: Path) -> ExperimentResult:
+def run_ready(runner: ExperimentRunner, script: Path, args: Sequence[str] = ()) -> ExperimentResult:
     assert runner.wait_for_warm(120)
-    result = runner.run(script, SPEC, 0)
+    result = runner.run(script, SPEC, 0, args=args)
     assert result.warm_start
     return result
 
@@ -133,6 +134,16 @@ def test_without_preload_the_modules_match_exactly(engine: DockerEngine, pool_ro
         ExperimentRunner(timeout=30, engine=engine).run_script_directly(script)["stdout"]
     )
     assert warm_modules == cold_modules
+
+
+def test_arguments_reach_a_warm_script_as_a_cold_one(
+    engine: DockerEngine, warm: ExperimentRunner, pool_root: Path
+) -> None:
+    """sys.argv[1:] is the arguments exactly, warm and cold alike, newlines and all."""
+    script = experiment(pool_root, "import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    warm_argv = json.loads(run_ready(warm, script, AWKWARD_ARGS).stdout)
+    cold = ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 0, args=AWKWARD_ARGS)
+    assert warm_argv == json.loads(cold.stdout) == AWKWARD_ARGS
 
 
 def test_errors_read_the_same_warm_and_cold(
