@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from runner.artifacts import COLLECT_SECONDS, OutputLimits, Outputs
 from runner.bootstrap import DEFAULT_PRELOAD, SOURCE
 from runner.cleanup import build_labels, cleanup, deadline_after
 from runner.engine import DockerEngine, Engine, SandboxStartError
@@ -46,6 +47,8 @@ class RunRequest:
     output_limit: int
     #: Why the sandbox user could not read the files in place (then they are copied).
     unreadable: str | None = None
+    #: Where the script's outputs go, if anywhere (None: outputs off).
+    outputs: Outputs | None = None
 
 
 class Backend(Protocol):
@@ -97,6 +100,7 @@ class DockerBackend:
         self._engine_memory = 0
         self._active = ActiveRuns()
         self._pool: WarmPool | None = None
+        self._pool_outputs: OutputLimits | None = None
         #: Why a warm pool that was asked for is not kept, if it is not.
         self.pool_unavailable: str | None = None
 
@@ -166,10 +170,11 @@ class DockerBackend:
 
     # the warm pool ---------------------------------------------------------
 
-    def start_pool(self, size: int, timeout: float) -> None:
+    def start_pool(self, size: int, timeout: float, outputs: OutputLimits | None = None) -> None:
         """Keep ``size`` containers started ahead, the ``preload`` modules imported.
 
-        Only on an engine that sees this machine's files (a slot's directory is
+        With ``outputs``, the pool serves runs with outputs within those limits
+        (and only those). Only on an engine that sees this machine's files (a slot's directory is
         bind-mounted); elsewhere ``pool_unavailable`` says why and runs are cold.
         """
         self.prepare()
@@ -185,6 +190,7 @@ class DockerBackend:
             image=self.policy.image,
             policy=self.policy,
             command=[self.python_executable, "-c", SOURCE, *self.preload],
+            outputs=outputs,
             pool_root=self.pool_root,
             slots_dir=self.slots_dir,
             lifetime=POOL_IDLE_MAX + timeout,
@@ -193,6 +199,7 @@ class DockerBackend:
         )
         pool = WarmPool(size, maker)
         self._pool = pool
+        self._pool_outputs = outputs
         # The pool goes with the backend, or at interpreter exit, whichever comes first.
         self._finalizer = weakref.finalize(self, pool.close)
 
@@ -215,6 +222,7 @@ class DockerBackend:
         self.prepare()
         if (
             self._pool is not None
+            and self._pool_outputs == (request.outputs.limits if request.outputs else None)
             and not self._copies(request)
             and fits_pool(self.pool_root, request.script, request.mounts[1:])
         ):
@@ -265,7 +273,9 @@ class DockerBackend:
             cgroup_parent=telemetry.new_parent() if telemetry is not None else None,
             telemetry=telemetry,
         )
-        deadline = deadline_after(request.timeout)
+        outputs = request.outputs.limits if request.outputs is not None else None
+        # Collecting the outputs may take the sandbox past the script's deadline.
+        deadline = deadline_after(request.timeout + (COLLECT_SECONDS if outputs else 0))
         labels = build_labels(deadline)
         engine = self.engine
         bound: tuple[Path, ...] = request.mounts
@@ -279,7 +289,12 @@ class DockerBackend:
             resources.extra.append(lambda: engine.remove_volume(files.volume))
             bound, copied = (), files.binds()
         run = Run(
-            command=self_limited([self.python_executable, str(request.script)], request.timeout),
+            command=self_limited(
+                [self.python_executable, str(request.script)],
+                request.timeout,
+                outputs=outputs,
+                links=request.script.parent,
+            ),
             workdir=request.script.parent,
             read_only_paths=bound,
             deadline=deadline,
@@ -288,13 +303,16 @@ class DockerBackend:
             cgroup_parent=resources.cgroup_parent,
             relocated=copied,
             user_kernel=self._user_kernel,
+            outputs=outputs,
         )
         with (
             Sandbox.create(engine, image_id, self.policy, run, resources) as sandbox,
             registered(self._active, token, sandbox),
         ):
             sandbox.attach()
-            return sandbox.run(request.timeout, request.output_limit, on_output)
+            return sandbox.run(
+                request.timeout, request.output_limit, on_output, outputs=request.outputs
+            )
 
     def _execute_warm(
         self,
@@ -324,6 +342,7 @@ class DockerBackend:
                 hand_over=os.fsencode(str(request.script)) + b"\n",
                 started=started,
                 cpu_before=cpu_before,
+                outputs=request.outputs,
             )
 
 
