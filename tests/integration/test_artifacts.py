@@ -12,7 +12,7 @@ from runner import CodeGenerator, ExperimentRunner, ExperimentSpec
 from runner.demo import demo_data
 from runner.engine import DockerEngine
 from runner.settings import ExperimentDefaults
-from tests.integration.conftest import SPEC
+from tests.integration.conftest import SPEC, needs_local_engine
 
 SMALL = ExperimentDefaults(outputs_max_files=50, outputs_max_file_size="1m", outputs_max_bytes="4m")
 
@@ -170,3 +170,36 @@ def test_a_generated_experiment_saves_its_fitted_model(
     assert result.success, result.stderr
     assert [a.name for a in result.artifacts] == ["model.pkl"]
     assert result.artifacts[0].size > 0
+
+
+@needs_local_engine
+def test_a_warm_run_brings_outputs_back_like_a_cold_one(
+    engine: DockerEngine, tmp_path: Path
+) -> None:
+    """A pool made with outputs on links the script's files in and sends its outputs back."""
+    root = tmp_path / "experiments"
+    (root / "exp").mkdir(parents=True)
+    for path in (root, root / "exp"):
+        path.chmod(0o755)
+    (root / "exp" / "data.csv").write_text("a\n1\n")
+    script = root / "exp" / "experiment.py"
+    script.write_text(
+        "import json, os\n"
+        "open('copy.csv', 'w').write(open('data.csv').read())\n"
+        "print(json.dumps({'success': True, 'metrics': {}, 'cwd': os.getcwd()}))\n"
+    )
+    for path in (script, root / "exp" / "data.csv"):
+        path.chmod(0o644)
+    with ExperimentRunner(
+        timeout=30,
+        engine=engine,
+        warm_pool=1,
+        pool_root=root,
+        outputs_dir=tmp_path / "out",
+        settings=SMALL,
+    ) as runner:
+        assert runner.wait_for_warm(120)
+        result = runner.run(script, SPEC, 0)
+    assert result.warm_start and result.success, result.stderr
+    assert [a.name for a in result.artifacts] == ["copy.csv"]
+    assert (tmp_path / "out" / "copy.csv").read_text() == "a\n1\n"

@@ -359,3 +359,33 @@ def test_limits_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert limits == OutputLimits(max_bytes=1024**2, max_files=7, max_file_size=2048)
     assert f"size={1024**2}," in limits.tmpfs_options()
     assert os.sep == "/"
+
+
+def test_a_pool_made_with_outputs_serves_runs_with_outputs_only(tmp_path: Path) -> None:
+    """Slots of a runner with outputs have /outputs; a run with other outputs goes cold."""
+    from runner.settings import ExperimentDefaults
+
+    stream = ARTIFACTS_MARKER + tar_of(file("plot.png"))
+    engine = FakeEngine(wait_results=[0, 0, 0], stdout=b"{}\n" + stream)
+    root = tmp_path / "experiments"
+    script = root / "exp" / "experiment.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("print(1)\n")
+    with ExperimentRunner(
+        timeout=5,
+        engine=engine,
+        warm_pool=1,
+        pool_root=root,
+        outputs_dir=tmp_path / "out",
+        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
+    ) as runner:
+        assert runner.wait_for_warm(10)
+        slot = engine.created[0]
+        assert "/outputs" in slot["tmpfs"] and slot["environment"]["OUTPUT_DIR"] == "/outputs"
+        warm = runner.run(script, SPEC, 0)
+        assert warm.warm_start
+        assert [a.name for a in warm.artifacts] == ["plot.png"]
+        runner.output_limits = OutputLimits(max_bytes=1, max_files=1, max_file_size=1)
+        assert runner.wait_for_warm(10)
+        cold = runner.run(script, SPEC, 0)
+        assert not cold.warm_start
