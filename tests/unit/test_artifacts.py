@@ -389,3 +389,25 @@ def test_a_pool_made_with_outputs_serves_runs_with_outputs_only(tmp_path: Path) 
         assert runner.wait_for_warm(10)
         cold = runner.run(script, SPEC, 0)
         assert not cold.warm_start
+
+
+def test_artifacts_are_recorded_in_the_history(script: Path, tmp_path: Path) -> None:
+    """The history keeps each result's artifacts and message; run_many gives each job a dir."""
+    from runner.history import ResultsHistory
+
+    stream = ARTIFACTS_MARKER + tar_of(file("model.pkl", b"m"))
+    engine = FakeEngine(wait_results=[0, 0], stdout=b"{}\n" + stream)
+    history = ResultsHistory(tmp_path / "results.jsonl")
+    runner = ExperimentRunner(
+        timeout=5, engine=engine, outputs_dir=tmp_path / "out", history=history
+    )
+    results = runner.run_many([(script, SPEC, 0), (script, SPEC, 1)], max_workers=1)
+    assert [Path(r.artifacts[0].path).parent.name for r in results] == [
+        "0000-outputs",
+        "0001-outputs",
+    ]
+    recorded, _ = history.read()
+    assert sorted(r.artifacts[0].path for r in recorded) == sorted(
+        r.artifacts[0].path for r in results
+    )
+    assert recorded[0].artifacts[0].sha256 == hashlib.sha256(b"m").hexdigest()
