@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from runner.artifacts import COLLECT_SECONDS, OutputLimits, Outputs
 from runner.bootstrap import DEFAULT_PRELOAD, SOURCE, hand_over_line
 from runner.cleanup import build_labels, cleanup, deadline_after
 from runner.engine import DockerEngine, Engine, SandboxStartError
@@ -48,6 +49,8 @@ class RunRequest:
     unreadable: str | None = None
     #: The script's command-line arguments (``sys.argv[1:]``), checked by ``check_args``.
     args: tuple[str, ...] = ()
+    #: Where the script's outputs go, if anywhere (None: outputs off).
+    outputs: Outputs | None = None
 
 
 class Backend(Protocol):
@@ -99,6 +102,7 @@ class DockerBackend:
         self._engine_memory = 0
         self._active = ActiveRuns()
         self._pool: WarmPool | None = None
+        self._pool_outputs: OutputLimits | None = None
         #: Why a warm pool that was asked for is not kept, if it is not.
         self.pool_unavailable: str | None = None
 
@@ -168,10 +172,11 @@ class DockerBackend:
 
     # the warm pool ---------------------------------------------------------
 
-    def start_pool(self, size: int, timeout: float) -> None:
+    def start_pool(self, size: int, timeout: float, outputs: OutputLimits | None = None) -> None:
         """Keep ``size`` containers started ahead, the ``preload`` modules imported.
 
-        Only on an engine that sees this machine's files (a slot's directory is
+        With ``outputs``, the pool serves runs with outputs within those limits
+        (and only those). Only on an engine that sees this machine's files (a slot's directory is
         bind-mounted); elsewhere ``pool_unavailable`` says why and runs are cold.
         """
         self.prepare()
@@ -187,6 +192,7 @@ class DockerBackend:
             image=self.policy.image,
             policy=self.policy,
             command=[self.python_executable, "-c", SOURCE, *self.preload],
+            outputs=outputs,
             pool_root=self.pool_root,
             slots_dir=self.slots_dir,
             lifetime=POOL_IDLE_MAX + timeout,
@@ -195,6 +201,7 @@ class DockerBackend:
         )
         pool = WarmPool(size, maker)
         self._pool = pool
+        self._pool_outputs = outputs
         # The pool goes with the backend, or at interpreter exit, whichever comes first.
         self._finalizer = weakref.finalize(self, pool.close)
 
@@ -217,6 +224,7 @@ class DockerBackend:
         self.prepare()
         if (
             self._pool is not None
+            and self._pool_outputs == (request.outputs.limits if request.outputs else None)
             and not self._copies(request)
             and fits_pool(self.pool_root, request.script, request.mounts[1:])
         ):
@@ -267,7 +275,9 @@ class DockerBackend:
             cgroup_parent=telemetry.new_parent() if telemetry is not None else None,
             telemetry=telemetry,
         )
-        deadline = deadline_after(request.timeout)
+        outputs = request.outputs.limits if request.outputs is not None else None
+        # Collecting the outputs may take the sandbox past the script's deadline.
+        deadline = deadline_after(request.timeout + (COLLECT_SECONDS if outputs else 0))
         labels = build_labels(deadline)
         engine = self.engine
         bound: tuple[Path, ...] = request.mounts
@@ -282,7 +292,10 @@ class DockerBackend:
             bound, copied = (), files.binds()
         run = Run(
             command=self_limited(
-                [self.python_executable, str(request.script), *request.args], request.timeout
+                [self.python_executable, str(request.script), *request.args],
+                request.timeout,
+                outputs=outputs,
+                links=request.script.parent,
             ),
             workdir=request.script.parent,
             read_only_paths=bound,
@@ -292,13 +305,16 @@ class DockerBackend:
             cgroup_parent=resources.cgroup_parent,
             relocated=copied,
             user_kernel=self._user_kernel,
+            outputs=outputs,
         )
         with (
             Sandbox.create(engine, image_id, self.policy, run, resources) as sandbox,
             registered(self._active, token, sandbox),
         ):
             sandbox.attach()
-            return sandbox.run(request.timeout, request.output_limit, on_output)
+            return sandbox.run(
+                request.timeout, request.output_limit, on_output, outputs=request.outputs
+            )
 
     def _execute_warm(
         self,
@@ -328,6 +344,7 @@ class DockerBackend:
                 hand_over=hand_over_line(str(request.script), request.args),
                 started=started,
                 cpu_before=cpu_before,
+                outputs=request.outputs,
             )
 
 

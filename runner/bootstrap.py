@@ -6,7 +6,8 @@ ready with one line on the real stdout, and reads one line from stdin: the
 hand-over (``hand_over_line``), the script's absolute path and its arguments.
 From there on the script sees what it would see in a cold container:
 ``__name__ == "__main__"``, ``__file__`` and ``sys.argv[0]`` its path,
-``sys.argv[1:]`` its arguments, its directory as working directory and
+``sys.argv[1:]`` its arguments, its directory as working directory (with
+outputs on: ``$OUTPUT_DIR``, holding links to the directory's entries) and
 ``sys.path[0]``, stdin at /dev/null, the environment as it was before the
 preload, and no module loaded apart from what a bare interpreter and the
 preloaded libraries bring. After the hand-over it imports nothing.
@@ -57,7 +58,17 @@ os.dup2(_err, 2)
 for _fd in (_out, _err, _null):
     os.close(_fd)
 _dir = os.path.dirname(_path)
-os.chdir(_dir)
+_outputs = _environ.get("OUTPUT_DIR")
+if _outputs:
+    # Outputs on: the working directory is the writable one, with the script's files linked in.
+    for _entry in os.listdir(_dir):
+        try:
+            os.symlink(os.path.join(_dir, _entry), os.path.join(_outputs, _entry))
+        except OSError:
+            pass
+    os.chdir(_outputs)
+else:
+    os.chdir(_dir)
 sys.argv[:] = [_path, *_args]
 sys.path[0] = _dir
 _main = type(sys)("__main__")

@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
         help="how the script's files reach the sandbox: bind-mounted in place, copied "
         "through the engine's API, or auto (bind where the engine sees them; default)",
     )  # fmt: skip
+    run.add_argument(
+        "--outputs", type=Path, metavar="DIR",
+        help="make the script's working directory writable and copy what it writes there "
+        "(or to $OUTPUT_DIR) back into DIR",
+    )  # fmt: skip
     run.add_argument("--name", help="experiment name to record (default: the script's name)")
     run.add_argument(
         "--warm", type=int, default=0, metavar="N",
@@ -181,6 +186,7 @@ def _run(args: argparse.Namespace) -> int:
         warm_pool=args.warm,
         pool_root=args.script.resolve().parent.parent,
         transfer=args.transfer,
+        outputs_dir=args.outputs,
         settings=settings,
     ) as runner:
         if args.warm:
@@ -408,6 +414,12 @@ def _summary(result: ExperimentResult) -> None:
     )
     for line in more:
         console.print(safe_text(line, limit=10_000))
+    for artifact in result.artifacts:
+        console.print(
+            Text.assemble("  artifact ", safe_text(artifact.path), f" ({artifact.size} bytes)")
+        )
+    if result.artifacts_message:
+        console.print(Text.assemble("  ", safe_text(result.artifacts_message, limit=2000)))
 
 
 if __name__ == "__main__":

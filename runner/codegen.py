@@ -190,9 +190,12 @@ _TEMPLATE = '''\
 
 Reads the CSV beside this file, fits a scikit-learn Pipeline, evaluates it on a
 held-out split and prints one JSON line: {{"success": ..., "metrics": {{...}}}}.
+Where $OUTPUT_DIR is set (the runner's outputs are on), the fitted pipeline is
+saved there as model.pkl.
 """
 
 import json
+import os
 import sys
 import traceback
 
@@ -311,6 +314,12 @@ def main():
         scores = classification_metrics(pipeline, x_test, y_test, predicted)
     else:
         scores = regression_metrics(y_test, predicted)
+    output_dir = os.environ.get("OUTPUT_DIR")
+    if output_dir:
+        import pickle
+
+        with open(os.path.join(output_dir, "model.pkl"), "wb") as model_file:
+            pickle.dump(pipeline, model_file)
     result = {{
         "success": True,
         "metrics": {{name: float(value) for name, value in scores.items()}},

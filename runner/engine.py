@@ -53,7 +53,7 @@ class Engine(Protocol):
 
     def wait(self, container_id: str, timeout: float) -> int | None: ...
 
-    def kill(self, container_id: str) -> None: ...
+    def kill(self, container_id: str, signal: str = "SIGKILL") -> None: ...
 
     def state(self, container_id: str) -> ContainerState: ...
 
@@ -274,10 +274,10 @@ class DockerEngine:
             raise _engine_error(e) from e
         return int(status["StatusCode"])
 
-    def kill(self, container_id: str) -> None:
-        """SIGKILL the container; a container that already stopped is fine."""
+    def kill(self, container_id: str, signal: str = "SIGKILL") -> None:
+        """Signal the container's init (SIGKILL: all of it); one already stopped is fine."""
         try:
-            self._api.kill(container_id, signal="SIGKILL")
+            self._api.kill(container_id, signal=signal)
         except NotFound:
             return
         except APIError as e:

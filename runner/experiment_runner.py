@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.arguments import check_args
+from runner.artifacts import OUTPUTS_PATH, OutputLimits, Outputs
 from runner.backend import DockerBackend, RunRequest
 from runner.engine import Engine
 from runner.exceptions import ExperimentExecutionError
@@ -41,6 +43,10 @@ class ExperimentRunner:
     with the ``preload`` modules imported; each runs one script from under
     ``pool_root`` (default: the experiments directory) and is destroyed. Close
     the runner (``close()`` or ``with``) to remove the pool.
+
+    With ``outputs_dir``, the script's working directory is writable (a capped
+    tmpfs, also ``$OUTPUT_DIR``, with links to its own files) and what it writes
+    there comes back under ``outputs_dir``, listed in ``result.artifacts``.
     """
 
     def __init__(
@@ -61,10 +67,15 @@ class ExperimentRunner:
         preload: Sequence[str] | None = None,
         pool_root: Path | str | None = None,
         transfer: Transfer | None = None,
+        outputs_dir: Path | str | None = None,
         settings: ExperimentDefaults | None = None,
         engine: Engine | None = None,
     ) -> None:
         defaults = settings or ExperimentDefaults()
+        outputs = outputs_dir if outputs_dir is not None else defaults.outputs_dir
+        #: Where outputs come back (None: off); ``output_limits`` bound them.
+        self.outputs_dir = Path(outputs).expanduser().resolve() if outputs is not None else None
+        self.output_limits = OutputLimits.from_settings(defaults)
         self.timeout: float = timeout if timeout is not None else defaults.experiment_timeout
         if not self.timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
@@ -97,7 +108,11 @@ class ExperimentRunner:
             transfer=transfer,
         )
         if warm_pool:
-            self._backend.start_pool(min(warm_pool, self.default_workers()), self.timeout)
+            self._backend.start_pool(
+                min(warm_pool, self.default_workers()),
+                self.timeout,
+                outputs=self.output_limits if self.outputs_dir is not None else None,
+            )
 
     # public API -------------------------------------------------------------
 
@@ -110,6 +125,7 @@ class ExperimentRunner:
         inputs: Iterable[str | Path] = (),
         on_output: OutputCallback | None = None,
         args: Sequence[str] = (),
+        outputs_dir: Path | str | None = None,
     ) -> ExperimentResult:
         """Run ``script_path`` in the sandbox and return its typed result.
 
@@ -118,9 +134,19 @@ class ExperimentRunner:
         ``ExperimentExecutionError``. ``args`` (strings) become the script's
         ``sys.argv[1:]``, exactly. ``on_output(stream, line)`` is called, on
         another thread, with each line as the script prints it. With a
-        ``history``, the result is also appended to it.
+        ``history``, the result is also appended to it. ``outputs_dir``
+        (default: the runner's) is where the script's outputs come back.
         """
-        result = self._run(script_path, spec, iteration, inputs, on_output, object(), args)
+        result = self._run(
+            script_path,
+            spec,
+            iteration,
+            inputs,
+            on_output,
+            token=object(),
+            args=args,
+            outputs=outputs_dir,
+        )
         if self.history is not None:
             self.history.append(result)
         return result
@@ -134,13 +160,14 @@ class ExperimentRunner:
         on_output: OutputCallback | None,
         token: object,
         args: Sequence[str] = (),
+        outputs: Path | str | None = None,
     ) -> ExperimentResult:
         timestamp = datetime.now(UTC)
         script = Path(script_path)
         common = _spec_fields(spec, iteration, script, timestamp)
         started = time.monotonic()
         try:
-            request = self.request(script, inputs=inputs, args=args)
+            request = self.request(script, inputs=inputs, args=args, outputs_dir=outputs)
             execution = self._backend.execute(request, on_output, token)
         except ExperimentExecutionError:
             raise
@@ -190,19 +217,26 @@ class ExperimentRunner:
             peak_memory_bytes=execution.peak_memory_bytes,
             cpu_seconds=execution.cpu_seconds,
             warm_start=execution.warm,
+            artifacts=list(execution.artifacts),
+            artifacts_message=execution.artifacts_message,
         )
 
     def run_script_directly(
-        self, script_path: Path | str, *, args: Sequence[str] = ()
+        self,
+        script_path: Path | str,
+        *,
+        args: Sequence[str] = (),
+        outputs_dir: Path | str | None = None,
     ) -> dict[str, Any]:
         """Run a script in the sandbox and return its raw output.
 
         Keys: ``stdout``, ``stderr``, ``returncode`` (as in the document), plus
         ``timed_out`` and ``oom_killed``. A timed-out run has returncode 137,
         and a line at the end of ``stderr`` says so. ``args`` become the
-        script's ``sys.argv[1:]``.
+        script's ``sys.argv[1:]``. With outputs on, also ``artifacts``
+        (``Artifact`` objects) and ``artifacts_message``.
         """
-        execution = self.execute(Path(script_path), args=args)
+        execution = self.execute(Path(script_path), args=args, outputs_dir=outputs_dir)
         stderr = execution.stderr
         if execution.timed_out:
             stderr = _note(
@@ -216,7 +250,14 @@ class ExperimentRunner:
             "returncode": execution.exit_code if execution.exit_code is not None else -1,
             "timed_out": execution.timed_out,
             "oom_killed": execution.oom_killed,
-        }
+        } | (
+            {
+                "artifacts": list(execution.artifacts),
+                "artifacts_message": execution.artifacts_message,
+            }
+            if self._outputs(outputs_dir) is not None
+            else {}
+        )
 
     # the warm pool ---------------------------------------------------------
 
@@ -293,7 +334,7 @@ class ExperimentRunner:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="runner-job")
         try:
             futures: dict[Future[ExperimentResult], int] = {
-                pool.submit(self._run_job, job, token): index
+                pool.submit(self._run_job, job, token, index): index
                 for index, (job, token) in enumerate(zip(batch, tokens, strict=True))
             }
             for future in as_completed(futures):
@@ -319,12 +360,21 @@ class ExperimentRunner:
         inputs: Iterable[str | Path] = (),
         on_output: OutputCallback | None = None,
         args: Sequence[str] = (),
+        outputs_dir: Path | str | None = None,
     ) -> ExperimentResult:
         """``run`` for asyncio; cancelling the task removes its container."""
         token = object()
         try:
             result = await asyncio.to_thread(
-                self._run, script_path, spec, iteration, inputs, on_output, token, args
+                self._run,
+                script_path,
+                spec,
+                iteration,
+                inputs,
+                on_output,
+                token,
+                args,
+                outputs_dir,
             )
         except asyncio.CancelledError:
             await asyncio.to_thread(self._abort, [token])
@@ -333,12 +383,17 @@ class ExperimentRunner:
             await asyncio.to_thread(self.history.append, result)
         return result
 
-    def _run_job(self, job: Job, token: object) -> ExperimentResult:
+    def _run_job(self, job: Job, token: object, index: int) -> ExperimentResult:
         """One job of a batch: whatever goes wrong becomes its failed result, never the batch's."""
         script_path, spec, iteration = job[:3]
         args: Sequence[str] = job[3] if len(job) > 3 else ()
+        # Each job of a batch brings its outputs back into a directory of its own.
+        outputs = None
+        if self.outputs_dir is not None:
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.experiment_name).strip("-.")[:60]
+            outputs = self.outputs_dir / f"{index:04d}-{slug or 'job'}"
         try:
-            result = self._run(script_path, spec, iteration, (), None, token, args)
+            result = self._run(script_path, spec, iteration, (), None, token, args, outputs)
         except ExperimentExecutionError as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - one job must never sink the batch
@@ -365,17 +420,34 @@ class ExperimentRunner:
         on_output: OutputCallback | None = None,
         token: object | None = None,
         args: Sequence[str] = (),
+        outputs_dir: Path | str | None = None,
     ) -> Execution:
         """Check the script, inputs and arguments, have the backend run them; the raw record."""
-        request = self.request(script_path, inputs=inputs, args=args)
+        request = self.request(script_path, inputs=inputs, args=args, outputs_dir=outputs_dir)
         return self._backend.execute(request, on_output, token or object())
 
     def request(
-        self, script_path: Path, *, inputs: Iterable[str | Path] = (), args: Sequence[str] = ()
+        self,
+        script_path: Path,
+        *,
+        inputs: Iterable[str | Path] = (),
+        args: Sequence[str] = (),
+        outputs_dir: Path | str | None = None,
     ) -> RunRequest:
         """The checked request for one run; ``ExperimentExecutionError`` says what is wrong."""
         checked = check_args(args)
         script, mounts = self._prepare_mounts(script_path, inputs)
+        destination = self._outputs(outputs_dir)
+        outputs = None
+        if destination is not None:
+            if any(path.is_relative_to(OUTPUTS_PATH) for path in mounts):
+                raise ExperimentExecutionError(
+                    f"With outputs on, the sandbox's working directory is {OUTPUTS_PATH}: "
+                    "a script or input there would be hidden.",
+                    hint=f"move the script and inputs out of {OUTPUTS_PATH}, or run without "
+                    "outputs_dir.",
+                )
+            outputs = Outputs(destination, self.output_limits, links=script.parent)
         return RunRequest(
             script,
             mounts,
@@ -383,7 +455,14 @@ class ExperimentRunner:
             self.output_limit,
             unreadable([*mounts, script]),
             args=checked,
+            outputs=outputs,
         )
+
+    def _outputs(self, outputs_dir: Path | str | None) -> Path | None:
+        """Where a run's outputs go: its own directory, else the runner's, else nowhere."""
+        if outputs_dir is not None:
+            return Path(outputs_dir).expanduser().resolve()
+        return self.outputs_dir
 
     @property
     def backend(self) -> DockerBackend:

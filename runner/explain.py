@@ -67,7 +67,9 @@ class Rule:
 def _read_only(match: re.Match[str], context: Context) -> str:
     return (
         "the sandbox's file system is read-only apart from /tmp (the script's directory "
-        "and inputs are mounted read-only): write files under /tmp."
+        "and inputs are mounted read-only): write scratch files under /tmp, and files to "
+        "keep into the working directory or $OUTPUT_DIR with outputs on "
+        "(outputs_dir=..., runner run --outputs DIR)."
     )
 
 

@@ -10,14 +10,17 @@ happened, Ctrl-C included.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from runner.artifacts import COLLECT_SECONDS, ArtifactSink, Outputs
 from runner.engine import Engine, OutputStream
 from runner.exceptions import ExperimentExecutionError
 from runner.identity import UidLease
+from runner.models import Artifact
 from runner.output import CapturedOutput, OutputCallback, OutputCollector
 from runner.sandbox import Run, SandboxPolicy, container_config
 from runner.telemetry import CgroupTelemetry, Usage
@@ -47,6 +50,9 @@ class Execution:
     warm: bool = False
     #: False when the sandbox ended before the script's exit was recorded.
     exit_reported: bool = True
+    #: With outputs on: the files copied back, and what was not (None: all were).
+    artifacts: tuple[Artifact, ...] = ()
+    artifacts_message: str | None = None
 
 
 class ActiveRuns:
@@ -175,11 +181,18 @@ class Sandbox:
             raise RuntimeError("attach() first")
         return self._frames
 
-    def collector(self, limit: int, on_output: OutputCallback | None) -> OutputCollector:
+    def collector(
+        self,
+        limit: int,
+        on_output: OutputCallback | None,
+        artifacts: ArtifactSink | None = None,
+    ) -> OutputCollector:
         """A started collector of the rest of the output (after anything already read)."""
         if self._stream is None or self._frames is None:
             raise RuntimeError("attach() first")
-        collector = OutputCollector(_Rest(self._stream, self._frames), limit, on_output)
+        collector = OutputCollector(
+            _Rest(self._stream, self._frames), limit, on_output, artifacts=artifacts
+        )
         collector.start()
         return collector
 
@@ -197,12 +210,25 @@ class Sandbox:
         return self.engine.state(self.container_id).running
 
     def supervise(
-        self, collector: OutputCollector, timeout: float, started: float
+        self,
+        collector: OutputCollector,
+        timeout: float,
+        started: float,
+        *,
+        outputs: bool = False,
     ) -> tuple[int | None, bool, CapturedOutput]:
-        """Wait out the deadline counted from ``started``, kill on expiry, collect the output."""
+        """Wait out the deadline counted from ``started``, kill on expiry, collect the output.
+
+        With ``outputs``, the deadline ends only the script (SIGALRM, which the
+        sandbox's ``sh`` turns into a kill of the script), so what it wrote is
+        still collected; the container is killed if that takes too long.
+        """
         exit_code = self.engine.wait(self.container_id, timeout - (time.monotonic() - started))
         timed_out = exit_code is None
-        if timed_out:
+        if timed_out and outputs:
+            self.engine.kill(self.container_id, signal="SIGALRM")
+            exit_code = self.engine.wait(self.container_id, COLLECT_SECONDS + 5.0)
+        if exit_code is None:
             self.engine.kill(self.container_id)
             exit_code = self.engine.wait(self.container_id, 5.0)
         return exit_code, timed_out, collector.finish(DRAIN_GRACE)
@@ -247,27 +273,45 @@ class Sandbox:
         hand_over: bytes | None = None,
         started: float | None = None,
         cpu_before: float = 0.0,
+        outputs: Outputs | None = None,
     ) -> Execution:
         """Start the container (or hand it ``hand_over``), supervise it, and record the run.
 
         ``started`` (``time.monotonic()``) is when the run's deadline began, if
-        before this call (a warm hand-over counts its staging).
+        before this call (a warm hand-over counts its staging). With ``outputs``
+        (the container must have been made for them), what the script wrote is
+        copied back, however the run ended.
         """
-        collector = self.collector(output_limit, on_output)
-        begun = time.monotonic() if started is None else started
-        if hand_over is None:
-            self.start()
-        else:
-            self.hand_over(hand_over)
-        exit_code, timed_out, output = self.supervise(collector, timeout, begun)
-        return self.record(
-            exit_code,
-            timed_out,
-            output,
-            time.monotonic() - begun,
-            cpu_before=cpu_before,
-            warm=hand_over is not None,
-        )
+        sink = ArtifactSink(outputs.limits.stream_limit) if outputs is not None else None
+        try:
+            collector = self.collector(output_limit, on_output, sink)
+            begun = time.monotonic() if started is None else started
+            if hand_over is None:
+                self.start()
+            else:
+                self.hand_over(hand_over)
+            exit_code, timed_out, output = self.supervise(
+                collector, timeout, begun, outputs=outputs is not None
+            )
+            execution = self.record(
+                exit_code,
+                timed_out,
+                output,
+                time.monotonic() - begun,
+                cpu_before=cpu_before,
+                warm=hand_over is not None,
+            )
+            if outputs is None:
+                return execution
+            collected = outputs.collect(sink)
+            return dataclasses.replace(
+                execution,
+                artifacts=tuple(collected.artifacts),
+                artifacts_message=collected.message(),
+            )
+        finally:
+            if sink is not None:
+                sink.close()
 
     # the end ----------------------------------------------------------------
 

@@ -37,6 +37,19 @@ class ExperimentSpec(BaseModel):
     reasoning: str = ""
 
 
+class Artifact(BaseModel):
+    """A file the script wrote, copied back to the host after the run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: The path relative to the outputs directory, with "/" between parts.
+    name: str
+    #: Where it is on the host (inside the outputs directory).
+    path: str
+    size: int
+    sha256: str
+
+
 class ExperimentResult(BaseModel):
     """What one run produced and exactly how it ended.
 
@@ -75,6 +88,11 @@ class ExperimentResult(BaseModel):
     cpu_seconds: float | None = None
     #: True when the script ran in a container from the warm pool.
     warm_start: bool = False
+    #: Files the script wrote to its working directory (or $OUTPUT_DIR), copied back
+    #: to the outputs directory; empty when outputs are off.
+    artifacts: list[Artifact] = Field(default_factory=list)
+    #: What was not copied back and why (a limit hit, a symlink refused, ...); None if nothing.
+    artifacts_message: str | None = None
 
     def get_primary_metric(self, name: str) -> float | None:
         """The metric called ``name``, or None when the run did not report it."""

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runner.artifacts import ARTIFACTS_MARKER, ArtifactSink
 from runner.engine import OutputStream
 from runner.sandbox import EXIT_MARKER
 
@@ -118,9 +119,17 @@ class OutputCollector:
     """Drains a container's demultiplexed output on a thread into two tail buffers."""
 
     def __init__(
-        self, stream: OutputStream, limit: int, on_output: OutputCallback | None = None
+        self,
+        stream: OutputStream,
+        limit: int,
+        on_output: OutputCallback | None = None,
+        *,
+        artifacts: ArtifactSink | None = None,
     ) -> None:
         self._stream = stream
+        #: With outputs on, stdout after ``ARTIFACTS_MARKER`` goes here, not to the tail.
+        self._artifacts = artifacts
+        self._held = b""
         self.stdout = TailBuffer(limit)
         self.stderr = TailBuffer(limit, slack=EXIT_RECORD_SLACK)
         self._lines = (
@@ -139,19 +148,49 @@ class OutputCollector:
         try:
             for out, err in self._stream:
                 if out:
-                    self.stdout.write(out)
-                    if self._lines:
-                        self._lines[0].feed(out)
+                    self._stdout(out)
                 if err:
                     self.stderr.write(err)
                     if self._lines:
                         self._lines[1].feed(err)
+            if self._held:
+                self._script_stdout(self._held)
             if self._lines:
                 for splitter in self._lines:
                     splitter.flush()
         except Exception as e:  # noqa: BLE001 - reported with the result, never lost silently
             if not self._closing:
                 self.error = e
+
+    def _stdout(self, out: bytes) -> None:
+        sink = self._artifacts
+        if sink is None:
+            self._script_stdout(out)
+        elif sink.started:
+            sink.write(out)
+        else:
+            data = self._held + out
+            at = data.find(ARTIFACTS_MARKER)
+            if at >= 0:
+                self._held = b""
+                self._script_stdout(data[:at])
+                sink.write(data[at + len(ARTIFACTS_MARKER) :])
+                return
+            # Hold back an end that may be the start of a marker split across frames.
+            keep = next(
+                (k for k in range(min(len(ARTIFACTS_MARKER) - 1, len(data)), 0, -1)
+                 if ARTIFACTS_MARKER.startswith(data[-k:])),
+                0,
+            )  # fmt: skip
+            self._held = data[len(data) - keep :]
+            self._script_stdout(data[: len(data) - keep])
+
+    def _script_stdout(self, out: bytes) -> None:
+        if not out:
+            return
+        self.stdout.write(out)
+        if self._lines:
+            self._lines[0].feed(out)
 
     def finish(self, timeout: float) -> CapturedOutput:
         """Wait up to ``timeout`` for the stream to end, then close it."""

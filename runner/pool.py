@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.artifacts import OutputLimits
 from runner.bootstrap import READY
 from runner.cleanup import LABEL_SLOT, build_labels, deadline_after
 from runner.engine import Engine
@@ -60,6 +61,8 @@ class SlotMaker:
     lifetime: float
     telemetry: CgroupTelemetry | None = None
     user_kernel: bool = False
+    #: Slots for runs with outputs (the bootstrap links the script's files in).
+    outputs: OutputLimits | None = None
 
     def make(self) -> Slot:
         """Create, attach and start one slot (its readiness is read by ``wait_ready``)."""
@@ -72,7 +75,7 @@ class SlotMaker:
         )
         deadline = deadline_after(self.lifetime)
         run = Run(
-            command=self_limited(self.command, self.lifetime),
+            command=self_limited(self.command, self.lifetime, outputs=self.outputs),
             workdir=self.pool_root,
             read_only_paths=(),
             deadline=deadline,
@@ -82,6 +85,7 @@ class SlotMaker:
             relocated=((host_dir, self.pool_root),),
             stdin_open=True,
             user_kernel=self.user_kernel,
+            outputs=self.outputs,
         )
         try:
             image_id = self.engine.image_id(self.image)

@@ -16,6 +16,7 @@ from typing import Any
 
 from docker.types import LogConfig, Mount, Ulimit
 
+from runner.artifacts import COLLECT, COLLECT_SECONDS, OUTPUTS_PATH, OutputLimits
 from runner.seccomp import security_option
 from runner.settings import ExperimentDefaults
 
@@ -93,6 +94,9 @@ class Run:
     stdin_open: bool = False
     #: The runtime is a user-space kernel (gVisor) whose threads share the PID cap.
     user_kernel: bool = False
+    #: Outputs on: the working directory is a writable tmpfs at ``OUTPUTS_PATH`` within
+    #: these limits, collected after the script (``runner.artifacts``).
+    outputs: OutputLimits | None = None
 
 
 #: The last line of a run's stderr, written once the script has exited, with its status.
@@ -104,7 +108,35 @@ _REPORT_EXIT = (
 )
 
 
-def self_limited(command: list[str], timeout: float) -> list[str]:
+#: With outputs on: link the script's files into the working directory, run the script
+#: in the background so that SIGALRM (the runner's deadline, forwarded by tini) can end
+#: it while ``sh`` lives on, record its exit, then send the outputs (``COLLECT``).
+_REPORT_EXIT_AND_COLLECT = (
+    # cd here, not the container's working_dir: the engine would give the tmpfs the
+    # mode of the directory it makes for a working_dir (0755, not writable).
+    f"cd {OUTPUTS_PATH} && unset PWD OLDPWD; "
+    "links=$1; python=$2; collect=$3; files=$4; size=$5; bytes=$6; shift 6; "
+    '[ -z "$links" ] || find "$links" -mindepth 1 -maxdepth 1 '
+    f"-exec ln -s -t {OUTPUTS_PATH} -- {{}} + 2>/dev/null; "
+    "alarm=; trap 'alarm=1; kill -ALRM \"$child\" 2>/dev/null' ALRM; "
+    # A background job's stdin would be /dev/null: keep the warm slot's (the hand-over).
+    'exec 3<&0; timeout --signal=KILL "$0" "$@" 0<&3 3<&- & child=$!; exec 3<&-; '
+    'wait "$child"; status=$?; '
+    'if [ -n "$alarm" ]; then wait "$child"; s=$?; [ "$s" -eq 127 ] || status=$s; fi; '
+    "trap '' ALRM; "
+    "printf '\\000experiment-runner-exit %d\\n' \"$status\" >&2; "
+    f'timeout --signal=KILL {COLLECT_SECONDS}s "$python" -I -S -c "$collect" '
+    '"$files" "$size" "$bytes" 2>/dev/null; exit "$status"'
+)
+
+
+def self_limited(
+    command: list[str],
+    timeout: float,
+    *,
+    outputs: OutputLimits | None = None,
+    links: Path | None = None,
+) -> list[str]:
     """Wrap ``command`` so the container kills it itself, should no runner be left to.
 
     ``timeout`` (coreutils) is the child of ``sh``, the child of tini; if the
@@ -112,9 +144,28 @@ def self_limited(command: list[str], timeout: float) -> list[str]:
     cannot be used to escape. ``sh`` then writes ``EXIT_MARKER`` and the status
     to stderr: a run that ends without that line ended with its sandbox (say,
     gVisor's kernel failed), not by the script's own exit.
+
+    With ``outputs``, ``sh`` first links the entries of ``links`` (the script's
+    directory; None: the warm bootstrap does it) into the working directory,
+    and after the exit record runs the collector with the first word of
+    ``command`` (the Python interpreter).
     """
     seconds = math.ceil(timeout) + SELF_DEADLINE_GRACE
-    return ["sh", "-c", _REPORT_EXIT, f"{seconds}s", *command]
+    if outputs is None:
+        return ["sh", "-c", _REPORT_EXIT, f"{seconds}s", *command]
+    return [
+        "sh",
+        "-c",
+        _REPORT_EXIT_AND_COLLECT,
+        f"{seconds}s",
+        str(links or ""),
+        command[0],
+        COLLECT,
+        str(outputs.max_files),
+        str(outputs.max_file_size),
+        str(outputs.max_bytes),
+        *command,
+    ]
 
 
 def parse_size(size: str) -> int:
@@ -131,7 +182,7 @@ def thread_count(cpu_limit: float) -> int:
     return max(1, math.floor(cpu_limit))
 
 
-def sandbox_environment(cpu_limit: float) -> dict[str, str]:
+def sandbox_environment(cpu_limit: float, *, outputs: bool = False) -> dict[str, str]:
     """The whole environment of the script: nothing of the caller's leaks in."""
     threads = str(thread_count(cpu_limit))
     env = {
@@ -149,6 +200,8 @@ def sandbox_environment(cpu_limit: float) -> dict[str, str]:
         "JOBLIB_TEMP_FOLDER": "/tmp",
         "MPLCONFIGDIR": "/tmp",
     }
+    if outputs:
+        env["OUTPUT_DIR"] = str(OUTPUTS_PATH)
     # BLAS starts a thread per host core; under a CPU quota they throttle each other.
     env.update(dict.fromkeys(THREAD_VARIABLES, threads))
     return env
@@ -161,10 +214,13 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
         Mount(target=str(target), source=str(source), type="bind", read_only=True)
         for source, target in pairs
     ]
+    tmpfs = {"/tmp": f"rw,noexec,nosuid,nodev,size={policy.tmpfs_size},nr_inodes=16384,mode=1777"}
+    if run.outputs is not None:
+        tmpfs[str(OUTPUTS_PATH)] = run.outputs.tmpfs_options()
     config: dict[str, Any] = {
         "working_dir": str(run.workdir),
         "user": f"{run.uid}:{run.uid}",
-        "environment": sandbox_environment(policy.cpu_limit),
+        "environment": sandbox_environment(policy.cpu_limit, outputs=run.outputs is not None),
         "use_config_proxy": False,  # never hand the caller's proxy settings in
         "labels": run.labels,
         "hostname": "sandbox",
@@ -174,9 +230,7 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
         "dns_search": ["."],
         "mounts": mounts,
         "read_only": True,
-        "tmpfs": {
-            "/tmp": f"rw,noexec,nosuid,nodev,size={policy.tmpfs_size},nr_inodes=16384,mode=1777"
-        },
+        "tmpfs": tmpfs,
         "mem_limit": policy.memory_limit,
         "memswap_limit": policy.memory_limit,  # equal to mem_limit: no swap at all
         "nano_cpus": int(policy.cpu_limit * 1e9),

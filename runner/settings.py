@@ -37,6 +37,15 @@ class ExperimentDefaults(BaseSettings):
     output_limit: int = Field(default=1024 * 1024, gt=0)
     #: Size of the writable, non-executable ``/tmp`` inside the sandbox.
     tmpfs_size: str = "256m"
+    #: Where files the script writes to its working directory (or $OUTPUT_DIR) are
+    #: copied back after each run; unset: outputs are off (the working directory is
+    #: the read-only script directory).
+    outputs_dir: Path | None = None
+    #: Limits of one run's outputs: bytes in all (also the size of the writable
+    #: working directory), files, and bytes of one file.
+    outputs_max_bytes: str = "512m"
+    outputs_max_files: int = Field(default=1000, gt=0)
+    outputs_max_file_size: str = "256m"
     #: Where ``CodeGenerator`` puts one directory per generated experiment.
     experiments_dir: Path = Path("experiments")
     #: The JSON Lines results history the CLI appends to.

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
+from runner.artifacts import OUTPUTS_PATH
 from runner.sandbox import Run, SandboxPolicy, host_pids_limit, parse_size
 from runner.seccomp import profile
 
@@ -63,7 +64,7 @@ def gaps(inspected: Mapping[str, Any], policy: SandboxPolicy, run: Run) -> list[
     ulimits = {u.get("Name"): (u.get("Soft"), u.get("Hard")) for u in host.get("Ulimits") or []}
     for name, value in (("nofile", 1024), ("core", 0), ("nproc", policy.pids_limit)):
         expect(f"ulimit {name}={value}", ulimits.get(name) == (value, value), ulimits.get(name))
-    found.extend(_writable_mounts(inspected))
+    found.extend(_writable_mounts(inspected, run))
     return found
 
 
@@ -79,18 +80,27 @@ def _same_profile(option: str) -> bool:
         return False
 
 
-def _writable_mounts(inspected: Mapping[str, Any]) -> list[str]:
-    """Every mount but the capped ``/tmp`` tmpfs must be read-only."""
+def _writable_mounts(inspected: Mapping[str, Any], run: Run) -> list[str]:
+    """Every mount but the capped ``/tmp`` tmpfs (and, with outputs, ``/outputs``) is read-only."""
     host = inspected.get("HostConfig") or {}
     found = []
     tmpfs = host.get("Tmpfs") or {}
+    allowed = {"/tmp"}
+    if run.outputs is not None:
+        outputs = str(OUTPUTS_PATH)
+        allowed.add(outputs)
+        expected = run.outputs.tmpfs_options()
+        if tmpfs.get(outputs) != expected:
+            found.append(
+                f"a capped {outputs} tmpfs {expected!r} (the engine reports {tmpfs.get(outputs)!r})"
+            )
     for target in tmpfs:
-        if target != "/tmp":
+        if target not in allowed:
             found.append(f"no writable mount but /tmp (the engine adds a tmpfs at {target})")
     if "size=" not in str(tmpfs.get("/tmp", "")):
         found.append(f"a size-capped /tmp (the engine reports {tmpfs.get('/tmp')!r})")
     for mount in inspected.get("Mounts") or []:
         target = mount.get("Destination")
-        if mount.get("RW") and target != "/tmp":
+        if mount.get("RW") and target not in allowed:
             found.append(f"no writable mount but /tmp (the engine mounts {target} writable)")
     return found

@@ -110,9 +110,10 @@ class FakeEngine:
             self.finished.add(container_id)
         return code
 
-    def kill(self, container_id: str) -> None:
-        self.calls.append("kill")
-        self.finished.add(container_id)
+    def kill(self, container_id: str, signal: str = "SIGKILL") -> None:
+        self.calls.append("kill" if signal == "SIGKILL" else f"kill {signal}")
+        if signal == "SIGKILL":
+            self.finished.add(container_id)
 
     def state(self, container_id: str) -> ContainerState:
         return ContainerState(
