@@ -10,6 +10,7 @@ happened, Ctrl-C included.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,12 +20,15 @@ from runner.engine import Engine, OutputStream
 from runner.exceptions import ExperimentExecutionError
 from runner.identity import UidLease
 from runner.output import CapturedOutput, OutputCallback, OutputCollector
-from runner.sandbox import Run, SandboxPolicy, container_config
+from runner.podman import tmp_volume_options
+from runner.sandbox import TMP_INODES, Run, SandboxPolicy, container_config, parse_size
 from runner.telemetry import CgroupTelemetry, Usage
 from runner.verify import gaps
 
 #: How long output may keep arriving after the container has stopped.
 DRAIN_GRACE = 2.0
+#: Peak memory at this share of the cap, with a SIGKILL, counts as an OOM kill (Podman).
+OOM_SHARE = 0.95
 
 Frames = Iterator[tuple[bytes | None, bytes | None]]
 
@@ -119,6 +123,8 @@ class Sandbox:
         self._stream: OutputStream | None = None
         self._frames: Frames | None = None
         self._destroyed = False
+        #: The memory cap, where the engine never reports an OOM kill itself (Podman).
+        self.infer_oom_at: int | None = None
 
     @classmethod
     def create(
@@ -135,11 +141,16 @@ class Sandbox:
         nothing is left: ``resources`` are released and the error raised.
         """
         try:
+            if run.podman is not None and run.tmp_volume is None:
+                run = dataclasses.replace(
+                    run, tmp_volume=_tmp_volume(engine, policy, run, resources)
+                )
             container_id = engine.create(image_id, run.command, **container_config(policy, run))
         except BaseException:
             resources.release()
             raise
         sandbox = cls(engine, container_id, image_id, resources)
+        sandbox.infer_oom_at = parse_size(policy.memory_limit) if run.podman else None
         try:
             missing = gaps(engine.inspect(container_id), policy, run)
             if missing:
@@ -221,10 +232,12 @@ class Sandbox:
         state = self.engine.state(self.container_id)
         usage = self.resources.usage()
         cpu = usage.cpu_seconds
+        code = exit_code if exit_code is not None else state.exit_code
+        oom_killed = state.oom_killed or self._looks_oom_killed(code, usage)
         return Execution(
-            exit_code=exit_code if exit_code is not None else state.exit_code,
+            exit_code=code,
             timed_out=timed_out,
-            oom_killed=state.oom_killed and not timed_out,
+            oom_killed=oom_killed and not timed_out,
             stdout=output.stdout,
             stderr=output.stderr,
             stdout_truncated=output.stdout_truncated,
@@ -235,8 +248,14 @@ class Sandbox:
             cpu_seconds=max(cpu - cpu_before, 0.0) if cpu is not None else None,
             warm=warm,
             # A deadline kill or an OOM kill of the whole sandbox also leaves no record.
-            exit_reported=output.exit_reported or timed_out or state.oom_killed,
+            exit_reported=output.exit_reported or timed_out or oom_killed,
         )
+
+    def _looks_oom_killed(self, exit_code: int, usage: Usage) -> bool:
+        """Killed (137) with peak memory at the cap: what an engine that never says shows."""
+        cap = self.infer_oom_at
+        peak = usage.peak_memory_bytes
+        return cap is not None and peak is not None and exit_code == 137 and peak >= cap * OOM_SHARE
 
     def run(
         self,
@@ -283,6 +302,14 @@ class Sandbox:
             self.engine.remove(self.container_id)
         finally:
             self.resources.release()
+
+
+def _tmp_volume(engine: Engine, policy: SandboxPolicy, run: Run, resources: Resources) -> str:
+    """A fresh capped tmpfs volume for the container's /tmp, removed with it (Podman)."""
+    options = tmp_volume_options(parse_size(policy.tmpfs_size), TMP_INODES)
+    volume = engine.create_volume(run.labels, options)
+    resources.extra.append(lambda: engine.remove_volume(volume.name))
+    return volume.name
 
 
 class _Rest:

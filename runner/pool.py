@@ -25,6 +25,7 @@ from runner.engine import Engine
 from runner.exceptions import ExperimentExecutionError
 from runner.identity import lease_uid
 from runner.lifecycle import Resources, Sandbox
+from runner.podman import PodmanSupport
 from runner.sandbox import Run, SandboxPolicy, self_limited
 from runner.telemetry import CgroupTelemetry
 from runner.tree import Budget, Entry, TreeRefused, read_chunks, walk
@@ -60,6 +61,7 @@ class SlotMaker:
     lifetime: float
     telemetry: CgroupTelemetry | None = None
     user_kernel: bool = False
+    podman: PodmanSupport | None = None
 
     def make(self) -> Slot:
         """Create, attach and start one slot (its readiness is read by ``wait_ready``)."""
@@ -82,6 +84,7 @@ class SlotMaker:
             relocated=((host_dir, self.pool_root),),
             stdin_open=True,
             user_kernel=self.user_kernel,
+            podman=self.podman,
         )
         try:
             image_id = self.engine.image_id(self.image)

@@ -16,6 +16,7 @@ from typing import Any
 
 from docker.types import LogConfig, Mount, Ulimit
 
+from runner.podman import PodmanSupport, adapt
 from runner.seccomp import security_option
 from runner.settings import ExperimentDefaults
 
@@ -37,6 +38,9 @@ THREAD_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "LOKY_MAX_CPU_COUNT",
 )
+#: Files and directories the sandbox's /tmp may hold.
+TMP_INODES = 16384
+TMP_OPTIONS = "rw,noexec,nosuid,nodev,mode=1777"
 _SIZE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 
 
@@ -93,6 +97,9 @@ class Run:
     stdin_open: bool = False
     #: The runtime is a user-space kernel (gVisor) whose threads share the PID cap.
     user_kernel: bool = False
+    #: The engine is Podman: its support files, and the volume that is this run's /tmp.
+    podman: PodmanSupport | None = None
+    tmp_volume: str | None = None
 
 
 #: The last line of a run's stderr, written once the script has exited, with its status.
@@ -174,9 +181,7 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
         "dns_search": ["."],
         "mounts": mounts,
         "read_only": True,
-        "tmpfs": {
-            "/tmp": f"rw,noexec,nosuid,nodev,size={policy.tmpfs_size},nr_inodes=16384,mode=1777"
-        },
+        "tmpfs": {"/tmp": f"{TMP_OPTIONS},size={policy.tmpfs_size},nr_inodes={TMP_INODES}"},
         "mem_limit": policy.memory_limit,
         "memswap_limit": policy.memory_limit,  # equal to mem_limit: no swap at all
         "nano_cpus": int(policy.cpu_limit * 1e9),
@@ -203,6 +208,10 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
         config["runtime"] = policy.runtime
     if run.cgroup_parent is not None:
         config["cgroup_parent"] = run.cgroup_parent  # for telemetry; limits stay on the container
+    if run.podman is not None:
+        if run.tmp_volume is None:
+            raise ValueError("a sandbox on Podman needs its /tmp volume")
+        return adapt(config, run.podman, run.tmp_volume)
     return config
 
 

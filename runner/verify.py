@@ -27,7 +27,8 @@ def gaps(inspected: Mapping[str, Any], policy: SandboxPolicy, run: Run) -> list[
         if not ok:
             found.append(f"{control} (the engine reports {seen!r})")
 
-    runtime = host.get("Runtime")
+    # Podman's compatible answer says "oci" whatever runs; its own API names the runtime.
+    runtime = inspected.get("OCIRuntime") or host.get("Runtime")
     if policy.runtime is not None:
         expect(f"runtime {policy.runtime}", runtime == policy.runtime, runtime)
     expect("no network", host.get("NetworkMode") == "none", host.get("NetworkMode"))
@@ -37,8 +38,13 @@ def gaps(inspected: Mapping[str, Any], policy: SandboxPolicy, run: Run) -> list[
     expect("not privileged", not host.get("Privileged"), host.get("Privileged"))
     user = config.get("User")
     expect(f"user {run.uid}:{run.uid}", user == f"{run.uid}:{run.uid}", user)
-    cap_drop = [str(c).upper().removeprefix("CAP_") for c in host.get("CapDrop") or []]
-    expect("every capability dropped", "ALL" in cap_drop, host.get("CapDrop"))
+    if "EffectiveCaps" in inspected:
+        # Podman lists the defaults it dropped, not ALL; its own API gives the sets themselves.
+        caps = [*(inspected.get("EffectiveCaps") or []), *(inspected.get("BoundingCaps") or [])]
+        expect("every capability dropped", not caps, caps)
+    else:
+        cap_drop = [str(c).upper().removeprefix("CAP_") for c in host.get("CapDrop") or []]
+        expect("every capability dropped", "ALL" in cap_drop, host.get("CapDrop"))
     expect("no capability added", not host.get("CapAdd"), host.get("CapAdd"))
     options = [str(o) for o in host.get("SecurityOpt") or []]
     expect(
@@ -48,8 +54,8 @@ def gaps(inspected: Mapping[str, Any], policy: SandboxPolicy, run: Run) -> list[
     )
     expect(
         "the project's seccomp profile",
-        any(o.startswith("seccomp=") and _same_profile(o) for o in options),
-        [o[:40] for o in options],
+        any(_same_profile(o, run) for o in options),
+        [o[:60] for o in options],
     )
     memory = parse_size(policy.memory_limit)
     expect("memory cap", host.get("Memory") == memory, host.get("Memory"))
@@ -60,10 +66,13 @@ def gaps(inspected: Mapping[str, Any], policy: SandboxPolicy, run: Run) -> list[
     expect("CPU cap", host.get("NanoCpus") == nano, host.get("NanoCpus"))
     pids = host_pids_limit(policy.pids_limit, user_kernel=run.user_kernel)
     expect("PID cap", host.get("PidsLimit") == pids, host.get("PidsLimit"))
-    ulimits = {u.get("Name"): (u.get("Soft"), u.get("Hard")) for u in host.get("Ulimits") or []}
+    ulimits = {
+        str(u.get("Name")).lower().removeprefix("rlimit_"): (u.get("Soft"), u.get("Hard"))
+        for u in host.get("Ulimits") or []
+    }
     for name, value in (("nofile", 1024), ("core", 0), ("nproc", policy.pids_limit)):
         expect(f"ulimit {name}={value}", ulimits.get(name) == (value, value), ulimits.get(name))
-    found.extend(_writable_mounts(inspected))
+    found.extend(_writable_mounts(inspected, run))
     return found
 
 
@@ -72,22 +81,37 @@ def _expected_profile() -> Any:
     return json.loads(profile())
 
 
-def _same_profile(option: str) -> bool:
+def _same_profile(option: str, run: Run) -> bool:
+    if not option.startswith("seccomp="):
+        return False
+    value = option.removeprefix("seccomp=")
+    if run.podman is not None:
+        # Podman reads it from the file the runner wrote into its support volume.
+        return value == run.podman.seccomp
     try:
-        return bool(json.loads(option.removeprefix("seccomp=")) == _expected_profile())
+        return bool(json.loads(value) == _expected_profile())
     except ValueError:
         return False
 
 
-def _writable_mounts(inspected: Mapping[str, Any]) -> list[str]:
-    """Every mount but the capped ``/tmp`` tmpfs must be read-only."""
+def _writable_mounts(inspected: Mapping[str, Any], run: Run) -> list[str]:
+    """Every mount but the capped ``/tmp`` must be read-only."""
     host = inspected.get("HostConfig") or {}
     found = []
     tmpfs = host.get("Tmpfs") or {}
-    for target in tmpfs:
-        if target != "/tmp":
+    for target, options in tmpfs.items():
+        if target != "/tmp" and "ro" not in str(options).split(","):
             found.append(f"no writable mount but /tmp (the engine adds a tmpfs at {target})")
-    if "size=" not in str(tmpfs.get("/tmp", "")):
+    tmp_mounts = [m for m in inspected.get("Mounts") or [] if m.get("Destination") == "/tmp"]
+    if run.tmp_volume is not None:
+        # Podman: /tmp is the run's own capped tmpfs volume, bound without exec.
+        ok = len(tmp_mounts) == 1 and (
+            tmp_mounts[0].get("Name") == run.tmp_volume
+            and "noexec" in (tmp_mounts[0].get("Options") or [])
+        )
+        if not ok or "/tmp" in tmpfs:
+            found.append(f"/tmp on the run's own capped volume (the engine mounts {tmp_mounts!r})")
+    elif "size=" not in str(tmpfs.get("/tmp", "")) or tmp_mounts:
         found.append(f"a size-capped /tmp (the engine reports {tmpfs.get('/tmp')!r})")
     for mount in inspected.get("Mounts") or []:
         target = mount.get("Destination")
