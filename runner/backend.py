@@ -8,7 +8,6 @@ the one container lifecycle of ``runner.lifecycle``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -25,7 +24,7 @@ from runner.exceptions import ExperimentExecutionError
 from runner.identity import lease_uid
 from runner.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
 from runner.output import OutputCallback
-from runner.podman import PodmanSupport, make_support
+from runner.podman import PodmanSupport, ensure_support
 from runner.pool import Slot, SlotMaker, WarmPool, stage
 from runner.sandbox import Run, SandboxPolicy, self_limited
 from runner.settings import ExperimentDefaults
@@ -35,8 +34,6 @@ from runner.tree import Budget, TreeExpired, TreeRefused
 
 #: How long a warm pool container may wait for a script before it ends itself.
 POOL_IDLE_MAX = 3600
-#: How long a backend's Podman support volume may outlive a caller on another machine.
-SUPPORT_LIFETIME = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -135,7 +132,9 @@ class DockerBackend:
                 image_id = engine.image_id(self.policy.image)
                 self._shares_files = engine_sees_local_files(engine, image_id, probe_labels)
             if engine.kind() == "podman":
-                self._podman = self._podman_support(engine)
+                # Podman reads the seccomp profile (and more) from files on its machine.
+                image_id = engine.image_id(self.policy.image)
+                self._podman = ensure_support(engine, image_id, build_labels(deadline_after(60)))
             self._engine_cpus = int(info.get("NCPU") or 1)
             self._engine_memory = int(info.get("MemTotal") or 0)
             telemetry = CgroupTelemetry()
@@ -146,14 +145,6 @@ class DockerBackend:
             # so do the slot directories of pools that went with them.
             cleanup(engine, telemetry=self._telemetry, slots_dir=self.slots_dir)
             self._ready = True
-
-    def _podman_support(self, engine: Engine) -> PodmanSupport:
-        """Podman's support files (seccomp profile, resolv.conf, hosts), for this backend's life."""
-        labels = build_labels(deadline_after(SUPPORT_LIFETIME))
-        support = make_support(engine, engine.image_id(self.policy.image), labels)
-        # Removed with the backend, or at interpreter exit; `runner cleanup` reaps the rest.
-        self._support_finalizer = weakref.finalize(self, _remove_quietly, engine, support.volume)
-        return support
 
     def capacity(self) -> tuple[int, int]:
         """CPU cores and bytes of memory of the machine the engine runs on."""
@@ -342,11 +333,6 @@ class DockerBackend:
                 started=started,
                 cpu_before=cpu_before,
             )
-
-
-def _remove_quietly(engine: Engine, volume: str) -> None:
-    with contextlib.suppress(ExperimentExecutionError):
-        engine.remove_volume(volume)
 
 
 def fits_pool(pool_root: Path, script: Path, inputs: Sequence[Path]) -> bool:

@@ -78,7 +78,10 @@ class Engine(Protocol):
     def kind(self) -> EngineKind: ...
 
     def create_volume(
-        self, labels: Mapping[str, str], driver_opts: Mapping[str, str] | None = None
+        self,
+        labels: Mapping[str, str],
+        driver_opts: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> VolumeInfo: ...
 
     def remove_volume(self, name: str) -> None: ...
@@ -338,10 +341,7 @@ class DockerEngine:
         """Which engine this is, for messages: product, version and address."""
         if self._description is None:
             version = self._engine_version()
-            product = next(
-                (str(c.get("Name")) for c in version.get("Components") or [] if c.get("Name")),
-                "Docker Engine",
-            )
+            product = "Podman Engine" if self.kind() == "podman" else "Docker Engine"
             self._description = f"{product} {version.get('Version', '?')} at {self._api.base_url}"
         return self._description
 
@@ -385,18 +385,28 @@ class DockerEngine:
     # files over the API ----------------------------------------------------
 
     def create_volume(
-        self, labels: Mapping[str, str], driver_opts: Mapping[str, str] | None = None
+        self,
+        labels: Mapping[str, str],
+        driver_opts: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> VolumeInfo:
-        """A new named volume carrying ``labels``; its name and where the engine keeps it.
+        """A new volume carrying ``labels``; its name and where the engine keeps it.
 
         ``driver_opts`` go to the local driver (say, a tmpfs with its options).
+        With a ``name`` that exists already, that volume is returned.
         """
-        data = self._call(
-            self._api.create_volume,
-            name=None,
-            labels=dict(labels),
-            driver_opts=dict(driver_opts) if driver_opts else None,
-        )
+        try:
+            data = self._api.create_volume(
+                name=name,
+                labels=dict(labels),
+                driver_opts=dict(driver_opts) if driver_opts else None,
+            )
+        except APIError as e:
+            if name is None or "already exists" not in str(e.explanation):
+                raise _engine_error(e) from e
+            data = self._call(self._api.inspect_volume, name)  # Podman refuses a second create
+        except DockerException as e:
+            raise _engine_error(e) from e
         return VolumeInfo(
             name=str(data["Name"]),
             mountpoint=str(data.get("Mountpoint") or ""),

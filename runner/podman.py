@@ -25,6 +25,7 @@ answer 500 while the container is still exiting) are handled in ``engine.py``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 import time
@@ -34,12 +35,18 @@ from typing import Any
 
 from docker.types import Mount
 
+from runner.cleanup import LABEL
 from runner.engine import Engine
+from runner.exceptions import ExperimentExecutionError
 from runner.seccomp import profile
 
 #: tmpfs sizes are given in pages (``size=`` is taken by Podman's own volume quotas).
 PAGE_SIZE = 4096
 _FILL_AT = "/support"
+#: The support volume's name (a digest of its content follows) and labels: it is shared
+#: by every runner of the engine, so it has no owner; `runner cleanup --all` removes it.
+SUPPORT_VOLUME = "experiment-runner-support"
+SUPPORT_LABELS = {LABEL: "support"}
 #: Masks over what Podman adds to a read-only root: empty, read-only, capped.
 MASKS = {path: "ro,noexec,nosuid,nodev,size=4k" for path in ("/var/tmp", "/run")}
 RESOLV_CONF = "nameserver 127.0.0.1\n"
@@ -65,37 +72,61 @@ class PodmanSupport:
         )
 
 
-def make_support(engine: Engine, image_id: str, labels: Mapping[str, str]) -> PodmanSupport:
-    """A labelled volume holding the seccomp profile, resolv.conf and hosts, filled over the API."""
-    volume = engine.create_volume(labels)
+def ensure_support(
+    engine: Engine, image_id: str, helper_labels: Mapping[str, str]
+) -> PodmanSupport:
+    """The engine's support volume, created and filled if missing or not as expected.
+
+    One volume per engine and content (its name carries the content's digest),
+    shared by every runner: runs only read it. It is written only when what is
+    there differs, so a runner never rewrites a file another is reading.
+    """
+    files = _support_files()
+    digest = hashlib.sha256(b"".join(name.encode() + data for name, data in files)).hexdigest()
+    volume = engine.create_volume(SUPPORT_LABELS, name=f"{SUPPORT_VOLUME}-{digest[:16]}")
+    helper = engine.create(
+        image_id,
+        ["true"],
+        labels=dict(helper_labels),
+        network_mode="none",
+        mounts=[Mount(target=_FILL_AT, source=volume.name, type="volume")],
+    )
     try:
-        helper = engine.create(
-            image_id,
-            ["true"],
-            labels=dict(labels),
-            network_mode="none",
-            mounts=[Mount(target=_FILL_AT, source=volume.name, type="volume")],
-        )
-        try:
-            engine.put_archive(helper, _FILL_AT, _support_archive())
-        finally:
-            engine.remove(helper)
-    except BaseException:
-        engine.remove_volume(volume.name)
-        raise
+        if _read_back(engine, helper) != dict(files):
+            engine.put_archive(helper, _FILL_AT, _archive(files))
+    finally:
+        engine.remove(helper)
     return PodmanSupport.at(volume.name, volume.mountpoint)
 
 
-def _support_archive() -> bytes:
+def _support_files() -> list[tuple[str, bytes]]:
+    return [
+        ("seccomp.json", profile().encode()),
+        ("resolv.conf", RESOLV_CONF.encode()),
+        ("hosts", HOSTS.encode()),
+    ]
+
+
+def _read_back(engine: Engine, helper: str) -> dict[str, bytes]:
+    """The files now in the support volume (none, if it is new)."""
+    try:
+        data = engine.get_archive(helper, _FILL_AT)
+    except ExperimentExecutionError:
+        return {}
+    found = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            extracted = tar.extractfile(member) if member.isfile() else None
+            if extracted is not None:
+                found[member.name.removeprefix(_FILL_AT.strip("/") + "/")] = extracted.read()
+    return found
+
+
+def _archive(files: list[tuple[str, bytes]]) -> bytes:
     out = io.BytesIO()
     now = int(time.time())
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, text in (
-            ("seccomp.json", profile()),
-            ("resolv.conf", RESOLV_CONF),
-            ("hosts", HOSTS),
-        ):
-            data = text.encode()
+        for name, data in files:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o444, now
             tar.addfile(info, io.BytesIO(data))

@@ -174,9 +174,15 @@ class FakeEngine:
     # as a local engine's would.
 
     def create_volume(
-        self, labels: Mapping[str, str], driver_opts: Mapping[str, str] | None = None
+        self,
+        labels: Mapping[str, str],
+        driver_opts: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> VolumeInfo:
-        name = f"v{len(self.volumes_made) + 1}"
+        for volume in self.volumes_made:
+            if volume.name == name and name not in self.volumes_removed:
+                return volume
+        name = name or f"v{len(self.volumes_made) + 1}"
         volume = VolumeInfo(name, f"/var/lib/fake/volumes/{name}/_data", dict(labels))
         self.volumes_made.append(volume)
         self.volume_options[name] = driver_opts
@@ -187,7 +193,12 @@ class FakeEngine:
         self.volumes_removed.append(name)
 
     def volumes(self, label: str) -> list[VolumeInfo]:
-        return [v for v in self.volumes_made if v.name not in self.volumes_removed]
+        key, _, value = label.partition("=")
+        return [
+            v
+            for v in self.volumes_made
+            if v.name not in self.volumes_removed and v.labels.get(key) == value
+        ]
 
     def put_archive(self, container_id: str, path: str, data: bytes | BinaryIO) -> None:
         self.calls.append("put_archive")

@@ -1,6 +1,5 @@
 """Podman's Docker-compatible API: every control asked its way, and checked its way."""
 
-import gc
 import io
 import tarfile
 from pathlib import Path
@@ -9,6 +8,7 @@ from typing import Any
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
+from runner.cleanup import cleanup
 from runner.identity import lease_uid
 from runner.lifecycle import Resources, Sandbox
 from runner.podman import PodmanSupport, adapt, tmp_volume_options
@@ -89,17 +89,50 @@ def test_adapt_needs_the_tmp_volume() -> None:
 def test_a_run_on_podman_is_verified_and_cleans_up(script: Path) -> None:
     """On a fake Podman a run passes every check; its /tmp volume goes with it."""
     engine = FakeEngine(engine_kind="podman")
-    runner = ExperimentRunner(timeout=5, engine=engine)
-    result = runner.run(script, SPEC, 0)
+    result = ExperimentRunner(timeout=5, engine=engine).run(script, SPEC, 0)
     assert result.success, result.error
     support, tmp = engine.volumes_made[0], engine.volumes_made[1]
     assert engine.volume_options[tmp.name] is not None
-    assert engine.volumes_removed == [tmp.name]  # the support volume stays with the runner
+    assert engine.volumes_removed == [tmp.name]
     with tarfile.open(fileobj=io.BytesIO(next(iter(engine.archives.values())))) as files:
         assert sorted(files.getnames()) == ["hosts", "resolv.conf", "seccomp.json"]
-    del runner
-    gc.collect()
-    assert engine.volumes_removed == [tmp.name, support.name]  # and goes with it
+    # The support volume is the engine's, shared by runners; only `cleanup --all` takes it.
+    cleanup(engine, slots_dir=script.parent / "slots")
+    assert support.name not in engine.volumes_removed
+    cleanup(engine, everything=True, slots_dir=script.parent / "slots")
+    assert support.name in engine.volumes_removed
+
+
+def test_the_support_volume_is_shared_and_written_only_when_it_differs(script: Path) -> None:
+    """A second runner finds the support files in place and does not rewrite them."""
+    engine = FakeEngine(engine_kind="podman")
+    original = engine.get_archive
+
+    def written_back(container_id: str, path: str) -> bytes:
+        if path == "/support" and engine.archives:
+            return _as_read_back(next(iter(engine.archives.values())))
+        return original(container_id, path)
+
+    engine.get_archive = written_back  # type: ignore[method-assign]
+    for _ in range(2):
+        ExperimentRunner(timeout=5, engine=engine).run(script, SPEC, 0)
+    support = [v for v in engine.volumes_made if v.name.startswith("experiment-runner-support-")]
+    assert len(support) == 1
+    assert engine.calls.count("put_archive") == 1
+
+
+def _as_read_back(archive: bytes) -> bytes:
+    """The tar the engine gives back for the directory the archive was unpacked into."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(archive)) as source,
+        tarfile.open(fileobj=out, mode="w") as tar,
+    ):
+        for member in source.getmembers():
+            data = source.extractfile(member)
+            member.name = "support/" + member.name
+            tar.addfile(member, data)
+    return out.getvalue()
 
 
 def test_runsc_on_podman_is_refused_not_run_as_runc(script: Path) -> None:
