@@ -25,8 +25,9 @@ from runner.exceptions import ExperimentExecutionError
 from runner.identity import lease_uid
 from runner.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
 from runner.output import OutputCallback
+from runner.podman import ensure_support
 from runner.pool import Slot, SlotMaker, WarmPool, stage
-from runner.sandbox import Run, SandboxPolicy, self_limited
+from runner.sandbox import PodmanSupport, Run, SandboxPolicy, self_limited
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
 from runner.transfer import TRANSFERS, Transfer, copy_to_engine, engine_sees_local_files
@@ -101,6 +102,7 @@ class DockerBackend:
         self._engine_cpus = 1
         self._engine_memory = 0
         self._active = ActiveRuns()
+        self._podman: PodmanSupport | None = None
         self._pool: WarmPool | None = None
         self._pool_outputs: OutputLimits | None = None
         #: Why a warm pool that was asked for is not kept, if it is not.
@@ -135,6 +137,10 @@ class DockerBackend:
                 probe_labels = build_labels(deadline_after(60))
                 image_id = engine.image_id(self.policy.image)
                 self._shares_files = engine_sees_local_files(engine, image_id, probe_labels)
+            if engine.kind() == "podman":
+                # Podman reads the seccomp profile (and more) from files on its machine.
+                image_id = engine.image_id(self.policy.image)
+                self._podman = ensure_support(engine, image_id, build_labels(deadline_after(60)))
             self._engine_cpus = int(info.get("NCPU") or 1)
             self._engine_memory = int(info.get("MemTotal") or 0)
             telemetry = CgroupTelemetry()
@@ -198,6 +204,7 @@ class DockerBackend:
             lifetime=POOL_IDLE_MAX + timeout,
             telemetry=self._telemetry,
             user_kernel=self._user_kernel,
+            podman=self._podman,
         )
         pool = WarmPool(size, maker)
         self._pool = pool
@@ -306,6 +313,7 @@ class DockerBackend:
             relocated=copied,
             user_kernel=self._user_kernel,
             outputs=outputs,
+            podman=self._podman,
         )
         with (
             Sandbox.create(engine, image_id, self.policy, run, resources) as sandbox,

@@ -94,7 +94,10 @@ def cleanup(
             removed.append(container)
         elif LABEL_SLOT in container.labels:
             kept.add(container.labels[LABEL_SLOT])
-    for volume in engine.volumes(f"{LABEL}=1"):
+    volumes = engine.volumes(f"{LABEL}=1")
+    # Shared by every runner of a Podman engine, with no owner: only ``everything`` takes it.
+    shared = engine.volumes(f"{LABEL}=support") if everything else []
+    for volume in volumes + shared:
         if everything or is_abandoned(volume.labels):
             # A volume still mounted by a container that stays is refused: it goes later.
             with contextlib.suppress(ExperimentExecutionError):

@@ -295,7 +295,8 @@ def _doctor(args: argparse.Namespace) -> int:
     except ExperimentExecutionError as e:
         report(False, "Docker engine: not reachable", e.hint or "")
         return 1
-    report(True, f"Docker engine: reachable (runtimes: {', '.join(sorted(runtimes))})")
+    podman = engine.kind() == "podman"
+    report(True, f"engine: {engine.describe()} (runtimes: {', '.join(sorted(runtimes))})")
 
     if not engine.image_exists(settings.image):
         report(False, f"image {settings.image}: missing", "runner image build")
@@ -318,6 +319,16 @@ def _doctor(args: argparse.Namespace) -> int:
     report(True, f"telemetry (peak memory, CPU time): {telemetry}")
 
     wanted = settings.runtime
+    if podman:
+        # Its Docker-compatible API runs every container under the service's own runtime.
+        console.print(
+            "note Podman's Docker-compatible API cannot choose a runtime per run: every "
+            "sandbox runs under the service's default, and a run that asks for another "
+            "(RUNNER_RUNTIME) is refused"
+        )
+        good, detail = _smoke_test(engine, None)
+        report(good, f"runtime (Podman's default): {detail}")
+        return 0 if ok else 1
     if wanted and wanted not in runtimes:
         report(False, f"runtime {wanted} (RUNNER_RUNTIME): not registered", _RUNSC_FIX)
     if "runsc" not in runtimes:
@@ -336,7 +347,7 @@ _RUNSC_FIX = (
 )
 
 
-def _smoke_test(engine: DockerEngine, runtime: str) -> tuple[bool, str]:
+def _smoke_test(engine: DockerEngine, runtime: str | None) -> tuple[bool, str]:
     """Run a one-line script under ``runtime`` with every control in place."""
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)

@@ -6,10 +6,11 @@ with a hint, ``from`` the original. Unit tests replace this one object.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 
 import docker
 import requests
@@ -22,6 +23,15 @@ ENGINE_HINT = (
     "and starts one) or point DOCKER_HOST at a running one."
 )
 IMAGE_HINT = "build it with `runner image build`."
+
+#: Which product answers the Docker API: Docker itself, or Podman's compatible service.
+EngineKind = Literal["docker", "podman"]
+PODMAN_PRODUCT = "Podman Engine"
+#: How often Podman's own wait endpoint checks the container (its compatible one spins).
+PODMAN_WAIT_INTERVAL = "100ms"
+#: Podman may answer 500 to removing a container that is just exiting; it works soon after.
+REMOVE_ATTEMPTS = 4
+REMOVE_RETRY_DELAY = 0.25
 
 
 class SandboxStartError(ExperimentExecutionError):
@@ -65,7 +75,14 @@ class Engine(Protocol):
 
     def describe(self) -> str: ...
 
-    def create_volume(self, labels: Mapping[str, str]) -> VolumeInfo: ...
+    def kind(self) -> EngineKind: ...
+
+    def create_volume(
+        self,
+        labels: Mapping[str, str],
+        driver_opts: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> VolumeInfo: ...
 
     def remove_volume(self, name: str) -> None: ...
 
@@ -119,6 +136,7 @@ class DockerEngine:
         self._client = client
         self._api = client.api
         self._description: str | None = None
+        self._version: dict[str, Any] | None = None
 
     # engine ---------------------------------------------------------------
 
@@ -266,6 +284,8 @@ class DockerEngine:
     def wait(self, container_id: str, timeout: float) -> int | None:
         """Wait up to ``timeout`` seconds; the exit code, or None if still running."""
         try:
+            if self.kind() == "podman":
+                return self._podman_wait(container_id, max(timeout, 0.001))
             status = self._api.wait(container_id, timeout=max(timeout, 0.001))
         except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
             # docker-py reports a wait that ran out of time as a connection error.
@@ -273,6 +293,16 @@ class DockerEngine:
         except DockerException as e:
             raise _engine_error(e) from e
         return int(status["StatusCode"])
+
+    def _podman_wait(self, container_id: str, timeout: float) -> int:
+        """Podman's own wait, which sleeps between checks (its compatible one busy-loops)."""
+        api = self._api
+        response = api._post(
+            api._url("/libpod/containers/{0}/wait", container_id),
+            params={"condition": "exited", "interval": PODMAN_WAIT_INTERVAL},
+            timeout=timeout,
+        )
+        return int(api._result(response, json=True))
 
     def kill(self, container_id: str, signal: str = "SIGKILL") -> None:
         """Signal the container's init (SIGKILL: all of it); one already stopped is fine."""
@@ -288,19 +318,42 @@ class DockerEngine:
             raise _engine_error(e) from e
 
     def inspect(self, container_id: str) -> dict[str, Any]:
-        """The engine's full record of a container (``docker inspect``)."""
-        return dict(self._call(self._api.inspect_container, container_id))
+        """The engine's full record of a container (``docker inspect``).
+
+        From Podman, with what only its own API tells: the OCI runtime really
+        used (the compatible answer says "oci"), the capability sets, and mounts
+        with their options.
+        """
+        data = dict(self._call(self._api.inspect_container, container_id))
+        if self.kind() == "podman":
+            api = self._api
+            own = self._call(
+                lambda: api._result(
+                    api._get(api._url("/libpod/containers/{0}/json", container_id)),
+                    json=True,
+                )
+            )
+            for key in ("OCIRuntime", "EffectiveCaps", "BoundingCaps", "Mounts"):
+                data[key] = own.get(key)
+        return data
 
     def describe(self) -> str:
         """Which engine this is, for messages: product, version and address."""
         if self._description is None:
-            version = self._call(self._api.version)
-            product = next(
-                (str(c.get("Name")) for c in version.get("Components") or [] if c.get("Name")),
-                "Docker Engine",
-            )
+            version = self._engine_version()
+            product = "Podman Engine" if self.kind() == "podman" else "Docker Engine"
             self._description = f"{product} {version.get('Version', '?')} at {self._api.base_url}"
         return self._description
+
+    def kind(self) -> EngineKind:
+        """Whether Docker or Podman answers (they differ in what they apply; see podman.py)."""
+        components = self._engine_version().get("Components") or []
+        return "podman" if any(c.get("Name") == PODMAN_PRODUCT for c in components) else "docker"
+
+    def _engine_version(self) -> dict[str, Any]:
+        if self._version is None:
+            self._version = dict(self._call(self._api.version))
+        return self._version
 
     def state(self, container_id: str) -> ContainerState:
         data = self._call(self._api.inspect_container, container_id)
@@ -313,22 +366,47 @@ class DockerEngine:
 
     def remove(self, container_id: str) -> None:
         """Remove the container, killing it if it still runs; gone already is fine."""
-        try:
-            self._api.remove_container(container_id, force=True, v=True)
-        except NotFound:
-            return
-        except APIError as e:
-            if e.status_code == 409 and "already in progress" in str(e.explanation):
+        for attempt in range(1, REMOVE_ATTEMPTS + 1):
+            try:
+                self._api.remove_container(container_id, force=True, v=True)
                 return
-            raise _engine_error(e) from e
-        except DockerException as e:
-            raise _engine_error(e) from e
+            except NotFound:
+                return
+            except APIError as e:
+                if e.status_code == 409 and "already in progress" in str(e.explanation):
+                    return
+                if e.status_code == 500 and attempt < REMOVE_ATTEMPTS and self.kind() == "podman":
+                    time.sleep(REMOVE_RETRY_DELAY * attempt)
+                    continue
+                raise _engine_error(e) from e
+            except DockerException as e:
+                raise _engine_error(e) from e
 
     # files over the API ----------------------------------------------------
 
-    def create_volume(self, labels: Mapping[str, str]) -> VolumeInfo:
-        """A new named volume carrying ``labels``; its name and where the engine keeps it."""
-        data = self._call(self._api.create_volume, name=None, labels=dict(labels))
+    def create_volume(
+        self,
+        labels: Mapping[str, str],
+        driver_opts: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> VolumeInfo:
+        """A new volume carrying ``labels``; its name and where the engine keeps it.
+
+        ``driver_opts`` go to the local driver (say, a tmpfs with its options).
+        With a ``name`` that exists already, that volume is returned.
+        """
+        try:
+            data = self._api.create_volume(
+                name=name,
+                labels=dict(labels),
+                driver_opts=dict(driver_opts) if driver_opts else None,
+            )
+        except APIError as e:
+            if name is None or "already exists" not in str(e.explanation):
+                raise _engine_error(e) from e
+            data = self._call(self._api.inspect_volume, name)  # Podman refuses a second create
+        except DockerException as e:
+            raise _engine_error(e) from e
         return VolumeInfo(
             name=str(data["Name"]),
             mountpoint=str(data.get("Mountpoint") or ""),

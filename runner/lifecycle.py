@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from runner.artifacts import COLLECT_SECONDS, ArtifactSink, Outputs
@@ -22,12 +23,15 @@ from runner.exceptions import ExperimentExecutionError
 from runner.identity import UidLease
 from runner.models import Artifact
 from runner.output import CapturedOutput, OutputCallback, OutputCollector
-from runner.sandbox import Run, SandboxPolicy, container_config
+from runner.podman import adapt, tmpfs_volume_options
+from runner.sandbox import Run, SandboxPolicy, container_config, parse_size
 from runner.telemetry import CgroupTelemetry, Usage
 from runner.verify import gaps
 
 #: How long output may keep arriving after the container has stopped.
 DRAIN_GRACE = 2.0
+#: Peak memory at this share of the cap, with a SIGKILL, counts as an OOM kill (Podman).
+OOM_SHARE = 0.95
 
 Frames = Iterator[tuple[bytes | None, bytes | None]]
 
@@ -125,6 +129,8 @@ class Sandbox:
         self._stream: OutputStream | None = None
         self._frames: Frames | None = None
         self._destroyed = False
+        #: The memory cap, where the engine never reports an OOM kill itself (Podman).
+        self.infer_oom_at: int | None = None
 
     @classmethod
     def create(
@@ -141,11 +147,20 @@ class Sandbox:
         nothing is left: ``resources`` are released and the error raised.
         """
         try:
-            container_id = engine.create(image_id, run.command, **container_config(policy, run))
+            config = container_config(policy, run)
+            podman = run.podman
+            if podman is not None:
+                # Podman: each tmpfs on a volume of its own (its caps kept), then its form.
+                if not run.tmp_volumes:
+                    volumes = _tmpfs_volumes(engine, config["tmpfs"], run.labels, resources)
+                    run = dataclasses.replace(run, tmp_volumes=volumes)
+                config = adapt(config, podman, dict(run.tmp_volumes))
+            container_id = engine.create(image_id, run.command, **config)
         except BaseException:
             resources.release()
             raise
         sandbox = cls(engine, container_id, image_id, resources)
+        sandbox.infer_oom_at = parse_size(policy.memory_limit) if run.podman else None
         try:
             missing = gaps(engine.inspect(container_id), policy, run)
             if missing:
@@ -247,10 +262,12 @@ class Sandbox:
         state = self.engine.state(self.container_id)
         usage = self.resources.usage()
         cpu = usage.cpu_seconds
+        code = exit_code if exit_code is not None else state.exit_code
+        oom_killed = state.oom_killed or self._looks_oom_killed(code, usage)
         return Execution(
-            exit_code=exit_code if exit_code is not None else state.exit_code,
+            exit_code=code,
             timed_out=timed_out,
-            oom_killed=state.oom_killed and not timed_out,
+            oom_killed=oom_killed and not timed_out,
             stdout=output.stdout,
             stderr=output.stderr,
             stdout_truncated=output.stdout_truncated,
@@ -261,8 +278,14 @@ class Sandbox:
             cpu_seconds=max(cpu - cpu_before, 0.0) if cpu is not None else None,
             warm=warm,
             # A deadline kill or an OOM kill of the whole sandbox also leaves no record.
-            exit_reported=output.exit_reported or timed_out or state.oom_killed,
+            exit_reported=output.exit_reported or timed_out or oom_killed,
         )
+
+    def _looks_oom_killed(self, exit_code: int, usage: Usage) -> bool:
+        """Killed (137) with peak memory at the cap: what an engine that never says shows."""
+        cap = self.infer_oom_at
+        peak = usage.peak_memory_bytes
+        return cap is not None and peak is not None and exit_code == 137 and peak >= cap * OOM_SHARE
 
     def run(
         self,
@@ -327,6 +350,18 @@ class Sandbox:
             self.engine.remove(self.container_id)
         finally:
             self.resources.release()
+
+
+def _tmpfs_volumes(
+    engine: Engine, tmpfs: Mapping[str, str], labels: Mapping[str, str], resources: Resources
+) -> tuple[tuple[str, str], ...]:
+    """A fresh volume for each tmpfs of the container, with its caps; removed with it."""
+    made = []
+    for target, options in tmpfs.items():
+        name = engine.create_volume(labels, tmpfs_volume_options(options)).name
+        resources.extra.append(functools.partial(engine.remove_volume, name))
+        made.append((target, name))
+    return tuple(made)
 
 
 class _Rest:

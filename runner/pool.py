@@ -26,7 +26,7 @@ from runner.engine import Engine
 from runner.exceptions import ExperimentExecutionError
 from runner.identity import lease_uid
 from runner.lifecycle import Resources, Sandbox
-from runner.sandbox import Run, SandboxPolicy, self_limited
+from runner.sandbox import PodmanSupport, Run, SandboxPolicy, self_limited
 from runner.telemetry import CgroupTelemetry
 from runner.tree import Budget, Entry, TreeRefused, read_chunks, walk
 
@@ -63,6 +63,7 @@ class SlotMaker:
     user_kernel: bool = False
     #: Slots for runs with outputs (the bootstrap links the script's files in).
     outputs: OutputLimits | None = None
+    podman: PodmanSupport | None = None
 
     def make(self) -> Slot:
         """Create, attach and start one slot (its readiness is read by ``wait_ready``)."""
@@ -86,6 +87,7 @@ class SlotMaker:
             stdin_open=True,
             user_kernel=self.user_kernel,
             outputs=self.outputs,
+            podman=self.podman,
         )
         try:
             image_id = self.engine.image_id(self.image)

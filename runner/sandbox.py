@@ -38,6 +38,9 @@ THREAD_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "LOKY_MAX_CPU_COUNT",
 )
+#: Files and directories the sandbox's /tmp may hold.
+TMP_INODES = 16384
+TMP_OPTIONS = "rw,noexec,nosuid,nodev,mode=1777"
 _SIZE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 
 
@@ -72,6 +75,26 @@ class SandboxPolicy:
             raise ValueError("pids_limit must be at least 8 (Python and tini need a few)")
 
 
+@dataclass(frozen=True)
+class PodmanSupport:
+    """Files a sandbox on Podman needs from the engine's own machine (paths there, in one
+    volume; see ``runner.podman``)."""
+
+    volume: str
+    seccomp: str
+    resolv_conf: str
+    hosts: str
+
+    @classmethod
+    def at(cls, volume: str, mountpoint: str) -> PodmanSupport:
+        return cls(
+            volume=volume,
+            seccomp=f"{mountpoint}/seccomp.json",
+            resolv_conf=f"{mountpoint}/resolv.conf",
+            hosts=f"{mountpoint}/hosts",
+        )
+
+
 #: Extra seconds the in-container deadline allows beyond the runner's own.
 SELF_DEADLINE_GRACE = 10
 
@@ -97,6 +120,10 @@ class Run:
     #: Outputs on: the working directory is a writable tmpfs at ``OUTPUTS_PATH`` within
     #: these limits, collected after the script (``runner.artifacts``).
     outputs: OutputLimits | None = None
+    #: The engine is Podman: its support files, and the volumes that are this run's
+    #: tmpfs mounts (target, volume name), made by ``Sandbox.create``.
+    podman: PodmanSupport | None = None
+    tmp_volumes: tuple[tuple[str, str], ...] = ()
 
 
 #: The last line of a run's stderr, written once the script has exited, with its status.
@@ -214,7 +241,7 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
         Mount(target=str(target), source=str(source), type="bind", read_only=True)
         for source, target in pairs
     ]
-    tmpfs = {"/tmp": f"rw,noexec,nosuid,nodev,size={policy.tmpfs_size},nr_inodes=16384,mode=1777"}
+    tmpfs = {"/tmp": f"{TMP_OPTIONS},size={policy.tmpfs_size},nr_inodes={TMP_INODES}"}
     if run.outputs is not None:
         tmpfs[str(OUTPUTS_PATH)] = run.outputs.tmpfs_options()
     config: dict[str, Any] = {

@@ -16,8 +16,9 @@ from runner.engine import DockerEngine
 from runner.settings import ExperimentDefaults
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-#: The engine the integration and adversarial suites run against: "local" (default)
-#: or "dind" (Docker-in-Docker, which cannot see this machine's files).
+#: The engine the integration and adversarial suites run against: "local" (default),
+#: "dind" (Docker-in-Docker, which cannot see this machine's files) or "podman"
+#: (Podman's Docker-compatible service, started for the session).
 TEST_ENGINE = os.environ.get("RUNNER_TEST_ENGINE", "local")
 
 
@@ -25,17 +26,22 @@ TEST_ENGINE = os.environ.get("RUNNER_TEST_ENGINE", "local")
 def engine() -> Iterator[DockerEngine]:
     """A reachable engine with the pinned image, or a skip (a failure in CI).
 
-    ``RUNNER_TEST_ENGINE=dind`` runs the suite against a Docker-in-Docker engine
-    started for the session (``tests/engines.py``): ``DOCKER_HOST`` points at it
-    for the runner and for every caller process a test starts.
+    ``RUNNER_TEST_ENGINE=dind`` (or ``podman``) runs the suite against a
+    Docker-in-Docker engine (or a Podman service) started for the session
+    (``tests/engines.py``): ``DOCKER_HOST`` points at it for the runner and for
+    every caller process a test starts.
     """
     with contextlib.ExitStack() as stack:
         if TEST_ENGINE == "dind":
             from tests.engines import dind_engine
 
             os.environ["DOCKER_HOST"] = stack.enter_context(dind_engine())
+        elif TEST_ENGINE == "podman":
+            from tests.engines import podman_engine
+
+            os.environ["DOCKER_HOST"] = stack.enter_context(podman_engine())
         elif TEST_ENGINE != "local":
-            pytest.fail(f"unknown RUNNER_TEST_ENGINE {TEST_ENGINE!r}: local or dind")
+            pytest.fail(f"unknown RUNNER_TEST_ENGINE {TEST_ENGINE!r}: local, dind or podman")
         try:
             engine = DockerEngine()
             engine.image_id(ExperimentDefaults().image)

@@ -17,7 +17,12 @@ from tests.conftest import TEST_ENGINE
 #: The runtime this session of the suite runs under (RUNNER_RUNTIME picks it).
 RUNTIME = ExperimentDefaults().runtime or "runc"
 SPEC = ExperimentSpec(experiment_name="probe", model_type="LogisticRegression")
-LOCAL_ENGINE = TEST_ENGINE == "local"
+#: The engine runs on this machine (Docker here, or the Podman service the tests start).
+LOCAL_ENGINE = TEST_ENGINE in ("local", "podman")
+#: Constant variables Podman puts in every container's environment (nothing of the caller's).
+ENGINE_ENVIRONMENT = {"container": "podman", "TERM": "xterm"} if TEST_ENGINE == "podman" else {}
+#: The init process the engine runs as PID 1 (tini as Docker names it, or catatonit).
+INIT_COMMANDS = {"/sbin/docker-init", "/run/podman-init"}
 #: For what only an engine on this machine offers (README: "Where the engine is").
 needs_local_engine = pytest.mark.skipif(
     not LOCAL_ENGINE,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from runner import ExperimentResult
 from runner.history import ResultsHistory
+from tests.conftest import TEST_ENGINE
 
 
 def runner_cli(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -126,8 +127,10 @@ def test_doctor_checks_engine_image_and_runtimes() -> None:
     """`runner doctor` passes here and reports each check."""
     out = runner_cli("doctor")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "Docker engine: reachable" in out.stdout
-    assert "runtime runc: runs a sandboxed script" in out.stdout
+    product = "Podman Engine" if TEST_ENGINE == "podman" else "Docker Engine"
+    assert f"engine: {product}" in out.stdout
+    runc = "(Podman's default)" if TEST_ENGINE == "podman" else "runc"
+    assert f"runtime {runc}: runs a sandboxed script" in out.stdout
 
 
 def test_doctor_says_what_to_fix_without_an_engine(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from docker.types import Ulimit
 from testcontainers.core.container import DockerContainer
 
 from runner.engine import DockerEngine
@@ -21,7 +22,9 @@ INSPECT = (
 def run_in_image(command: list[str], user: str | None = None) -> str:
     """Run a one-off command in the image with testcontainers, offline, and return stdout."""
     container = DockerContainer(ExperimentDefaults().image).with_command(command)
-    container.with_kwargs(network_mode="none", **({"user": user} if user else {}))
+    # Podman's default open-files and process limits are more than its service may grant.
+    limits = [Ulimit(name=name, soft=1024, hard=1024) for name in ("nofile", "nproc")]
+    container.with_kwargs(network_mode="none", ulimits=limits, **({"user": user} if user else {}))
     container.start()
     try:
         wrapped = container.get_wrapped_container()

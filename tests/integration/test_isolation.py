@@ -23,7 +23,7 @@ from runner.engine import DockerEngine
 from runner.identity import UID_COUNT, UID_FIRST
 from runner.sandbox import host_pids_limit, sandbox_environment
 from tests.conftest import IN_CI
-from tests.integration.conftest import RUNTIME, SPEC, needs_local_engine
+from tests.integration.conftest import ENGINE_ENVIRONMENT, RUNTIME, SPEC, needs_local_engine
 from tests.integration.test_lifecycle import wait_for_container
 
 CONNECT_PROBE = """
@@ -159,7 +159,8 @@ def test_no_caller_environment_leaks(
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     script = write_script("import json, os\nprint(json.dumps(dict(os.environ)))\n")
     env = json.loads(runner.run_script_directly(script)["stdout"])
-    assert env == {**sandbox_environment(runner.policy.cpu_limit), "HOSTNAME": "sandbox"}
+    expected = {**sandbox_environment(runner.policy.cpu_limit), "HOSTNAME": "sandbox"}
+    assert env == {**expected, **ENGINE_ENVIRONMENT}
 
 
 @needs_local_engine

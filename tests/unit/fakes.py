@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from runner.bootstrap import READY
-from runner.engine import ContainerInfo, ContainerState, Engine, OutputStream, VolumeInfo
+from runner.engine import (
+    ContainerInfo,
+    ContainerState,
+    Engine,
+    EngineKind,
+    OutputStream,
+    VolumeInfo,
+)
 from runner.exceptions import ExperimentExecutionError
 from runner.sandbox import EXIT_MARKER, parse_size
 
@@ -58,6 +65,9 @@ class FakeEngine:
     mem_total: int = 64 * 1024**3
     #: Fields the engine reports differently from what was asked (a silently weaker engine).
     quietly: dict[str, Any] = field(default_factory=dict)
+    #: "podman" answers as Podman's compatible API does (see ``inspect``).
+    engine_kind: EngineKind = "docker"
+    volume_options: dict[str, Mapping[str, str] | None] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         runtimes: dict[str, Any] = {name: {} for name in self.runtimes_registered}
@@ -145,23 +155,38 @@ class FakeEngine:
             "Ulimits": [dict(u) for u in config.get("ulimits", [])],
             "Tmpfs": config.get("tmpfs"),
         }
-        host.update(self.quietly)
         mounts = [
             {"Destination": m["Target"], "RW": not m.get("ReadOnly")}
             for m in config.get("mounts", [])
         ]
-        return {"HostConfig": host, "Config": {"User": config.get("user")}, "Mounts": mounts}
+        inspected = {"HostConfig": host, "Config": {"User": config.get("user")}, "Mounts": mounts}
+        if self.engine_kind == "podman":
+            _as_podman(inspected, config)
+        host.update(self.quietly)
+        return inspected
 
     def describe(self) -> str:
         return "Fake Engine 1.0 at fake://"
 
+    def kind(self) -> EngineKind:
+        return self.engine_kind
+
     # files over the API: volumes live in memory; archives of bind mounts read the host,
     # as a local engine's would.
 
-    def create_volume(self, labels: Mapping[str, str]) -> VolumeInfo:
-        name = f"v{len(self.volumes_made) + 1}"
+    def create_volume(
+        self,
+        labels: Mapping[str, str],
+        driver_opts: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> VolumeInfo:
+        for volume in self.volumes_made:
+            if volume.name == name and name not in self.volumes_removed:
+                return volume
+        name = name or f"v{len(self.volumes_made) + 1}"
         volume = VolumeInfo(name, f"/var/lib/fake/volumes/{name}/_data", dict(labels))
         self.volumes_made.append(volume)
+        self.volume_options[name] = driver_opts
         return volume
 
     def remove_volume(self, name: str) -> None:
@@ -169,7 +194,12 @@ class FakeEngine:
         self.volumes_removed.append(name)
 
     def volumes(self, label: str) -> list[VolumeInfo]:
-        return [v for v in self.volumes_made if v.name not in self.volumes_removed]
+        key, _, value = label.partition("=")
+        return [
+            v
+            for v in self.volumes_made
+            if v.name not in self.volumes_removed and v.labels.get(key) == value
+        ]
 
     def put_archive(self, container_id: str, path: str, data: bytes | BinaryIO) -> None:
         self.calls.append("put_archive")
@@ -189,6 +219,31 @@ class FakeEngine:
 
     def _config(self, container_id: str) -> dict[str, Any]:
         return self.created[int(container_id[1:]) - 1]
+
+
+def _as_podman(inspected: dict[str, Any], config: dict[str, Any]) -> None:
+    """Rewrite ``inspected`` the way Podman 4.3 reports the same container."""
+    host = inspected["HostConfig"]
+    # The compatible API ignores the runtime asked for; its own one says what runs.
+    host["Runtime"] = "oci"
+    inspected["OCIRuntime"] = "runc"
+    dropped_all = "ALL" in (config.get("cap_drop") or [])
+    host["CapDrop"] = ["CHOWN", "KILL", "SETUID"] if dropped_all else []
+    inspected["EffectiveCaps"] = None if dropped_all else ["CAP_CHOWN"]
+    inspected["BoundingCaps"] = None if dropped_all else ["CAP_CHOWN"]
+    host["Ulimits"] = [
+        {**u, "Name": "RLIMIT_" + str(u["Name"]).upper()} for u in host["Ulimits"] or []
+    ]
+    for name, bind in (config.get("volumes") or {}).items():
+        inspected["Mounts"].append(
+            {
+                "Type": "volume",
+                "Name": name,
+                "Destination": bind["bind"],
+                "RW": "ro" not in bind["mode"].split(","),
+                "Options": [o for o in bind["mode"].split(",") if o not in ("rw", "ro")],
+            }
+        )
 
 
 def _conforms(engine: FakeEngine) -> Engine:

@@ -8,9 +8,13 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from runner import ExperimentExecutionError
 from runner.engine import DockerEngine
 
+DOCKER_VERSION = {"Version": "20.10.24", "Components": [{"Name": "Engine"}]}
+PODMAN_VERSION = {"Version": "4.3.1", "Components": [{"Name": "Podman Engine"}]}
 
-def engine_with(api: mock.Mock) -> DockerEngine:
+
+def engine_with(api: mock.Mock, version: dict[str, object] = DOCKER_VERSION) -> DockerEngine:
     client = mock.Mock(spec=docker.DockerClient)
+    api.version.return_value = version
     client.api = api
     return DockerEngine(client)
 
@@ -74,3 +78,62 @@ def test_a_bind_source_the_engine_lacks_points_at_transfer() -> None:
     )
     with pytest.raises(ExperimentExecutionError, match="transfer='auto' or 'copy'"):
         DockerEngine(client).create("img", ["python"])
+
+
+def test_the_product_answering_is_told_apart() -> None:
+    """Docker and Podman's compatible service are recognised by what they report."""
+    assert engine_with(mock.Mock()).kind() == "docker"
+    assert engine_with(mock.Mock(), PODMAN_VERSION).kind() == "podman"
+
+
+def test_podman_is_waited_on_with_its_own_endpoint() -> None:
+    """On Podman, waiting uses its sleeping libpod wait, not the compatible busy loop."""
+    api = mock.Mock()
+    api._url.side_effect = lambda path, *args: path.format(*args)
+    api._result.return_value = 3
+    assert engine_with(api, PODMAN_VERSION).wait("c", 2.0) == 3
+    api.wait.assert_not_called()
+    api._post.assert_called_once_with(
+        "/libpod/containers/c/wait",
+        params={"condition": "exited", "interval": "100ms"},
+        timeout=2.0,
+    )
+
+
+def test_podman_wait_running_out_of_time_reads_as_still_running() -> None:
+    """An expired Podman wait is None, like Docker's."""
+    api = mock.Mock()
+    api._post.side_effect = requests.exceptions.ReadTimeout("read timed out")
+    assert engine_with(api, PODMAN_VERSION).wait("c", 0.5) is None
+
+
+def test_podman_removal_is_retried_while_the_container_exits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Podman's 500 on removing a container that is just exiting is retried, then it goes."""
+    monkeypatch.setattr("runner.engine.time.sleep", lambda _: None)
+    api = mock.Mock()
+    busy = APIError("busy", response=mock.Mock(status_code=500))
+    api.remove_container.side_effect = [busy, busy, None]
+    engine_with(api, PODMAN_VERSION).remove("c")
+    assert api.remove_container.call_count == 3
+
+
+def test_docker_removal_errors_are_not_retried() -> None:
+    """On Docker a 500 on removal is an error at once (no retry hides a real failure)."""
+    api = mock.Mock()
+    api.remove_container.side_effect = APIError("boom", response=mock.Mock(status_code=500))
+    with pytest.raises(ExperimentExecutionError):
+        engine_with(api).remove("c")
+    assert api.remove_container.call_count == 1
+
+
+def test_podman_inspect_adds_what_only_its_own_api_tells() -> None:
+    """The runtime really used and the capability sets come from Podman's own inspect."""
+    api = mock.Mock()
+    api.inspect_container.return_value = {"HostConfig": {"Runtime": "oci"}}
+    api._result.return_value = {"OCIRuntime": "runc", "EffectiveCaps": None, "BoundingCaps": None}
+    inspected = engine_with(api, PODMAN_VERSION).inspect("c")
+    assert inspected["OCIRuntime"] == "runc"
+    assert "EffectiveCaps" in inspected
+    assert inspected["HostConfig"] == {"Runtime": "oci"}

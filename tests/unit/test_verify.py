@@ -25,7 +25,7 @@ SPEC = ExperimentSpec(experiment_name="verify", model_type="SVC")
         ({"PidsLimit": None}, "PID cap"),
         ({"Ulimits": []}, "ulimit nofile"),
         ({"Tmpfs": {"/tmp": "rw,size=256m", "/var/tmp": "rw"}}, "writable mount but /tmp"),
-        ({"Tmpfs": {"/tmp": "rw"}}, "size-capped /tmp"),
+        ({"Tmpfs": {"/tmp": "rw"}}, "a capped /tmp tmpfs"),
     ],
 )
 def test_a_control_the_engine_drops_stops_the_run(
