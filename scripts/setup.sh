@@ -8,8 +8,9 @@
 # engine (installed and started when missing and we are root on Debian or
 # Ubuntu); for the tests, gVisor (runsc) registered with it; the pinned sandbox
 # image, built offline from Debian packages and the locked wheels. Every step is
-# skipped when already done. The tests also start a Docker-in-Docker engine of
-# their own (tests/engines.py builds its image with debootstrap, once).
+# skipped when already done. The tests also start a Docker-in-Docker engine and a
+# Podman service of their own (tests/engines.py; scripts/engines.sh installs
+# debootstrap, podman and catatonit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -122,6 +123,10 @@ case "${1:-}" in
         step "pytest: integration and adversarial suites against Docker-in-Docker"
         command -v debootstrap >/dev/null || apt_install debootstrap
         RUNNER_TEST_ENGINE=dind .venv/bin/pytest tests/integration tests/adversarial
+        # Podman's Docker-compatible service, started by the tests in a network namespace.
+        step "pytest: integration and adversarial suites against Podman"
+        bash scripts/engines.sh
+        RUNNER_TEST_ENGINE=podman .venv/bin/pytest tests/integration tests/adversarial
         ;;
     *)
         echo "usage: bash scripts/setup.sh demo|test" >&2
