@@ -191,7 +191,8 @@ def test_caps_are_in_force_in_the_cgroup(
         assert printed.wait(60), "the script never started"
 
         def cgroup(controller: str, name: str) -> int:
-            (directory,) = Path("/sys/fs/cgroup", controller).glob(f"**/{container.id}")
+            # Docker names the container's cgroup by its ID, Podman "libpod-<ID>".
+            (directory,) = Path("/sys/fs/cgroup", controller).glob(f"**/*{container.id}")
             return int((directory / name).read_text())
 
         assert cgroup("cpu", "cpu.cfs_quota_us") == 2 * cgroup("cpu", "cpu.cfs_period_us")

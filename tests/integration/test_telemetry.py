@@ -54,7 +54,9 @@ def test_peak_memory_and_cpu_match_what_the_engine_reports(
     thread.join(60)
     result = results[0]
     assert result.success, result.error_message
-    engine_peak = stats["memory_stats"]["max_usage"]
+    # Podman reports only the usage of the moment, Docker its peak too.
+    engine_memory = stats["memory_stats"]
+    engine_peak = engine_memory.get("max_usage", engine_memory["usage"])
     engine_cpu = stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
     assert result.peak_memory_bytes is not None and result.cpu_seconds is not None
     assert result.peak_memory_bytes > 300 * 1024 * 1024
