@@ -266,8 +266,8 @@ def read(name):
         return type(e).__name__
 print(json.dumps({
     "private": read("private.csv"),
-    # Without the mount IDs and device, which differ from one container to the next.
-    "mounts": read("mounts").split(" ", 3)[-1],
+    # The root mount's place and options: IDs and overlay paths differ per container.
+    "mounts": read("mounts").split(" ", 3)[-1].split(" - ")[0],
     "zero": os.readlink("big.bin"),
     "zero_head": read("big.bin")[:4],
 }))
