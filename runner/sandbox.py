@@ -147,7 +147,9 @@ def sandbox_environment(cpu_limit: float) -> dict[str, str]:
         # The root filesystem and the script's directory are read-only anyway.
         "PYTHONDONTWRITEBYTECODE": "1",
         "JOBLIB_TEMP_FOLDER": "/tmp",
-        "MPLCONFIGDIR": "/tmp",
+        # Headless plots; matplotlib's config and font cache go where it may write.
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": "/tmp/matplotlib",
     }
     # BLAS starts a thread per host core; under a CPU quota they throttle each other.
     env.update(dict.fromkeys(THREAD_VARIABLES, threads))
