@@ -296,12 +296,17 @@ def _image_info(args: argparse.Namespace) -> int:
     table.add_row("python", safe_text(labels.get(LABEL_PYTHON, "?")))
     table.add_row("lock", safe_text(f"sha256:{labels.get(LABEL_LOCK, '?')}"))
     if LABEL_ADDED in labels:
-        table.add_row("added", safe_text("\n".join(labels[LABEL_ADDED].split()) or "-", 10_000))
-    table.add_row("packages", safe_text("\n".join(labels.get(LABEL_PACKAGES, "?").split()), 10_000))
+        table.add_row("added", _lines(labels[LABEL_ADDED]))
+    table.add_row("packages", _lines(labels.get(LABEL_PACKAGES, "?")))
     debian = parse_listing(labels.get(LABEL_DEBIAN, ""), "=")
     table.add_row("debian", f"{len(debian)} packages recorded" if debian else "not recorded")
     console.print(table)
     return 0
+
+
+def _lines(listing: str) -> Text:
+    """A label's space-separated items, one a line, each made safe to print."""
+    return Text("\n").join(safe_text(item) for item in listing.split()) if listing else Text("-")
 
 
 def _image_verify(args: argparse.Namespace) -> int:

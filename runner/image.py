@@ -301,7 +301,7 @@ print(json.dumps({{"packages": packages, "altered": altered, "lock": lock, "debi
 """
 
 
-def _run_listing(engine: DockerEngine, image: str, code: str) -> str:
+def run_listing(engine: DockerEngine, image: str, code: str) -> str:
     """Run ``code`` with the image's python3 in a sandbox (every control of a run); its stdout."""
     from runner.experiment_runner import ExperimentRunner  # the runner imports nothing of this
 
@@ -325,7 +325,7 @@ def _run_listing(engine: DockerEngine, image: str, code: str) -> str:
 
 def debian_packages(engine: DockerEngine, image: str) -> dict[str, str]:
     """``{package: version}`` of every Debian package in ``image``, from dpkg-query inside it."""
-    return parse_listing(_run_listing(engine, image, DEBIAN_LISTING), "=")
+    return parse_listing(run_listing(engine, image, DEBIAN_LISTING), "=")
 
 
 @dataclass
@@ -355,7 +355,7 @@ def verify_image(engine: DockerEngine, image: str, lock: Path | None = None) -> 
     data = engine.image_inspect(image)
     labels: Mapping[str, str] = data["Config"].get("Labels") or {}
     report = Verification(image, str(data["Id"]))
-    seen = json.loads(_run_listing(engine, str(data["Id"]), IMAGE_LISTING).strip().splitlines()[-1])
+    seen = json.loads(run_listing(engine, str(data["Id"]), IMAGE_LISTING).strip().splitlines()[-1])
     installed = {normalize(name): version for name, version in seen["packages"].items()}
     recorded_lock = labels.get(LABEL_LOCK)
 
@@ -391,7 +391,6 @@ def verify_image(engine: DockerEngine, image: str, lock: Path | None = None) -> 
 
 def _difference(expected: Mapping[str, str], seen: Mapping[str, str]) -> str | None:
     """None when equal, else what is missing, extra or at another version."""
-    expected = {normalize(n): v for n, v in expected.items()}
     problems = [
         *(f"{n} {v} missing" for n, v in sorted(expected.items()) if n not in seen),
         *(f"{n} {v} not recorded" for n, v in sorted(seen.items()) if n not in expected),

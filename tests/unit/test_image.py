@@ -223,7 +223,7 @@ LABELS = {
 
 def test_verify_passes_an_image_matching_its_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """Packages, file hashes, the kept lock and Debian packages as recorded: every check ok."""
-    monkeypatch.setattr(image_module, "_run_listing", lambda engine, image, code: listing())
+    monkeypatch.setattr(image_module, "run_listing", lambda engine, image, code: listing())
     report = verify_image(InspectOnly(LABELS), "mine:1")  # type: ignore[arg-type]
     assert report.ok, report.checks
     assert len(report.checks) == 4
@@ -237,7 +237,7 @@ def test_verify_names_each_difference(monkeypatch: pytest.MonkeyPatch, tmp_path:
         lock="e" * 64,
         debian="libc6=2.37\npython3=3.11.2-1\n",
     )
-    monkeypatch.setattr(image_module, "_run_listing", lambda engine, image, code: seen)
+    monkeypatch.setattr(image_module, "run_listing", lambda engine, image, code: seen)
     lock = write_lock(tmp_path / "x.lock", {"six": "1.16.0"})
     report = verify_image(InspectOnly(LABELS), "mine:1", lock=lock)  # type: ignore[arg-type]
     problems = dict(report.checks)
@@ -251,7 +251,7 @@ def test_verify_names_each_difference(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 def test_verify_flags_an_image_without_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """An image built before Debian packages were recorded fails verification, saying so."""
-    monkeypatch.setattr(image_module, "_run_listing", lambda engine, image, code: listing())
+    monkeypatch.setattr(image_module, "run_listing", lambda engine, image, code: listing())
     labels = {k: v for k, v in LABELS.items() if k != LABEL_DEBIAN}
     report = verify_image(InspectOnly(labels), "old:1")  # type: ignore[arg-type]
     assert "rebuild it" in str(dict(report.checks)["debian packages = recorded list"])
@@ -267,7 +267,7 @@ def test_cli_info_and_verify_take_an_image_name(monkeypatch: pytest.MonkeyPatch)
             return {**super().image_inspect(ref), "Size": 1e9}
 
     monkeypatch.setattr("runner.cli.DockerEngine", lambda: Engine(LABELS))
-    monkeypatch.setattr(image_module, "_run_listing", lambda engine, image, code: listing())
+    monkeypatch.setattr(image_module, "run_listing", lambda engine, image, code: listing())
     assert main(["image", "info", "mine:1"]) == 0
     assert main(["image", "verify", "mine:1"]) == 0
     assert asked == ["mine:1", "mine:1"]
