@@ -77,14 +77,20 @@ class BuiltImage:
 
 
 def image_dir() -> Path:
-    """The sandbox image definition, shipped inside the package (``runner/images/sandbox``)."""
-    candidate = Path(__file__).resolve().parent / "images" / "sandbox"
-    if not (candidate / "Dockerfile").is_file():
-        raise ExperimentExecutionError(
-            f"The image definition was not found at {candidate}.",
-            hint="reinstall experiment-runner; its wheel ships runner/images/sandbox.",
-        )
-    return candidate
+    """The sandbox image definition: inside the installed package, else the checkout's.
+
+    A wheel carries it as ``runner/images/sandbox``; a checkout (and an editable
+    install of one) keeps it at ``images/sandbox``.
+    """
+    package = Path(__file__).resolve().parent
+    candidates = (package / "images" / "sandbox", package.parent / "images" / "sandbox")
+    for candidate in candidates:
+        if (candidate / "Dockerfile").is_file():
+            return candidate
+    raise ExperimentExecutionError(
+        f"The image definition was not found at {candidates[0]}.",
+        hint="reinstall experiment-runner; its wheel ships runner/images/sandbox.",
+    )
 
 
 def lock_digest(lock: Path) -> str:

@@ -1,6 +1,8 @@
 import json
 import re
 import stat
+import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +73,24 @@ def test_a_lock_without_hashes_is_refused(tmp_path: Path) -> None:
         check_lock(lock)
 
 
-def test_definition_ships_inside_the_package() -> None:
-    """The image definition lives in the package; the checkout's images/sandbox is the same."""
-    assert image_dir().parent.parent == Path(image_module.__file__).parent
-    assert (REPO / "images" / "sandbox").resolve() == image_dir()
+def test_a_checkout_reads_the_definition_from_images() -> None:
+    """In a checkout (or an editable install) the definition is the top-level images/sandbox."""
+    assert image_dir() == REPO / "images" / "sandbox"
+
+
+def test_the_wheel_ships_the_definition(tmp_path: Path) -> None:
+    """A real wheel build carries every definition file, byte for byte, inside the package."""
+    uv = lock_module.uv_executable()
+    subprocess.run(
+        [uv, "build", "--wheel", "--quiet", "--out-dir", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        for name in (*DEFINITION_FILES, "requirements.in"):
+            shipped = archive.read(f"runner/images/sandbox/{name}")
+            assert shipped == (image_dir() / name).read_bytes()
 
 
 def test_definition_digest_changes_with_the_dockerfile(tmp_path: Path) -> None:
