@@ -11,6 +11,7 @@ the image installs offline with ``pip install --require-hashes``. The locker is
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -72,7 +73,9 @@ def compile_lock(
         *(str(path) for path in requirements),
     ]  # fmt: skip
     log(f"locking {', '.join(p.name for p in requirements)} with uv into {output}")
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # uv wraps its explanation at COLUMNS (some callers set 80): one line per sentence.
+    env = {**os.environ, "COLUMNS": "10000", "NO_COLOR": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise ExperimentExecutionError(
             f"No lock for {', '.join(map(str, requirements))}: {_uv_cause(result.stderr)}",
