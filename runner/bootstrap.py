@@ -8,9 +8,9 @@ From there on the script sees what it would see in a cold container:
 ``__name__ == "__main__"``, ``__file__`` and ``sys.argv[0]`` its path,
 ``sys.argv[1:]`` its arguments, its directory as working directory (with
 outputs on: ``$OUTPUT_DIR``, holding links to the directory's entries) and
-``sys.path[0]``, stdin at /dev/null, the environment as it was before the
-preload, and no module loaded apart from what a bare interpreter and the
-preloaded libraries bring. After the hand-over it imports nothing.
+``sys.path[0]``, stdin at /dev/null, the environment and ``/tmp`` as they were
+before the preload, and no module loaded apart from what a bare interpreter and
+the preloaded libraries bring. After the hand-over it imports nothing.
 
 The hand-over is one line of space-separated fields, each the hex of a UTF-8
 string: hex has no newline or space in it whatever the arguments hold, and
@@ -29,11 +29,17 @@ _null = os.open("/dev/null", os.O_WRONLY)
 os.dup2(_null, 1)
 os.dup2(_null, 2)
 _environ = dict(os.environ)
+_mpl = os.environ.get("MPLCONFIGDIR", "")
+_made_mpl = _mpl.startswith("/tmp/") and not os.path.exists(_mpl)
 for _name in sys.argv[1:]:
     try:
         __import__(_name)
     except Exception:
         pass  # a preload that fails is the script's to meet, as in a cold run
+# matplotlib's config directory, made by the preload for its font cache (loaded by now),
+# goes: the script finds /tmp as a cold run does.
+if _made_mpl and os.path.isdir(_mpl) and not os.path.islink(_mpl):
+    __import__("shutil").rmtree(_mpl, ignore_errors=True)
 # Imports may set variables (scikit-learn sets KMP_*): the script starts from the same ones.
 os.environ.clear()
 os.environ.update(_environ)
@@ -136,4 +142,7 @@ DEFAULT_PRELOAD = (
     "sklearn.model_selection",
     "sklearn.pipeline",
     "sklearn.preprocessing",
+    # Most example code plots: importing pyplot (and building matplotlib's font cache in
+    # /tmp) took 0.74 s of a warm run's 0.95 s; preloaded, 25 MB more per warm container.
+    "matplotlib.pyplot",
 )

@@ -22,13 +22,18 @@ from runner.exceptions import ExperimentExecutionError
 from runner.experiment_runner import ExperimentRunner
 from runner.history import ResultsHistory, best_first, ranking_metric
 from runner.image import (
+    LABEL_ADDED,
+    LABEL_DEBIAN,
     LABEL_DEFINITION,
     LABEL_LOCK,
     LABEL_PACKAGES,
     LABEL_PYTHON,
     build_image,
+    build_user_image,
     definition_digest,
     image_dir,
+    parse_listing,
+    verify_image,
 )
 from runner.models import ExperimentResult, ExperimentSpec
 from runner.parsing import printable
@@ -93,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cpus", type=float, help="CPU cap, e.g. 1.0")
     run.add_argument("--runtime", help="OCI runtime registered with the engine: runc or runsc")
     run.add_argument(
+        "--image", help="the image to run in (default: RUNNER_IMAGE, else the pinned image)"
+    )
+    run.add_argument(
         "--input", action="append", default=[], type=Path, metavar="PATH",
         help="a file or directory to mount read-only at its own path (repeatable)",
     )  # fmt: skip
@@ -130,13 +138,39 @@ def _parser() -> argparse.ArgumentParser:
     _results_options(demo)
     demo.set_defaults(handler=_demo)
 
-    image = commands.add_parser("image", help="build or describe the pinned sandbox image")
+    image = commands.add_parser("image", help="build, describe or verify sandbox images")
     image_commands = image.add_subparsers(required=True, metavar="ACTION")
-    build = image_commands.add_parser("build", help="build the image (and its base), offline")
+    build = image_commands.add_parser(
+        "build",
+        help="build the pinned image, or a user image with your packages, offline",
+        description="Without options: the pinned image (and its base). With --requirements "
+        "and --tag: a user image holding the pinned packages plus yours, locked with hashes "
+        "by uv (the pinned versions kept) into --lock (default: beside the requirements, "
+        ".lock), the wheels downloaded here, installed with no network. With --lock alone: "
+        "a user image built from that lock as it is.",
+    )
+    build.add_argument("--requirements", type=Path, metavar="FILE",
+                       help="your packages, one requirement per line as for pip")  # fmt: skip
+    build.add_argument("--lock", type=Path, metavar="FILE",
+                       help="the lock to write (with --requirements) or to build from")  # fmt: skip
+    build.add_argument("--tag", metavar="NAME", help="the user image's tag (required for one)")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.set_defaults(handler=_image_build)
-    info = image_commands.add_parser("info", help="show the image's ID, size and versions")
+    info = image_commands.add_parser("info", help="show an image's ID, size and versions")
+    info.add_argument("name", nargs="?", help="the image (default: RUNNER_IMAGE or the pinned one)")
     info.set_defaults(handler=_image_info)
+    verify = image_commands.add_parser(
+        "verify",
+        help="check an image against its lock and recorded package lists",
+        description="List the Python and Debian packages inside a sandboxed container from "
+        "the image (no network) and compare them, and every installed file's hash, with what "
+        "the image records and, with --lock, with that lock.",
+    )
+    verify.add_argument(
+        "name", nargs="?", help="the image (default: RUNNER_IMAGE or the pinned one)"
+    )
+    verify.add_argument("--lock", type=Path, metavar="FILE", help="the lock it must match")
+    verify.set_defaults(handler=_image_verify)
 
     clean = commands.add_parser("cleanup", help="remove containers left behind by crashed runs")
     clean.add_argument(
@@ -178,6 +212,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
     with ExperimentRunner(
         timeout=args.timeout,
+        image=args.image,
         memory_limit=args.memory,
         cpu_limit=args.cpus,
         runtime=args.runtime,
@@ -249,24 +284,61 @@ def _note_pool(runner: ExperimentRunner) -> None:
 
 
 def _image_build(args: argparse.Namespace) -> int:
-    built = build_image(DockerEngine(), force=args.force, log=lambda m: errors.print(m))
+    def log(message: str) -> None:
+        errors.print(safe_text(message, limit=10_000))
+
+    if args.requirements or args.lock or args.tag:
+        if not args.tag:
+            raise ExperimentExecutionError(
+                "A user image needs a tag of its own.", hint="add --tag NAME."
+            )
+        built = build_user_image(
+            DockerEngine(), args.tag, requirements=args.requirements, lock=args.lock,
+            force=args.force, log=log,
+        )  # fmt: skip
+    else:
+        built = build_image(DockerEngine(), force=args.force, log=log)
+    if built.lock is not None and args.requirements:
+        log(f"lock: {built.lock}")
     print(f"{built.tag} {built.image_id}")
     return 0
 
 
 def _image_info(args: argparse.Namespace) -> int:
-    settings = ExperimentDefaults()
-    data = DockerEngine().image_inspect(settings.image)
+    name = args.name or ExperimentDefaults().image
+    data = DockerEngine().image_inspect(name)
     labels = data["Config"].get("Labels") or {}
     table = Table.grid(padding=(0, 2))
-    table.add_row("image", settings.image)
+    table.add_row("image", safe_text(name))
     table.add_row("id", data["Id"])
     table.add_row("size", f"{data['Size'] / 1e6:.0f} MB")
-    table.add_row("python", labels.get(LABEL_PYTHON, "?"))
-    table.add_row("lock", f"sha256:{labels.get(LABEL_LOCK, '?')}")
-    table.add_row("packages", "\n".join(labels.get(LABEL_PACKAGES, "?").split()))
+    table.add_row("python", safe_text(labels.get(LABEL_PYTHON, "?")))
+    table.add_row("lock", safe_text(f"sha256:{labels.get(LABEL_LOCK, '?')}"))
+    if LABEL_ADDED in labels:
+        table.add_row("added", _lines(labels[LABEL_ADDED]))
+    table.add_row("packages", _lines(labels.get(LABEL_PACKAGES, "?")))
+    debian = parse_listing(labels.get(LABEL_DEBIAN, ""), "=")
+    table.add_row("debian", f"{len(debian)} packages recorded" if debian else "not recorded")
     console.print(table)
     return 0
+
+
+def _lines(listing: str) -> Text:
+    """A label's space-separated items, one a line, each made safe to print."""
+    return Text("\n").join(safe_text(item) for item in listing.split()) if listing else Text("-")
+
+
+def _image_verify(args: argparse.Namespace) -> int:
+    name = args.name or ExperimentDefaults().image
+    report = verify_image(DockerEngine(), name, lock=args.lock)
+    console.print(safe_text(f"{name} ({report.image_id})"))
+    for what, problem in report.checks:
+        line = Text.assemble(("ok  ", "green") if problem is None else ("FAIL", "red"), " ",
+                             safe_text(what))  # fmt: skip
+        if problem is not None:
+            line.append(": ").append_text(safe_text(problem, limit=2000))
+        console.print(line)
+    return 0 if report.ok else 1
 
 
 def _cleanup(args: argparse.Namespace) -> int:

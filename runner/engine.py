@@ -218,6 +218,15 @@ class DockerEngine:
             raise _engine_error(e) from e
         return str(image.id)
 
+    def remove_image(self, ref: str) -> None:
+        """Untag ``ref`` and remove its layers no other image uses; gone already is fine."""
+        try:
+            self._api.remove_image(ref)
+        except ImageNotFound:
+            return
+        except DockerException as e:
+            raise _engine_error(e) from e
+
     def prune_dangling(self, label: str) -> None:
         """Remove untagged images carrying ``label`` (old builds, build stages)."""
         self._call(self._client.images.prune, filters={"dangling": True, "label": label})

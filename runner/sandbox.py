@@ -225,7 +225,9 @@ def sandbox_environment(cpu_limit: float, *, outputs: bool = False) -> dict[str,
         # The root filesystem and the script's directory are read-only anyway.
         "PYTHONDONTWRITEBYTECODE": "1",
         "JOBLIB_TEMP_FOLDER": "/tmp",
-        "MPLCONFIGDIR": "/tmp",
+        # Headless plots; matplotlib's config and font cache go where it may write.
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": "/tmp/matplotlib",
     }
     if outputs:
         env["OUTPUT_DIR"] = str(OUTPUTS_PATH)

@@ -8,8 +8,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: The tag ``runner image build`` gives the pinned scikit-learn image.
-DEFAULT_IMAGE = "experiment-runner/sklearn:1.9.1-py3.11"
+#: The tag ``runner image build`` gives the pinned scikit-learn image. It names what
+#: the image holds, so an image with other contents never takes an older tag.
+DEFAULT_IMAGE = "experiment-runner/sklearn:1.9.1-mpl3.11.2-py3.11"
 #: The tag of the Python base the pinned image is built on.
 DEFAULT_BASE_IMAGE = "experiment-runner/base:bookworm"
 

@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import pytest
 from docker.types import Ulimit
 from testcontainers.core.container import DockerContainer
 
+from runner import ExperimentExecutionError, ExperimentRunner
 from runner.engine import DockerEngine
-from runner.image import LABEL_LOCK, LABEL_PACKAGES, image_dir, lock_digest, locked_packages
+from runner.image import (
+    IMAGE_LISTING,
+    LABEL_ADDED,
+    LABEL_LOCK,
+    LABEL_PACKAGES,
+    BuiltImage,
+    build_user_image,
+    image_dir,
+    lock_digest,
+    locked_packages,
+    run_listing,
+    verify_image,
+)
+from runner.lock import check_lock
 from runner.settings import ExperimentDefaults
+from tests.integration.conftest import SPEC
 
 INSPECT = (
     "import json, os, importlib.metadata as m, platform; "
@@ -57,3 +76,132 @@ def test_image_has_no_setuid_programs() -> None:
     # As root, so that no directory is left unsearched.
     found = run_in_image(["find", "/", "-xdev", "-type", "f", "-perm", "/6000"], user="0")
     assert found.strip() == ""
+
+
+def test_the_default_image_verifies_against_the_shipped_lock(engine: DockerEngine) -> None:
+    """Packages, installed files, the kept lock and Debian packages all match the records."""
+    report = verify_image(engine, ExperimentDefaults().image, image_dir() / "requirements.lock")
+    assert report.ok, report.checks
+
+
+def test_matplotlib_plots_headless_in_the_sandbox(
+    runner: ExperimentRunner, write_script: Callable[..., Path]
+) -> None:
+    """pyplot draws with Agg and saves into /tmp, with a read-only root and no display."""
+    script = write_script("""\
+        import json, os
+        import matplotlib.pyplot as plt
+        plt.plot([1, 2, 3])
+        plt.savefig("/tmp/plot.png")
+        size = os.path.getsize("/tmp/plot.png")
+        print(json.dumps({"success": True, "metrics": {"bytes": size}}))
+        import matplotlib
+        print(matplotlib.get_backend(), matplotlib.get_cachedir())
+    """)
+    result = runner.run(script, SPEC, 0)
+    assert result.success, result.stderr
+    assert result.metrics["bytes"] > 1000
+    assert "agg /tmp/matplotlib" in result.stdout.lower()
+    assert "is not a writable directory" not in result.stderr
+
+
+# User images: the default packages plus the user's, locked by uv, built offline.
+EXTRA = "tabulate==0.9.0"
+IMPORTS_IT = """\
+import json
+from tabulate import tabulate
+import sklearn, matplotlib.pyplot
+print(tabulate([[sklearn.__version__]]))
+print(json.dumps({"success": True, "metrics": {"ok": 1}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def user_image(
+    engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BuiltImage]:
+    """A user image with one small pure-Python package, removed after the module."""
+    directory = tmp_path_factory.mktemp("user-image")
+    requirements = directory / "requirements.txt"
+    requirements.write_text(EXTRA + "\n")
+    tag = f"experiment-runner-test/user:{uuid.uuid4().hex[:12]}"
+    built = build_user_image(engine, tag, requirements=requirements, log=lambda m: None)
+    try:
+        yield built
+    finally:
+        engine.remove_image(tag)
+
+
+def test_user_image_is_locked_with_hashes_and_labelled(
+    engine: DockerEngine, user_image: BuiltImage
+) -> None:
+    """The lock pins the extra package and every default one with hashes; labels record it."""
+    assert user_image.lock is not None
+    locked = check_lock(user_image.lock)
+    default = locked_packages(image_dir() / "requirements.lock")
+    assert locked == {**default, "tabulate": "0.9.0"}
+    labels = engine.image_inspect(user_image.tag)["Config"]["Labels"]
+    assert labels[LABEL_ADDED] == EXTRA
+    assert labels[LABEL_LOCK] == lock_digest(user_image.lock)
+    assert EXTRA in labels[LABEL_PACKAGES].split()
+
+
+def test_a_script_importing_the_extra_package_runs_in_the_user_image(
+    engine: DockerEngine, user_image: BuiltImage, write_script: Callable[..., Path]
+) -> None:
+    """`ExperimentRunner(image=NAME)` runs a script that imports the user's package."""
+    runner = ExperimentRunner(timeout=60, image=user_image.tag, engine=engine)
+    result = runner.run(write_script(IMPORTS_IT), SPEC, 0)
+    assert result.success, result.stderr
+    assert "1.9.1" in result.stdout
+    assert result.image_id == user_image.image_id
+
+
+def test_the_user_image_verifies_against_its_lock(
+    engine: DockerEngine, user_image: BuiltImage
+) -> None:
+    """`verify_image` finds the packages, files, kept lock and Debian packages as recorded."""
+    report = verify_image(engine, user_image.tag, lock=user_image.lock)
+    assert report.ok, report.checks
+
+
+def test_rebuilding_from_the_same_lock_gives_the_same_package_set(
+    engine: DockerEngine, user_image: BuiltImage
+) -> None:
+    """A second build from the lock alone (no resolving) installs exactly the same packages."""
+    tag = f"experiment-runner-test/user:{uuid.uuid4().hex[:12]}"
+    again = build_user_image(engine, tag, lock=user_image.lock, force=True, log=lambda m: None)
+    try:
+        assert again.reused is False
+        first, second = (
+            json.loads(run_listing(engine, image, IMAGE_LISTING).splitlines()[-1])
+            for image in (user_image.tag, tag)
+        )
+        assert first["packages"] == second["packages"]
+        assert first["debian"] == second["debian"]
+        labels = [engine.image_inspect(t)["Config"]["Labels"] for t in (user_image.tag, tag)]
+        assert labels[0][LABEL_PACKAGES] == labels[1][LABEL_PACKAGES]
+    finally:
+        engine.remove_image(tag)
+
+
+@pytest.mark.parametrize(
+    ("requirement", "says"),
+    [
+        ("experiment-runner-no-such-package-zq9", "was not found in the package registry"),
+        ("pywin32", "has no wheels with a matching platform tag"),
+    ],
+)
+def test_a_package_that_cannot_be_installed_fails_before_building(
+    engine: DockerEngine, tmp_path: Path, requirement: str, says: str
+) -> None:
+    """A package that does not exist, or has no wheel for the image's Python: no build at all."""
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(requirement + "\n")
+    tag = f"experiment-runner-test/user:{uuid.uuid4().hex[:12]}"
+    with pytest.raises(ExperimentExecutionError) as info:
+        build_user_image(engine, tag, requirements=requirements, log=lambda m: None)
+    assert says in str(info.value)
+    assert "wheel for CPython 3.11" in str(info.value.hint)
+    assert not engine.image_exists(tag)
+    assert not (tmp_path / "requirements.lock").exists()

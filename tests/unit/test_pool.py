@@ -1,8 +1,10 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -173,10 +175,19 @@ def test_negative_pool_size_is_refused() -> None:
 
 
 def hand_over(
-    tmp_path: Path, code: str, preload: list[str], args: Sequence[str] = ()
+    tmp_path: Path,
+    code: str,
+    preload: list[str],
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the bootstrap on this host's Python, as a pool container would, and hand over."""
     (tmp_path / "setsenv.py").write_text("import os\nos.environ['SET_BY_PRELOAD'] = '1'\n")
+    # As importing matplotlib.pyplot does: its config directory, with the font cache.
+    (tmp_path / "makesmpl.py").write_text(
+        "import os\nos.makedirs(os.environ['MPLCONFIGDIR'], exist_ok=True)\n"
+        "open(os.path.join(os.environ['MPLCONFIGDIR'], 'fontlist.json'), 'w').close()\n"
+    )
     directory = tmp_path / "exp"
     directory.mkdir(exist_ok=True)
     script = directory / "experiment.py"
@@ -184,7 +195,7 @@ def hand_over(
     process = subprocess.Popen(
         [sys.executable, "-c", SOURCE, *preload],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        cwd=tmp_path, env={**os.environ, "MARKER": "1"},
+        cwd=tmp_path, env={**os.environ, "MARKER": "1", **(env or {})},
     )  # fmt: skip
     assert process.stdout is not None and process.stdin is not None
     assert process.stdout.readline() == READY
@@ -248,6 +259,22 @@ def test_a_malformed_hand_over_ends_the_container(line: bytes) -> None:
     )
     assert done.returncode == 3
     assert done.stdout == READY and done.stderr == b""
+
+
+def test_bootstrap_removes_what_the_matplotlib_preload_left_in_tmp(tmp_path: Path) -> None:
+    """The config directory a preload made under /tmp is gone; one that was there stays."""
+    made = Path(tempfile.mkdtemp(prefix="runner-test-", dir="/tmp"))
+    try:
+        config = made / "matplotlib"
+        code = f"import os\nprint(os.path.exists({str(config)!r}))\n"
+        done = hand_over(tmp_path, code, ["makesmpl"], env={"MPLCONFIGDIR": str(config)})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == b"False\n"
+        config.mkdir()
+        done = hand_over(tmp_path, code, ["makesmpl"], env={"MPLCONFIGDIR": str(config)})
+        assert done.stdout == b"True\n"
+    finally:
+        shutil.rmtree(made)
 
 
 def test_bootstrap_reports_errors_like_a_cold_start(tmp_path: Path) -> None:
