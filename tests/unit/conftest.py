@@ -1,6 +1,11 @@
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from runner import ExperimentRunner
+from runner.settings import ExperimentDefaults
+from tests.unit.fakes import FakeEngine
 
 
 @pytest.fixture
@@ -22,3 +27,23 @@ def bind_transfer(monkeypatch: pytest.MonkeyPatch) -> None:
     (With "auto", every runner would first probe the engine with a container of its own.)
     """
     monkeypatch.setenv("RUNNER_TRANSFER", "bind")
+
+
+@pytest.fixture
+def warm_runner(tmp_path: Path) -> Iterator[tuple[ExperimentRunner, FakeEngine, Path]]:
+    """A runner with a one-slot pool on the fake engine, and a script below its root."""
+    engine = FakeEngine(wait_results=[0, 0])
+    root = tmp_path / "experiments"
+    script = root / "exp" / "experiment.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("print(1)\n")
+    runner = ExperimentRunner(
+        timeout=5,
+        engine=engine,
+        warm_pool=1,
+        pool_root=root,
+        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
+    )
+    assert runner.wait_for_warm(10)
+    yield runner, engine, script
+    runner.close()

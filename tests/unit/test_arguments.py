@@ -1,11 +1,10 @@
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runner import ExperimentDefaults, ExperimentExecutionError, ExperimentRunner, ExperimentSpec
+from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
 from runner.arguments import MAX_ARGS, MAX_ARGS_BYTES, check_args
 from runner.bootstrap import hand_over_line
 from tests.unit.fakes import FakeEngine
@@ -96,31 +95,11 @@ def test_run_many_jobs_may_carry_arguments(script: Path) -> None:
     assert "argument 0 is a int" in (results[2].error_message or "")
 
 
-@pytest.fixture
-def warm(tmp_path: Path) -> Iterator[tuple[ExperimentRunner, FakeEngine, Path]]:
-    """A runner with a one-slot pool on the fake engine, and a script below its root."""
-    engine = FakeEngine(wait_results=[0, 0])
-    root = tmp_path / "experiments"
-    script = root / "exp" / "experiment.py"
-    script.parent.mkdir(parents=True)
-    script.write_text("print(1)\n")
-    runner = ExperimentRunner(
-        timeout=5,
-        engine=engine,
-        warm_pool=1,
-        pool_root=root,
-        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
-    )
-    assert runner.wait_for_warm(10)
-    yield runner, engine, script
-    runner.close()
-
-
 def test_warm_run_hands_over_the_arguments(
-    warm: tuple[ExperimentRunner, FakeEngine, Path],
+    warm_runner: tuple[ExperimentRunner, FakeEngine, Path],
 ) -> None:
     """A warm slot gets the script and its arguments in one line of hex fields."""
-    runner, engine, script = warm
+    runner, engine, script = warm_runner
     result = runner.run(script, SPEC, 0, args=ARGS)
     assert result.warm_start
     handed = engine.handed_over["c1"]

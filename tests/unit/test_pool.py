@@ -6,12 +6,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from runner import ExperimentDefaults, ExperimentExecutionError, ExperimentRunner
+from runner import ExperimentExecutionError, ExperimentRunner
 from runner.backend import fits_pool
 from runner.bootstrap import READY, SOURCE, hand_over_line
 from runner.models import ExperimentSpec
@@ -319,26 +319,6 @@ def test_a_slot_that_cannot_be_created_leaves_no_directory(tmp_path: Path) -> No
     with pytest.raises(ExperimentExecutionError, match="refused"):
         maker.make()
     assert list((tmp_path / "slots").iterdir()) == []
-
-
-@pytest.fixture
-def warm_runner(tmp_path: Path) -> Iterator[tuple[ExperimentRunner, FakeEngine, Path]]:
-    """A runner with a one-slot pool on the fake engine, and a script below its root."""
-    engine = FakeEngine(wait_results=[0, 0])
-    root = tmp_path / "experiments"
-    script = root / "exp" / "experiment.py"
-    script.parent.mkdir(parents=True)
-    script.write_text("print(1)\n")
-    runner = ExperimentRunner(
-        timeout=5,
-        engine=engine,
-        warm_pool=1,
-        pool_root=root,
-        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
-    )
-    assert runner.wait_for_warm(10)
-    yield runner, engine, script
-    runner.close()
 
 
 def test_a_warm_run_hands_the_script_to_a_started_slot(
