@@ -51,15 +51,20 @@ from runner.tree import Budget, Entry, TreeRefused, read_chunks, walk
 IMAGE_DIRS = frozenset({"bin", "boot", "dev", "etc", "proc", "run", "sbin", "sys", "usr", "var"})
 #: The image's Python, which a pool root may neither hide nor lie in.
 IMAGE_VENV = Path("/opt/venv")
+#: The sandbox's own scratch file systems: a pool root may lie below them, not be them.
+SCRATCH = (Path("/tmp"), Path("/dev/shm"))  # noqa: S108
 
 
 def may_be_pool_root(root: Path) -> bool:
     """Whether a slot's directory may be mounted at ``root`` (absolute) without hiding
-    the image's own files: never ``/``, ``/tmp`` itself, a system directory or the
-    image's Python, nor anything below them but ``/tmp``'s subdirectories."""
+    the image's own files: never ``/``, a system directory or the image's Python, nor
+    anything below them, but for what lies below the sandbox's own ``/tmp`` and
+    ``/dev/shm`` (not those themselves)."""
     parts = root.parts
-    if not root.is_absolute() or len(parts) < 2 or root == Path("/tmp"):  # noqa: S108
+    if not root.is_absolute() or len(parts) < 2 or root in SCRATCH:
         return False
+    if any(root.is_relative_to(scratch) for scratch in SCRATCH):
+        return True
     top = parts[1]
     if top in IMAGE_DIRS or top.startswith("lib"):
         return False

@@ -175,16 +175,19 @@ def test_a_slot_shows_what_lies_strictly_below_its_root(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "root",
     ["/", "/tmp", "/usr", "/usr/local/x", "/etc/x", "/lib64", "/libexec/x", "/var/tmp/x",
-     "/proc/1", "/dev/shm/x", "/run/x", "/opt", "/opt/venv", "/opt/venv/lib", "relative"],
+     "/proc/1", "/dev", "/dev/shm", "/dev/mqueue", "/run/x", "/opt", "/opt/venv",
+     "/opt/venv/lib", "relative"],
 )  # fmt: skip
 def test_no_pool_root_hides_the_image(root: str) -> None:
     """/, /tmp itself, system directories and the image's Python are never a pool root."""
     assert not may_be_pool_root(Path(root))
 
 
-@pytest.mark.parametrize("root", ["/home/me", "/tmp/pytest-of-me/x", "/opt/data", "/srv", "/mnt/a"])
+@pytest.mark.parametrize(
+    "root", ["/home/me", "/tmp/pytest-of-me/x", "/dev/shm/x", "/opt/data", "/srv", "/mnt/a"]
+)
 def test_a_pool_root_may_be_any_other_directory(root: str) -> None:
-    """Home directories, subdirectories of /tmp, /srv and the like may be a pool root."""
+    """Home directories, below /tmp or /dev/shm, /srv and the like may be a pool root."""
     assert may_be_pool_root(Path(root))
 
 
