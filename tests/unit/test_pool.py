@@ -568,3 +568,28 @@ def test_inputs_outside_the_script_directory_are_staged_at_their_paths(
     result = runner.run(script, SPEC, 0, inputs=[data])
     assert result.success and result.warm_start
     assert staged == [True]
+
+
+def test_a_volume_hand_over_that_is_refused_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO beside the script: the slot goes (helper, volume too), the cold copy says why."""
+    monkeypatch.setenv("RUNNER_TRANSFER", "auto")
+    engine = FakeEngine(remote=True)
+    root = tmp_path / "experiments"
+    script = root / "exp" / "experiment.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("print(1)\n")
+    os.mkfifo(script.parent / "pipe")
+    with ExperimentRunner(
+        timeout=5, engine=engine, warm_pool=1, pool_root=root,
+        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
+    ) as runner:  # fmt: skip
+        assert runner.wait_for_warm(10)
+        with pytest.raises(ExperimentExecutionError, match="cannot be copied"):
+            runner.run(script, SPEC, 0)
+        handed = next(c for c in engine.created if c.get("stdin_open"))
+        assert f"c{engine.created.index(handed) + 1}" in engine.removed
+        assert engine.handed_over == {}
+    made = {v.name for v in engine.volumes_made}
+    assert made == set(engine.volumes_removed)
