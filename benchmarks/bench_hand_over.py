@@ -60,8 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=21)
     args = parser.parse_args()
-    # Not below /tmp: the engine's container has a tmpfs of its own there.
-    shared = Path(tempfile.mkdtemp(prefix="bench-shared-", dir=ExperimentDefaults().cache_dir))
+    # Not below /tmp (the engine's container has a tmpfs of its own there) nor /root
+    # (the image's is private to root): beside this checkout.
+    shared = Path(tempfile.mkdtemp(prefix=".bench-shared-", dir=Path(__file__).parents[1]))
     shared.chmod(0o755)
     tempfile.tempdir = str(shared)  # the engine's probe file must be where it can see it
     root = shared / "experiments"
@@ -74,55 +75,63 @@ def main() -> None:
     hand_overs: dict[str, list[float]] = {"warm, hard links": [], "warm, volume": []}
     timing_put(LinkedFiles, hand_overs["warm, hard links"])
     timing_put(VolumeFiles, hand_overs["warm, volume"])
-    runners: list[ExperimentRunner] = []
     try:
         with dind_engine(shared=shared) as docker_host:
             os.environ["DOCKER_HOST"] = docker_host
-            settings = ExperimentDefaults(cache_dir=shared / "cache")
+            times = measure(args.runs, root, script, shared / "cache")
+        for spent in hand_overs.values():
+            del spent[0]  # the first round warms caches and is dropped
+        report(args.runs, times, hand_overs)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
-            def make(transfer: str, warm: bool) -> ExperimentRunner:
-                runner = ExperimentRunner(
-                    timeout=60, engine=DockerEngine(), transfer=transfer,  # type: ignore[arg-type]
-                    warm_pool=1 if warm else 0, pool_root=root, settings=settings,
-                )  # fmt: skip
-                runners.append(runner)
-                return runner
 
-            ways = {
-                "warm, hard links": make("auto", True),
-                "warm, volume": make("copy", True),
-                "cold, copy": make("copy", False),
-            }
-            assert ways["warm, hard links"].backend.describe_files().startswith("bind-mounted")
-            times: dict[str, list[float]] = {way: [] for way in ways}
-            for round_ in range(args.runs + 1):  # the first round warms caches and is dropped
-                for way, runner in ways.items():
-                    for pool in runners:
-                        if pool.warm_pool_size:
-                            assert pool.wait_for_warm(120), f"a pool never got ready for {way}"
-                    started = time.perf_counter()
-                    result = runner.run(script, SPEC, 0)
-                    elapsed = time.perf_counter() - started
-                    assert result.success, result.error_message + result.stderr
-                    assert result.warm_start == way.startswith("warm")
-                    if round_:
-                        times[way].append(elapsed)
-            for spent in hand_overs.values():
-                del spent[0]
-            report(args.runs, times, hand_overs)
+def measure(runs: int, root: Path, script: Path, cache: Path) -> dict[str, list[float]]:
+    """Run ``script`` each way ``runs`` times (plus a dropped first round), interleaved."""
+    settings = ExperimentDefaults(cache_dir=cache)
+    runners: list[ExperimentRunner] = []
+
+    def make(transfer: str, warm: bool) -> ExperimentRunner:
+        runner = ExperimentRunner(
+            timeout=60, engine=DockerEngine(), transfer=transfer,  # type: ignore[arg-type]
+            warm_pool=1 if warm else 0, pool_root=root, settings=settings,
+        )  # fmt: skip
+        runners.append(runner)
+        return runner
+
+    try:
+        ways = {
+            "warm, hard links": make("auto", True),
+            "warm, volume": make("copy", True),
+            "cold, copy": make("copy", False),
+        }
+        assert ways["warm, hard links"].backend.describe_files().startswith("bind-mounted")
+        times: dict[str, list[float]] = {way: [] for way in ways}
+        for round_ in range(runs + 1):
+            for way, runner in ways.items():
+                for pool in runners:
+                    if pool.warm_pool_size:
+                        assert pool.wait_for_warm(120), f"a pool never got ready for {way}"
+                started = time.perf_counter()
+                result = runner.run(script, SPEC, 0)
+                elapsed = time.perf_counter() - started
+                assert result.success, result.error_message + result.stderr
+                assert result.warm_start == way.startswith("warm")
+                if round_:
+                    times[way].append(elapsed)
+        return times
     finally:
         for runner in runners:
             runner.close()
-        shutil.rmtree(shared, ignore_errors=True)
 
 
 def report(runs: int, times: dict[str, list[float]], hand_overs: dict[str, list[float]]) -> None:
     print(f"one-line script, {runs} runs each way, interleaved, private Docker-in-Docker engine")
-    print(f"{'way':<18}{'run median':>12}{'run p95':>10}{'hand-over median':>18}{'p95':>8}")
+    print(f"{'way':<18}{'run median':>12}{'run p95':>10}{'hand-over median':>18}{'p95':>10}")
     ms: Callable[[float], str] = lambda seconds: f"{seconds * 1000:.1f} ms"  # noqa: E731
     for way, values in times.items():
         spent = hand_overs.get(way)
-        tail = f"{ms(statistics.median(spent)):>18}{ms(p95(spent)):>8}" if spent else ""
+        tail = f"{ms(statistics.median(spent)):>18}{ms(p95(spent)):>10}" if spent else ""
         print(f"{way:<18}{ms(statistics.median(values)):>12}{ms(p95(values)):>10}{tail}")
 
 
