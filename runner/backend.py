@@ -26,12 +26,21 @@ from runner.identity import lease_uid
 from runner.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
 from runner.output import OutputCallback
 from runner.podman import ensure_support
-from runner.pool import Slot, SlotMaker, WarmPool, stage
+from runner.pool import (
+    Slot,
+    SlotMaker,
+    WarmPool,
+    fits_pool,
+    may_be_pool_root,
+    pool_root_for,
+)
 from runner.sandbox import PodmanSupport, Run, SandboxPolicy, self_limited
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
 from runner.transfer import TRANSFERS, Transfer, copy_to_engine, engine_sees_local_files
-from runner.tree import Budget, TreeExpired, TreeRefused
+from runner.tree import TreeExpired, TreeRefused
+
+__all__ = ["Backend", "DockerBackend", "RunRequest", "fits_pool"]
 
 #: How long a warm pool container may wait for a script before it ends itself.
 POOL_IDLE_MAX = 3600
@@ -91,7 +100,9 @@ class DockerBackend:
         self.policy = policy
         self.python_executable = python_executable
         self.preload = tuple(DEFAULT_PRELOAD if preload is None else preload)
-        self.pool_root = Path(pool_root or defaults.experiments_dir).resolve()
+        #: An explicit ``pool_root`` stays put; the default (the experiments directory) moves.
+        self.pool_root_fixed = pool_root is not None
+        self._pool_root = Path(pool_root or defaults.experiments_dir).resolve()
         self.slots_dir = defaults.cache_dir / "pool"
         self._engine = engine
         self._lock = threading.Lock()
@@ -178,35 +189,49 @@ class DockerBackend:
 
     # the warm pool ---------------------------------------------------------
 
+    @property
+    def pool_root(self) -> Path | None:
+        """Where the warm pool's slots are mounted now (scripts below it can run warm);
+        without a pool, where one would start; None while a pool waits for a root."""
+        return self._pool.root if self._pool is not None else self._pool_root
+
     def start_pool(self, size: int, timeout: float, outputs: OutputLimits | None = None) -> None:
         """Keep ``size`` containers started ahead, the ``preload`` modules imported.
 
-        With ``outputs``, the pool serves runs with outputs within those limits
-        (and only those). Only on an engine that sees this machine's files (a slot's directory is
-        bind-mounted); elsewhere ``pool_unavailable`` says why and runs are cold.
+        Files reach a slot as they reach a cold run: on an engine that sees this
+        machine's files through a directory here (hard links), elsewhere (or with
+        ``transfer="copy"``) through a volume filled over the engine's API. An
+        explicit ``pool_root`` that would hide the image's own files raises
+        ``ValueError``; a default one that would is noted in ``pool_unavailable``,
+        and the pool starts where the first script's files are. With ``outputs``,
+        the pool serves runs with outputs within those limits (and only those).
         """
         self.prepare()
-        if not self._shares_files or self.transfer == "copy":
-            self.pool_unavailable = (
-                "the warm pool needs an engine that sees this machine's files; runs are cold"
+        root: Path | None = self._pool_root
+        if not may_be_pool_root(self._pool_root):
+            why = (
+                f"{self._pool_root} cannot be the warm pool's root: mounted there, a slot's "
+                "directory would hide the image's own files"
             )
-            return
+            if self.pool_root_fixed:
+                raise ValueError(f"{why}; choose another pool_root.")
+            self.pool_unavailable = f"{why}; the pool starts where the first script is"
+            root = None
         self.engine.image_id(self.policy.image)  # fail now, with a hint, if it is missing
-        self.pool_root.mkdir(parents=True, exist_ok=True)
         maker = SlotMaker(
             engine=self.engine,
             image=self.policy.image,
             policy=self.policy,
             command=[self.python_executable, "-c", SOURCE, *self.preload],
             outputs=outputs,
-            pool_root=self.pool_root,
             slots_dir=self.slots_dir,
             lifetime=POOL_IDLE_MAX + timeout,
             telemetry=self._telemetry,
             user_kernel=self._user_kernel,
             podman=self._podman,
+            through_engine=not self._shares_files or self.transfer == "copy",
         )
-        pool = WarmPool(size, maker)
+        pool = WarmPool(size, maker, root)
         self._pool = pool
         self._pool_outputs = outputs
         # The pool goes with the backend, or at interpreter exit, whichever comes first.
@@ -229,18 +254,13 @@ class DockerBackend:
     ) -> Execution:
         """Run the request in a warm slot if one fits and is ready, else in a cold container."""
         self.prepare()
-        if (
-            self._pool is not None
-            and self._pool_outputs == (request.outputs.limits if request.outputs else None)
-            and not self._copies(request)
-            and fits_pool(self.pool_root, request.script, request.mounts[1:])
-        ):
-            slot = self._pool.take()
-            if slot is not None:
-                try:
-                    return self._execute_warm(slot, request, on_output, token)
-                except _SlotUnusable:
-                    pass  # run cold instead
+        copies = self._copies(request)  # with transfer="bind", unreadable files raise here
+        slot = self._warm_slot(request)
+        if slot is not None:
+            try:
+                return self._execute_warm(slot, request, copies, on_output, token)
+            except _SlotUnusable:
+                pass  # run cold instead
         image_id = self.engine.image_id(self.policy.image)
         for attempt in (1, 2):
             try:
@@ -251,6 +271,26 @@ class DockerBackend:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _warm_slot(self, request: RunRequest) -> Slot | None:
+        """A ready slot that can show the request's files, if any.
+
+        When the pool's root cannot show them and was not chosen explicitly, the
+        pool moves (``pool_root_for``) and this run is cold while it refills.
+        """
+        pool = self._pool
+        if pool is None:
+            return None
+        if self._pool_outputs != (request.outputs.limits if request.outputs else None):
+            return None  # the slots were made for runs with (or without) these outputs
+        root = pool.root
+        if root is not None and fits_pool(root, request.script, request.mounts[1:]):
+            return pool.take()
+        if not self.pool_root_fixed and "\n" not in str(request.script):
+            moved = pool_root_for(request.mounts, root)
+            if moved is not None:
+                pool.retarget(moved)
+        return None
 
     def _copies(self, request: RunRequest) -> bool:
         """Whether the request's files travel through the engine rather than a bind mount."""
@@ -328,6 +368,7 @@ class DockerBackend:
         self,
         slot: Slot,
         request: RunRequest,
+        copies: bool,
         on_output: OutputCallback | None,
         token: object,
     ) -> Execution:
@@ -337,11 +378,13 @@ class DockerBackend:
                 raise _SlotUnusable  # it died while waiting (say, its idle deadline passed)
             # The hand-over counts against the run's deadline.
             started = time.monotonic()
-            budget = Budget(deadline=started + request.timeout)
             try:
-                stage(request.script.parent, self.pool_root, slot.host_dir, budget=budget)
-            except TreeRefused as e:
-                raise _SlotUnusable from e  # a cold run shows this directory exactly
+                slot.files.put(
+                    request.mounts, slot.root, started + request.timeout, readable=copies
+                )
+            except (TreeRefused, ExperimentExecutionError) as e:
+                # A cold run shows these files exactly, or says why it cannot.
+                raise _SlotUnusable from e
             except TreeExpired:
                 return _expired_in_hand_over(sandbox, time.monotonic() - started)
             cpu_before = sandbox.resources.usage().cpu_seconds or 0.0
@@ -354,15 +397,6 @@ class DockerBackend:
                 cpu_before=cpu_before,
                 outputs=request.outputs,
             )
-
-
-def fits_pool(pool_root: Path, script: Path, inputs: Sequence[Path]) -> bool:
-    """A pooled container can only see what lies under the pool root."""
-    return (
-        script.parent.is_relative_to(pool_root)
-        and script.parent != pool_root
-        and all(path.is_relative_to(script.parent) for path in inputs)
-    )
 
 
 def is_user_kernel(engine_info: dict[str, Any], runtime: str) -> bool:

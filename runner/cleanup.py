@@ -79,7 +79,8 @@ def cleanup(
     """Remove the project's abandoned containers (all of them with ``everything``).
 
     Containers of runs still in progress in a live process are left alone
-    unless ``everything`` is set; the same goes for volumes of copied files.
+    unless ``everything`` is set; the same goes for volumes of copied files
+    (a warm pool slot's volume and its never-started helper container too).
     Warm pool directories under ``slots_dir`` (default: the cache directory's
     ``pool``) that no remaining container uses go too, and so do user ID leases
     no live process holds. With ``telemetry``, empty

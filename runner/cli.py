@@ -37,6 +37,7 @@ from runner.image import (
 )
 from runner.models import ExperimentResult, ExperimentSpec
 from runner.parsing import printable
+from runner.pool import pool_root_for
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
 
@@ -210,6 +211,7 @@ def _history_for(args: argparse.Namespace, settings: ExperimentDefaults) -> Resu
 
 def _run(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
+    files = [args.script.resolve().parent, *(Path(i).resolve() for i in args.input or ())]
     with ExperimentRunner(
         timeout=args.timeout,
         image=args.image,
@@ -219,7 +221,8 @@ def _run(args: argparse.Namespace) -> int:
         inputs=args.input,
         history=_history_for(args, settings),
         warm_pool=args.warm,
-        pool_root=args.script.resolve().parent.parent,
+        # The pool root nearest the script and inputs; None (none may be): the default.
+        pool_root=pool_root_for(files, None),
         transfer=args.transfer,
         outputs_dir=args.outputs,
         settings=settings,

@@ -40,9 +40,12 @@ class ExperimentRunner:
     capabilities, ``no-new-privileges``, and a deadline that kills.
 
     With ``warm_pool=N``, N containers with the same controls are started ahead
-    with the ``preload`` modules imported; each runs one script from under
-    ``pool_root`` (default: the experiments directory) and is destroyed. Close
-    the runner (``close()`` or ``with``) to remove the pool.
+    with the ``preload`` modules imported; each runs one script and is
+    destroyed. A pool container shows the files below its root: by default the
+    experiments directory at first, and the pool moves to take in a script whose
+    files lie elsewhere (that run is cold, while the pool refills); an explicit
+    ``pool_root`` stays put, and scripts outside it run cold. Close the runner
+    (``close()`` or ``with``) to remove the pool.
 
     With ``outputs_dir``, the script's working directory is writable (a capped
     tmpfs, also ``$OUTPUT_DIR``, with links to its own files) and what it writes
@@ -267,8 +270,8 @@ class ExperimentRunner:
         return self._backend.preload
 
     @property
-    def pool_root(self) -> Path:
-        """Scripts below this directory (inputs beside them) can run warm."""
+    def pool_root(self) -> Path | None:
+        """Scripts and inputs below this directory can run warm now (None: not yet)."""
         return self._backend.pool_root
 
     @property

@@ -51,16 +51,25 @@ class CopiedFiles:
         return tuple((Path(self.mountpoint + str(path)), path) for path in self.paths)
 
 
-def archive(paths: Sequence[Path], budget: Budget, out: BinaryIO) -> None:
-    """Write to ``out`` a tar of ``paths`` (absolute) at their own paths, readable by any user.
+def archive(
+    paths: Sequence[Path], budget: Budget, out: BinaryIO, *, root: Path = Path("/")
+) -> None:
+    """Write to ``out`` a tar of ``paths`` (absolute) at their places below ``root``.
 
     Regular files, directories and symlinks (as symlinks) only; owners are root,
     and every entry gains read (and, for directories, search) permission, as the
-    sandbox's user ID is not the files' owner. Raises ``TreeRefused``.
+    sandbox's user ID is not the files' owner. The directories between ``root``
+    and each path come first, mode 755. Raises ``TreeRefused`` (and
+    ``TreeExpired`` past the budget's deadline).
     """
+    made: set[PurePosixPath] = set()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in paths:
-            top = PurePosixPath(str(path).lstrip("/"))
+            top = PurePosixPath(path.relative_to(root))
+            for parent in reversed(top.parents[:-1]):
+                if parent not in made:
+                    made.add(parent)
+                    tar.addfile(_info(parent, "dir", None))
             if path.is_dir() and not path.is_symlink():
                 tar.addfile(_info(top, "dir", path.lstat()))
                 for entry in walk(path, budget):
@@ -89,15 +98,16 @@ def _add_open_file(tar: tarfile.TarFile, fd: int, name: PurePosixPath, budget: B
 def _info(
     name: PurePosixPath,
     kind: Literal["dir", "file", "symlink"],
-    st: os.stat_result,
+    st: os.stat_result | None,
     size: int = 0,
     link: str = "",
 ) -> tarfile.TarInfo:
+    """A root-owned entry readable by anyone; ``st`` None: a directory made on the way, 755."""
     info = tarfile.TarInfo(str(name))
-    info.mtime = int(st.st_mtime)
+    info.mtime = int(st.st_mtime) if st is not None else 0
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
-    mode = st.st_mode & 0o777
+    mode = st.st_mode & 0o777 if st is not None else 0o755
     if kind == "dir":
         info.type = tarfile.DIRTYPE
         info.mode = mode | 0o555
@@ -112,6 +122,55 @@ def _info(
     return info
 
 
+def copy_budget(deadline: float = float("inf")) -> Budget:
+    """The bounds of one copy through the engine: entries, bytes and, optionally, time."""
+    return Budget(entries=COPY_MAX_ENTRIES, bytes=COPY_MAX_BYTES, deadline=deadline)
+
+
+@dataclass(frozen=True)
+class FileDrop:
+    """A labelled volume and a never-started helper container that mounts it read-write.
+
+    Files go into the volume through the helper's archive API (``put``); a
+    sandbox mounts the volume read-only from its place on the engine
+    (``mountpoint``). ``remove`` takes the helper, then the volume, away.
+    """
+
+    engine: Engine
+    volume: str
+    mountpoint: str
+    helper: str
+
+    @classmethod
+    def create(cls, engine: Engine, image_id: str, labels: Mapping[str, str]) -> FileDrop:
+        volume = engine.create_volume(labels)
+        try:
+            helper = _unstarted(
+                engine, image_id, labels, Mount(target=_FILL_AT, source=volume.name, type="volume")
+            )
+        except BaseException:
+            engine.remove_volume(volume.name)
+            raise
+        return cls(engine, volume.name, volume.mountpoint, helper)
+
+    def put(self, paths: Sequence[Path], budget: Budget, *, root: Path = Path("/")) -> None:
+        """Copy ``paths`` into the volume at their places below ``root`` (``archive``)."""
+        with tempfile.TemporaryFile(prefix="runner-files-") as data:
+            archive(paths, budget, data, root=root)
+            data.seek(0)
+            self.engine.put_archive(self.helper, _FILL_AT, data)
+
+    def remove_helper(self) -> None:
+        self.engine.remove(self.helper)
+
+    def remove(self) -> None:
+        """Remove the helper and the volume (the volume only once no container uses it)."""
+        try:
+            self.remove_helper()
+        finally:
+            self.engine.remove_volume(self.volume)
+
+
 def copy_to_engine(
     engine: Engine,
     image_id: str,
@@ -120,31 +179,24 @@ def copy_to_engine(
     budget: Budget | None = None,
 ) -> CopiedFiles:
     """Ship ``paths`` into a new labelled volume through the engine's archive API."""
-    budget = budget or Budget(entries=COPY_MAX_ENTRIES, bytes=COPY_MAX_BYTES)
-    with tempfile.TemporaryFile(prefix="runner-files-") as data:
+    drop = FileDrop.create(engine, image_id, labels)
+    try:
         try:
-            archive(paths, budget, data)
-        except TreeRefused as e:
-            raise ExperimentExecutionError(
-                f"The script's files cannot be copied to the engine: {e}.",
-                hint="keep devices, FIFOs and sockets out of the script's directory and "
-                "inputs, and stay within the copy limits; or use a local engine "
-                "(transfer='bind').",
-            ) from e
-        data.seek(0)
-        volume = engine.create_volume(labels)
-        try:
-            helper = _unstarted(
-                engine, image_id, labels, Mount(target=_FILL_AT, source=volume.name, type="volume")
-            )
-            try:
-                engine.put_archive(helper, _FILL_AT, data)
-            finally:
-                engine.remove(helper)
-        except BaseException:
-            engine.remove_volume(volume.name)
-            raise
-    return CopiedFiles(volume.name, volume.mountpoint, tuple(paths))
+            drop.put(paths, budget or copy_budget())
+        finally:
+            drop.remove_helper()
+    except TreeRefused as e:
+        engine.remove_volume(drop.volume)
+        raise ExperimentExecutionError(
+            f"The script's files cannot be copied to the engine: {e}.",
+            hint="keep devices, FIFOs and sockets out of the script's directory and "
+            "inputs, and stay within the copy limits; or use a local engine "
+            "(transfer='bind').",
+        ) from e
+    except BaseException:
+        engine.remove_volume(drop.volume)
+        raise
+    return CopiedFiles(drop.volume, drop.mountpoint, tuple(paths))
 
 
 def engine_sees_local_files(engine: Engine, image_id: str, labels: Mapping[str, str]) -> bool:

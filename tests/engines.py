@@ -105,8 +105,13 @@ Timings = dict[str, float]
 
 
 @contextlib.contextmanager
-def dind_engine(*, timings: Timings | None = None) -> Iterator[str]:
-    """A Docker-in-Docker engine with the sandbox images; yields its ``DOCKER_HOST``."""
+def dind_engine(*, timings: Timings | None = None, shared: Path | None = None) -> Iterator[str]:
+    """A Docker-in-Docker engine with the sandbox images; yields its ``DOCKER_HOST``.
+
+    ``shared``: a directory of this machine the engine sees at the same path (for
+    measuring, on a private engine, what only an engine that sees the caller's
+    files does: the warm pool's hard links, bind mounts).
+    """
     timings = {} if timings is None else timings
     local = docker.from_env()
     with _timed(timings, "build"):
@@ -116,6 +121,8 @@ def dind_engine(*, timings: Timings | None = None) -> Iterator[str]:
         container = DockerContainer(DIND_IMAGE).with_volume_mapping(
             socket_dir, DIND_SOCKET_DIR, mode="rw"
         )
+        if shared is not None:
+            container.with_volume_mapping(str(shared), str(shared), mode="rw")
         container.with_kwargs(**DIND_RUN_KWARGS)
         try:
             with _timed(timings, "start"):

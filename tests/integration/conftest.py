@@ -26,7 +26,7 @@ INIT_COMMANDS = {"/sbin/docker-init", "/run/podman-init"}
 #: For what only an engine on this machine offers (README: "Where the engine is").
 needs_local_engine = pytest.mark.skipif(
     not LOCAL_ENGINE,
-    reason="needs an engine that sees this machine's files and cgroups (the warm pool, "
+    reason="needs an engine that sees this machine's files and cgroups (bind mounts, "
     "telemetry, host cgroup files); documented as unavailable elsewhere",
 )
 

@@ -1,4 +1,8 @@
-"""The warm pool: a warm run looks like a cold one to the script, and nothing is reused or left."""
+"""The warm pool: a warm run looks like a cold one to the script, and nothing is reused or left.
+
+They run on any engine: on one that cannot see this machine's files
+(``RUNNER_TEST_ENGINE=dind``) the slots are filled through volumes.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +28,6 @@ from runner.settings import ExperimentDefaults
 from tests.integration.conftest import SPEC, needs_local_engine
 from tests.integration.test_args_and_hints import AWKWARD_ARGS
 from tests.integration.test_lifecycle import spawn, wait_for_container
-
-pytestmark = needs_local_engine
 
 PROBE = """
 import json, os, sys
@@ -191,8 +193,10 @@ def test_timeout_counts_from_the_hand_over(engine: DockerEngine, pool_root: Path
         assert time.monotonic() - started < 2 + 2
 
 
-def test_scripts_outside_the_pool_root_run_cold(warm: ExperimentRunner, workdir: Path) -> None:
-    """A script the pool cannot see runs in a cold container, with the same result."""
+def test_scripts_outside_an_explicit_pool_root_run_cold(
+    warm: ExperimentRunner, workdir: Path
+) -> None:
+    """A script outside an explicit pool root runs in a cold container, with the same result."""
     script = workdir / "outside.py"
     script.write_text("import json\nprint(json.dumps({'success': True}))\n")
     script.chmod(0o644)
@@ -206,8 +210,10 @@ def test_closing_the_runner_leaves_no_container(engine: DockerEngine, pool_root:
     """close() (or leaving the with block) removes every pool container."""
     with ExperimentRunner(timeout=30, engine=engine, warm_pool=2, pool_root=pool_root) as runner:
         assert runner.wait_for_warm(120)
-        assert len(engine.containers(f"{LABEL}=1")) == 2
+        started = [c for c in engine.containers(f"{LABEL}=1") if c.status.startswith("Up")]
+        assert len(started) == 2  # (and, where files are copied, a helper each, never started)
     assert engine.containers(f"{LABEL}=1") == []
+    assert engine.volumes(f"{LABEL}=1") == []
 
 
 def test_ctrl_c_with_a_pool_leaves_no_container(engine: DockerEngine, pool_root: Path) -> None:
@@ -232,6 +238,7 @@ def test_ctrl_c_with_a_pool_leaves_no_container(engine: DockerEngine, pool_root:
     assert engine.containers(f"{LABEL}=1") == []
 
 
+@needs_local_engine
 def test_warm_telemetry_counts_the_script_not_the_preload(
     warm: ExperimentRunner, pool_root: Path
 ) -> None:
@@ -301,6 +308,9 @@ def test_a_warm_hand_over_across_filesystems_reads_no_host_file(
     ) as runner:
         warm_view = seen(run_ready(runner, script))
     cold_view = seen(ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 0))
+    # Each sandbox's own mount table (its mount IDs differ): its read-only root, not the host's.
+    for view in (warm_view, cold_view):
+        assert " / / ro," in view.pop("mounts")
     assert warm_view == cold_view
     assert warm_view["private"] == "FileNotFoundError"
     assert warm_view["zero"] == "/dev/zero"
@@ -327,3 +337,70 @@ def test_a_warm_result_reports_the_image_its_slot_was_made_from(
         images.remove(tag)
     assert result.success, result.error_message
     assert result.image_id == sandbox_id
+
+
+INPUT_PROBE = """
+import json, os, sys
+print(json.dumps({
+    "cwd": os.getcwd(),
+    "data": open("data.txt").read(),
+    "input": open(sys.argv[0].rsplit("/", 2)[0] + "/shared/train.csv").read(),
+    "listing": sorted(os.listdir(".")),
+}))
+"""
+
+
+def test_an_input_outside_the_script_directory_runs_warm(
+    engine: DockerEngine, warm: ExperimentRunner, pool_root: Path
+) -> None:
+    """An input elsewhere below the root appears at its own path, warm as cold."""
+    script = experiment(pool_root, INPUT_PROBE)
+    train = pool_root / "shared" / "train.csv"
+    train.parent.mkdir()
+    train.parent.chmod(0o755)
+    train.write_text("x\n3\n")
+    train.chmod(0o644)
+    assert warm.wait_for_warm(120)
+    warm_result = warm.run(script, SPEC, 0, inputs=[train])
+    assert warm_result.warm_start, warm_result.stderr
+    cold = ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 0, inputs=[train])
+    assert seen(warm_result) == seen(cold)
+    assert seen(warm_result)["input"] == "x\n3\n"
+
+
+def test_a_private_directory_runs_warm(engine: DockerEngine, tmp_path: Path) -> None:
+    """A 0700 directory with a 0600 file runs warm, readable, as a cold copy shows it."""
+    root = tmp_path / "private-root"
+    root.mkdir(mode=0o700)
+    script = experiment(root, PROBE)
+    script.parent.chmod(0o700)
+    (script.parent / "data.txt").chmod(0o600)
+    with ExperimentRunner(timeout=30, engine=engine, warm_pool=1, pool_root=root) as runner:
+        warm_view = seen(run_ready(runner, script))
+    cold_view = seen(ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 0))
+    for view in (warm_view, cold_view):
+        view.pop("uid")
+        view.pop("modules")
+    assert warm_view == cold_view
+    assert warm_view["data"] == "beside the script"
+
+
+def test_a_script_elsewhere_moves_the_default_pool(
+    engine: DockerEngine, tmp_path: Path, pool_root: Path
+) -> None:
+    """Without pool_root, a script outside the experiments directory runs cold once, then
+    warm: the pool moved to the common ancestor."""
+    settings = ExperimentDefaults(experiments_dir=pool_root, cache_dir=tmp_path / "cache")
+    elsewhere = tmp_path / "scratch"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o755)
+    script = experiment(elsewhere, "import json\nprint(json.dumps({'success': True}))\n")
+    with ExperimentRunner(timeout=30, engine=engine, warm_pool=1, settings=settings) as runner:
+        assert runner.wait_for_warm(120)
+        first = runner.run(script, SPEC, 0)
+        assert first.success and not first.warm_start
+        assert runner.pool_root == tmp_path
+        second = run_ready(runner, script)
+        assert second.success, second.error_message
+        inside = experiment(pool_root, "import json\nprint(json.dumps({'success': True}))\n")
+        assert run_ready(runner, inside).success  # what ran warm before still does

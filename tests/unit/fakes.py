@@ -54,6 +54,7 @@ class FakeEngine:
     created: list[dict[str, Any]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
     handed_over: dict[str, bytes] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)
     volumes_made: list[VolumeInfo] = field(default_factory=list)
@@ -110,6 +111,7 @@ class FakeEngine:
 
     def start(self, container_id: str) -> None:
         self.calls.append("start")
+        self.started.append(container_id)
 
     def wait(self, container_id: str, timeout: float) -> int | None:
         self.calls.append("wait")

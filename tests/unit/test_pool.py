@@ -1,21 +1,25 @@
 import errno
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from runner import ExperimentExecutionError, ExperimentRunner
+from runner import ExperimentDefaults, ExperimentExecutionError, ExperimentRunner
 from runner.backend import fits_pool
 from runner.bootstrap import READY, SOURCE, hand_over_line
+from runner.cleanup import LABEL, LABEL_DEADLINE, LABEL_OWNER
 from runner.models import ExperimentSpec
-from runner.pool import SlotMaker, stage
+from runner.pool import SlotMaker, may_be_pool_root, outermost, pool_root_for, stage
 from runner.sandbox import SandboxPolicy
 from runner.tree import Budget, TreeExpired, TreeRefused
 from tests.unit.fakes import FakeEngine
@@ -158,14 +162,84 @@ def test_stage_counts_against_the_deadline(tmp_path: Path) -> None:
         )
 
 
-def test_only_scripts_under_the_pool_root_are_eligible(tmp_path: Path) -> None:
-    """The pool serves scripts below its root whose inputs sit in the script's directory."""
+def test_a_slot_shows_what_lies_strictly_below_its_root(tmp_path: Path) -> None:
+    """A slot at a root serves a script directory and inputs strictly below it."""
     script = tmp_path / "exp" / "experiment.py"
     assert fits_pool(tmp_path, script, [])
     assert fits_pool(tmp_path, script, [tmp_path / "exp" / "data.csv"])
-    assert not fits_pool(tmp_path, script, [tmp_path / "elsewhere.csv"])
+    assert fits_pool(tmp_path, script, [tmp_path / "elsewhere.csv"])
+    assert not fits_pool(tmp_path, script, [tmp_path])
     assert not fits_pool(tmp_path, tmp_path / "experiment.py", [])
     assert not fits_pool(tmp_path, Path("/opt/other/experiment.py"), [])
+    assert not fits_pool(tmp_path, tmp_path / "a\nb" / "experiment.py", [])
+
+
+@pytest.mark.parametrize(
+    "root",
+    ["/", "/tmp", "/usr", "/usr/local/x", "/etc/x", "/lib64", "/libexec/x", "/var/tmp/x",
+     "/proc/1", "/dev", "/dev/shm", "/dev/mqueue", "/run/x", "/opt", "/opt/venv",
+     "/opt/venv/lib", "relative"],
+)  # fmt: skip
+def test_no_pool_root_hides_the_image(root: str) -> None:
+    """/, /tmp itself, system directories and the image's Python are never a pool root."""
+    assert not may_be_pool_root(Path(root))
+
+
+@pytest.mark.parametrize(
+    "root", ["/home/me", "/tmp/pytest-of-me/x", "/dev/shm/x", "/opt/data", "/srv", "/mnt/a"]
+)
+def test_a_pool_root_may_be_any_other_directory(root: str) -> None:
+    """Home directories, below /tmp or /dev/shm, /srv and the like may be a pool root."""
+    assert may_be_pool_root(Path(root))
+
+
+def test_the_pool_moves_to_the_common_ancestor() -> None:
+    """The new root takes in the old one where it may, else the request's files alone."""
+    experiments = Path("/home/me/proj/experiments")
+    scratch = [Path("/home/me/proj/scratch/exp")]
+    assert pool_root_for(scratch, experiments) == Path("/home/me/proj")
+    tmp = [Path("/tmp/pytest-of-me/t0/exp"), Path("/tmp/pytest-of-me/t0/data/train.csv")]
+    assert pool_root_for(tmp, experiments) == Path("/tmp/pytest-of-me/t0")
+    assert pool_root_for(tmp, None) == Path("/tmp/pytest-of-me/t0")
+    # An input under /etc next to a script in /tmp: their only common ancestor is /.
+    assert pool_root_for([Path("/tmp/a/exp"), Path("/etc/hosts")], experiments) is None
+    assert pool_root_for([Path("/tmp/exp")], experiments) is None  # that would be /tmp itself
+
+
+def test_outermost_drops_paths_inside_others() -> None:
+    """A path inside another staged path (or repeated) is staged only once."""
+    paths = [Path("/r/a/exp"), Path("/r/a"), Path("/r/b.csv"), Path("/r/b.csv")]
+    assert outermost(paths) == [Path("/r/a"), Path("/r/b.csv")]
+
+
+def test_stage_puts_a_file_input_at_its_place(tmp_path: Path) -> None:
+    """An input file outside the script's directory appears at its path below the root."""
+    root = tmp_path / "root"
+    data = root / "data" / "train.csv"
+    data.parent.mkdir(parents=True)
+    data.write_text("x\n")
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    target = stage(data, root, slot)
+    assert target == slot / "data" / "train.csv"
+    assert target.stat().st_ino == data.stat().st_ino
+
+
+def test_stage_readable_copies_and_opens_private_files(tmp_path: Path) -> None:
+    """For files the sandbox user cannot read in place: copies, never links, readable."""
+    source = tmp_path / "root" / "exp"
+    source.mkdir(parents=True, mode=0o700)
+    source.chmod(0o700)
+    (source / "secret.csv").write_text("x")
+    (source / "secret.csv").chmod(0o600)
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    target = stage(source, source.parent, slot, readable=True)
+    assert target.stat().st_mode & 0o777 == 0o755
+    copied = target / "secret.csv"
+    assert copied.stat().st_mode & 0o777 == 0o644
+    assert copied.stat().st_ino != (source / "secret.csv").stat().st_ino
+    assert (source / "secret.csv").stat().st_mode & 0o777 == 0o600  # the original is untouched
 
 
 def test_negative_pool_size_is_refused() -> None:
@@ -312,12 +386,11 @@ def test_a_slot_that_cannot_be_created_leaves_no_directory(tmp_path: Path) -> No
         image="img",
         policy=SandboxPolicy(image="img"),
         command=["python", "-c", "pass"],
-        pool_root=tmp_path / "experiments",
         slots_dir=tmp_path / "slots",
         lifetime=60,
     )
     with pytest.raises(ExperimentExecutionError, match="refused"):
-        maker.make()
+        maker.make(tmp_path / "experiments")
     assert list((tmp_path / "slots").iterdir()) == []
 
 
@@ -367,20 +440,203 @@ def test_a_directory_the_mirror_refuses_runs_cold(
     assert engine.handed_over == {}
 
 
-def test_on_an_engine_that_cannot_see_the_files_the_pool_says_why_and_runs_cold(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def volume_slot(engine: FakeEngine) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first slot's helper container and the slot container itself."""
+    helper = next(c for c in engine.created if [m["Target"] for m in c["mounts"]] == ["/files"])
+    slot = next(c for c in engine.created if c.get("stdin_open"))
+    return helper, slot
+
+
+def archived_names(engine: FakeEngine, container: str) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(engine.archives[(container, "/files")])) as tar:
+        return tar.getnames()
+
+
+@pytest.mark.parametrize("case", ["remote engine", "transfer=copy"])
+def test_files_reach_a_slot_through_a_volume_where_they_must_be_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    """A remote engine gets no warm pool (slots bind a host directory): a note, cold runs."""
-    monkeypatch.setenv("RUNNER_TRANSFER", "auto")
-    engine = FakeEngine(remote=True)
-    script = tmp_path / "experiments" / "exp" / "experiment.py"
+    """A remote engine (or transfer='copy') gets a warm pool filled through a volume."""
+    monkeypatch.setenv("RUNNER_TRANSFER", "auto" if case == "remote engine" else "copy")
+    engine = FakeEngine(remote=case == "remote engine", wait_results=[0])
+    root = tmp_path / "experiments"
+    script = root / "exp" / "experiment.py"
     script.parent.mkdir(parents=True)
     script.write_text("print(1)\n")
+    data = root / "data" / "train.csv"
+    data.parent.mkdir()
+    data.write_text("x\n")
     with ExperimentRunner(
-        timeout=5, engine=engine, warm_pool=1, pool_root=tmp_path / "experiments"
-    ) as runner:
-        assert runner.warm_pool_size == 0
-        assert "cold" in (runner.backend.pool_unavailable or "")
+        timeout=5, engine=engine, warm_pool=1, pool_root=root,
+        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
+    ) as runner:  # fmt: skip
+        assert runner.wait_for_warm(10)
+        (volume,) = engine.volumes_made
+        helper, slot = volume_slot(engine)
+        # The helper, never started, holds the volume read-write; the slot sees it read-only.
+        assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in helper["mounts"]] == [
+            (volume.name, "/files", False)
+        ]
+        assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in slot["mounts"]] == [
+            (volume.mountpoint, str(root), True)
+        ]
+        for labels in (helper["labels"], slot["labels"], volume.labels):
+            assert {LABEL, LABEL_OWNER, LABEL_DEADLINE} <= set(labels)
+        result = runner.run(script, SPEC, 0, inputs=[data])
+        assert result.success, result.error_message
+        assert result.warm_start
+        helper_id = f"c{engine.created.index(helper) + 1}"
+        slot_id = f"c{engine.created.index(slot) + 1}"
+        assert slot_id in engine.started and helper_id not in engine.started
+        names = archived_names(engine, helper_id)
+        assert {"exp", "exp/experiment.py", "data", "data/train.csv"} <= set(names)
+        assert engine.handed_over[slot_id] == hand_over_line(str(script), ())
+        # The slot went with its helper and its volume.
+        assert {slot_id, helper_id} <= set(engine.removed)
+        assert volume.name in engine.volumes_removed
+    assert runner.backend.pool_unavailable is None
+
+
+def test_files_the_sandbox_cannot_read_run_warm_as_readable_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transfer='auto' on a local engine: a private directory is copied into the slot, readable."""
+    monkeypatch.setenv("RUNNER_TRANSFER", "auto")
+    engine = FakeEngine(wait_results=[0])
+    root = tmp_path / "experiments"
+    script = root / "exp" / "experiment.py"
+    script.parent.mkdir(parents=True, mode=0o700)
+    script.parent.chmod(0o700)
+    script.write_text("print(1)\n")
+    script.chmod(0o600)
+    seen: list[int] = []
+    with ExperimentRunner(
+        timeout=5, engine=engine, warm_pool=1, pool_root=root,
+        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
+    ) as runner:  # fmt: skip
+        assert runner.wait_for_warm(10)
+        slot = next(c for c in engine.created if c.get("stdin_open"))
+        source = Path(slot["mounts"][0]["Source"])
+        # Only this caller may enter the slot's directory: the copies are private here.
+        assert source.parent.stat().st_mode & 0o777 == 0o700
+        engine.on_wait = lambda: seen.append(
+            (source / "exp" / "experiment.py").stat().st_mode & 0o777
+        )
         result = runner.run(script, SPEC, 0)
-    assert result.success and not result.warm_start
-    assert engine.volumes_made  # the files were copied, not bound
+    assert result.success and result.warm_start
+    assert seen == [0o644]
+    assert engine.volumes_made == []
+
+
+def retargeting_runner(
+    tmp_path: Path, **kwargs: object
+) -> tuple[ExperimentRunner, FakeEngine, Path]:
+    engine = FakeEngine(wait_results=[0, 0, 0])
+    runner = ExperimentRunner(
+        timeout=5, engine=engine, warm_pool=1,
+        settings=ExperimentDefaults(
+            cache_dir=tmp_path / "cache", experiments_dir=tmp_path / "proj" / "experiments"
+        ),
+        **kwargs,
+    )  # fmt: skip
+    script = tmp_path / "proj" / "scratch" / "exp" / "experiment.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("print(1)\n")
+    return runner, engine, script
+
+
+def test_a_script_outside_the_default_root_moves_the_pool(tmp_path: Path) -> None:
+    """The first run outside the root is cold; the pool refills at the common ancestor."""
+    runner, engine, script = retargeting_runner(tmp_path)
+    with runner:
+        assert runner.wait_for_warm(10)
+        assert runner.pool_root == tmp_path / "proj" / "experiments"
+        first = runner.run(script, SPEC, 0)
+        assert first.success and not first.warm_start
+        assert runner.pool_root == tmp_path / "proj"
+        assert "c1" in engine.removed  # the slot at the old root went
+        assert runner.wait_for_warm(10)
+        second = runner.run(script, SPEC, 1)
+        assert second.success and second.warm_start
+        slots = [c for c in engine.created if c.get("stdin_open")]
+        assert slots[-1]["mounts"][0]["Target"] == str(tmp_path / "proj")
+        assert slots[-1]["working_dir"] == str(tmp_path / "proj")
+
+
+def test_an_explicit_pool_root_stays_put(tmp_path: Path) -> None:
+    """With pool_root= given, scripts outside it run cold and the pool does not move."""
+    root = tmp_path / "proj" / "experiments"
+    runner, engine, script = retargeting_runner(tmp_path, pool_root=root)
+    with runner:
+        assert runner.wait_for_warm(10)
+        for iteration in range(2):
+            result = runner.run(script, SPEC, iteration)
+            assert result.success and not result.warm_start
+        assert runner.pool_root == root
+        assert "c1" not in engine.removed
+
+
+def test_an_explicit_pool_root_that_hides_the_image_is_refused(tmp_path: Path) -> None:
+    """pool_root='/usr' would hide the image's own files: a ValueError, not a pool."""
+    with pytest.raises(ValueError, match="hide the image"):
+        ExperimentRunner(engine=FakeEngine(), warm_pool=1, pool_root="/usr")
+
+
+def test_a_default_root_that_hides_the_image_waits_for_a_script(tmp_path: Path) -> None:
+    """A default root the pool may not use: a note, no slot, until a script gives it a root."""
+    engine = FakeEngine(wait_results=[0, 0])
+    settings = ExperimentDefaults(cache_dir=tmp_path / "cache", experiments_dir=Path("/etc/x"))
+    script = tmp_path / "exp" / "experiment.py"
+    script.parent.mkdir()
+    script.write_text("print(1)\n")
+    with ExperimentRunner(timeout=5, engine=engine, warm_pool=1, settings=settings) as runner:
+        assert "hide the image" in (runner.backend.pool_unavailable or "")
+        assert runner.pool_root is None
+        assert not runner.wait_for_warm(0.2)
+        assert not runner.run(script, SPEC, 0).warm_start
+        assert runner.pool_root == tmp_path
+        assert runner.wait_for_warm(10)
+        assert runner.run(script, SPEC, 1).warm_start
+
+
+def test_inputs_outside_the_script_directory_are_staged_at_their_paths(
+    warm_runner: tuple[ExperimentRunner, FakeEngine, Path],
+) -> None:
+    """An input elsewhere below the root appears at its own path in the slot."""
+    runner, engine, script = warm_runner
+    root = runner.pool_root
+    assert root is not None
+    data = root / "shared" / "train.csv"
+    data.parent.mkdir()
+    data.write_text("x\n")
+    source = Path(engine.created[0]["mounts"][0]["Source"])
+    staged: list[bool] = []
+    engine.on_wait = lambda: staged.append((source / "shared" / "train.csv").is_file())
+    result = runner.run(script, SPEC, 0, inputs=[data])
+    assert result.success and result.warm_start
+    assert staged == [True]
+
+
+def test_a_volume_hand_over_that_is_refused_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO beside the script: the slot goes (helper, volume too), the cold copy says why."""
+    monkeypatch.setenv("RUNNER_TRANSFER", "auto")
+    engine = FakeEngine(remote=True)
+    root = tmp_path / "experiments"
+    script = root / "exp" / "experiment.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("print(1)\n")
+    os.mkfifo(script.parent / "pipe")
+    with ExperimentRunner(
+        timeout=5, engine=engine, warm_pool=1, pool_root=root,
+        settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
+    ) as runner:  # fmt: skip
+        assert runner.wait_for_warm(10)
+        with pytest.raises(ExperimentExecutionError, match="cannot be copied"):
+            runner.run(script, SPEC, 0)
+        handed = next(c for c in engine.created if c.get("stdin_open"))
+        assert f"c{engine.created.index(handed) + 1}" in engine.removed
+        assert engine.handed_over == {}
+    made = {v.name for v in engine.volumes_made}
+    assert made == set(engine.volumes_removed)
