@@ -43,6 +43,7 @@ def hostile(engine: DockerEngine, write_script: Callable[..., Path]) -> Hostile:
     def run(code: str, *, timeout: float = 15, name: str = "hostile.py", **options: Any):
         script = write_script(code, name)
         sandbox = ExperimentRunner(timeout=timeout, engine=engine, **options)
+        sandbox.backend.prepare()  # once per runner, before any deadline
         started = time.monotonic()
         result = sandbox.run(script, SPEC, 0)
         elapsed = time.monotonic() - started

@@ -89,6 +89,7 @@ def test_deadline_kills_the_container(
     """Past its timeout a script is killed, and run returns within timeout + 2 s."""
     script = write_script("print('started', flush=True)\n" + body)
     runner = ExperimentRunner(timeout=2, engine=engine)
+    runner.backend.prepare()  # once per runner, before any deadline (a second on Podman)
     started = time.monotonic()
     result = runner.run(script, SPEC, 0)
     elapsed = time.monotonic() - started
