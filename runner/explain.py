@@ -73,6 +73,21 @@ def _read_only(match: re.Match[str], context: Context) -> str:
     )
 
 
+def _denied_in_a_mount(match: re.Match[str], context: Context) -> str | None:
+    """gVisor answers a write into a read-only mount with EACCES, not EROFS.
+
+    Only for a relative path (the working directory is the script's, or its
+    links) or one inside the read-only mounts: the sandbox user may read all of
+    those, so a denial there is a write.
+    """
+    raw = match["single"] or match["double"]
+    path = PurePosixPath(posixpath.normpath(raw))
+    inside = not path.is_absolute() or any(
+        path.is_relative_to(PurePosixPath(p)) for p in context.visible
+    )
+    return _read_only(match, context) if inside else None
+
+
 def _no_network(match: re.Match[str], context: Context) -> str:
     return (
         "the sandbox has no network (no name resolution, no route), so nothing can be "
@@ -113,6 +128,14 @@ RULES: tuple[Rule, ...] = (
         "read-only file system",
         re.compile(r"(?:[\w.]+: )?\[Errno 30\] Read-only file system(?:: .*)?"),
         _read_only,
+    ),
+    Rule(
+        "permission denied in a read-only mount",
+        re.compile(
+            r"(?:PermissionError: )?\[Errno 13\] Permission denied: "
+            r"(?:'(?P<single>[^']+)'|\"(?P<double>[^\"]+)\")"
+        ),
+        _denied_in_a_mount,
     ),
     Rule(
         "no network",

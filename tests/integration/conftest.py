@@ -31,6 +31,16 @@ needs_local_engine = pytest.mark.skipif(
 )
 
 
+#: Tests of the image and the host side, not of the engine or the runtime (building
+#: user images, scikit-learn's gallery): they run in the first pass only, the runc pass
+#: on the local engine, which keeps the whole CI run short.
+run_once = pytest.mark.skipif(
+    not (TEST_ENGINE == "local" and RUNTIME == "runc"),
+    reason="tests the image, not the engine or runtime: runs in the runc pass on the "
+    "local engine only",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:

@@ -8,6 +8,7 @@ import pytest
 
 from runner import ExperimentRunner
 from runner.engine import DockerEngine
+from tests.integration.conftest import run_once
 
 GALLERY = Path(__file__).parent.parent / "data" / "gallery"
 EXAMPLES = sorted(GALLERY.glob("*.py"))
@@ -27,6 +28,7 @@ def test_the_vendored_sample_is_there() -> None:
     assert (GALLERY / "COPYING").read_text().startswith("BSD 3-Clause License")
 
 
+@run_once
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_a_gallery_example_runs_in_the_sandbox(
     engine: DockerEngine, example: Path, workdir: Path, tmp_path: Path

@@ -28,7 +28,7 @@ from runner.image import (
 )
 from runner.lock import check_lock
 from runner.settings import ExperimentDefaults
-from tests.integration.conftest import SPEC
+from tests.integration.conftest import SPEC, run_once
 
 INSPECT = (
     "import json, os, importlib.metadata as m, platform; "
@@ -132,6 +132,7 @@ def user_image(
         engine.remove_image(tag)
 
 
+@run_once
 def test_user_image_is_locked_with_hashes_and_labelled(
     engine: DockerEngine, user_image: BuiltImage
 ) -> None:
@@ -146,6 +147,7 @@ def test_user_image_is_locked_with_hashes_and_labelled(
     assert EXTRA in labels[LABEL_PACKAGES].split()
 
 
+@run_once
 def test_a_script_importing_the_extra_package_runs_in_the_user_image(
     engine: DockerEngine, user_image: BuiltImage, write_script: Callable[..., Path]
 ) -> None:
@@ -157,6 +159,7 @@ def test_a_script_importing_the_extra_package_runs_in_the_user_image(
     assert result.image_id == user_image.image_id
 
 
+@run_once
 def test_the_user_image_verifies_against_its_lock(
     engine: DockerEngine, user_image: BuiltImage
 ) -> None:
@@ -165,6 +168,7 @@ def test_the_user_image_verifies_against_its_lock(
     assert report.ok, report.checks
 
 
+@run_once
 def test_rebuilding_from_the_same_lock_gives_the_same_package_set(
     engine: DockerEngine, user_image: BuiltImage
 ) -> None:
@@ -185,6 +189,7 @@ def test_rebuilding_from_the_same_lock_gives_the_same_package_set(
         engine.remove_image(tag)
 
 
+@run_once
 @pytest.mark.parametrize(
     ("requirement", "says"),
     [

@@ -24,6 +24,9 @@ NOT_FOUND = "FileNotFoundError: [Errno 2] No such file or directory: "
 EXPLAINED = [
     ("OSError: [Errno 30] Read-only file system: 'model.pkl'", READ_ONLY),
     ("OSError: [Errno 30] Read-only file system: '/work/exp/plot.png'", READ_ONLY),
+    # gVisor answers a write into a read-only mount with EACCES.
+    ("PermissionError: [Errno 13] Permission denied: 'model.pkl'", READ_ONLY),
+    ("PermissionError: [Errno 13] Permission denied: '/work/exp/out/plot.png'", READ_ONLY),
     ("socket.gaierror: [Errno -3] Temporary failure in name resolution", NO_NETWORK),
     ("socket.gaierror: [Errno -2] Name or service not known", NO_NETWORK),
     (
@@ -64,6 +67,7 @@ UNEXPLAINED = [
     "ValueError: Read-only file system is not supported",
     "OSError: [Errno 28] No space left on device: '/tmp/big'",
     "PermissionError: [Errno 13] Permission denied: '/etc/shadow'",
+    "PermissionError: [Errno 13] Permission denied: '/work/other/model.pkl'",
     "ValueError: column 'gaierror' not found",
     "urllib.error.URLError: <urlopen error unknown url type: s3>",
     "ConnectionRefusedError: [Errno 111] Connection refused",
