@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+from runner import mcp_server
 from runner.cleanup import cleanup
 from runner.codegen import CodeGenerator
 from runner.demo import demo_jobs
@@ -184,6 +185,17 @@ def _parser() -> argparse.ArgumentParser:
         "doctor", help="check the engine, the image and each runtime, and say what to fix"
     )
     doctor.set_defaults(handler=_doctor)
+
+    mcp = commands.add_parser(
+        "mcp",
+        help="serve run_python, run_experiment and list_results to agents over MCP (stdio)",
+        description="A Model Context Protocol server (needs the [mcp] extra): each tool call "
+        "runs in a fresh sandbox under these limits, which clients can lower, never raise. "
+        "Logs go to stderr; stdout is the protocol.",
+    )
+    mcp_server.add_arguments(mcp)
+    _results_options(mcp)
+    mcp.set_defaults(handler=_mcp)
 
     history = commands.add_parser("history", help="show recorded results, best first")
     history.add_argument(
@@ -450,6 +462,12 @@ def _smoke_test(engine: DockerEngine, runtime: str | None) -> tuple[bool, str]:
     if raw["returncode"] == 0:
         return True, "runs a sandboxed script"
     return False, f"sandboxed script exited {raw['returncode']}: {raw['stderr'][-300:]}"
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    settings = ExperimentDefaults()
+    history = None if args.no_record else args.results or settings.results_file
+    return mcp_server.serve(args, history)
 
 
 def _history(args: argparse.Namespace) -> int:
