@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
 GOOD = b'{"success": true, "metrics": {"accuracy": 0.75}}\n'
 
 Call = Callable[..., Awaitable[CallToolResult]]
+
+
+@pytest.fixture(autouse=True)
+def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback traffic stays on loopback: no proxy from the environment is used."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
 
 
 def serve(
@@ -257,3 +266,43 @@ def test_a_data_set_that_is_not_a_file_stops_the_server_at_start(tmp_path: Path)
             ServerPolicy.from_settings(ExperimentDefaults(), data={"x": tmp_path / "missing"}),
             engine=FakeEngine(),
         )
+
+
+def test_streamable_http_serves_on_loopback_by_default(tmp_path: Path) -> None:
+    """`runner mcp --http` binds 127.0.0.1 unless told otherwise; a client calls a tool there."""
+    import socket
+
+    from runner.cli import _parser
+
+    args = _parser().parse_args(["mcp", "--http"])
+    assert (args.host, args.http) == ("127.0.0.1", True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = ExperimentDefaults(cache_dir=tmp_path / "cache")
+    service = SandboxService(
+        ServerPolicy.from_settings(settings), engine=FakeEngine(), settings=settings
+    )
+    server = build_server(service)
+
+    async def session() -> None:
+        serving = asyncio.create_task(server.run_streamable_http_async(host=args.host, port=port))
+        try:
+            for _ in range(100):
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                break
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                result = await client.call_tool("run_python", {"code": "print(1)"})
+            assert not result.is_error
+            assert result.structured_content["metrics"] == {"accuracy": 0.9}
+        finally:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+
+    asyncio.run(session())

@@ -36,6 +36,14 @@ SPEC = ExperimentSpec(
 OUTPUT = b'{"success": true, "metrics": {"accuracy": 0.9, "f1": 0.8}}\n'
 
 
+@pytest.fixture(autouse=True)
+def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback traffic stays on loopback: no proxy from the environment is used."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A sqlite tracking store; MLflow puts its artifacts under ./mlruns, so cwd is tmp_path."""
