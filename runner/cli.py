@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+from runner import mcp_server
 from runner.cleanup import cleanup
 from runner.codegen import CodeGenerator
 from runner.demo import demo_jobs
@@ -40,6 +41,7 @@ from runner.parsing import printable
 from runner.pool import pool_root_for
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
+from runner.tracking import MlflowTracker
 
 # Piped output (CI logs, tests) gets a wide fixed width instead of rich's 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -184,12 +186,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.set_defaults(handler=_doctor)
 
+    mcp = commands.add_parser(
+        "mcp",
+        help="serve run_python, run_experiment and list_results to agents over MCP (stdio)",
+        description="A Model Context Protocol server (needs the [mcp] extra): each tool call "
+        "runs in a fresh sandbox under these limits, which clients can lower, never raise. "
+        "Logs go to stderr; stdout is the protocol.",
+    )
+    mcp_server.add_arguments(mcp)
+    _results_options(mcp)
+    mcp.set_defaults(handler=_mcp)
+
     history = commands.add_parser("history", help="show recorded results, best first")
     history.add_argument(
         "--results", type=Path, help="the JSON Lines file (default: results.jsonl)"
     )
     history.add_argument("--name", help="only experiments whose name contains this")
     history.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    history.add_argument(
+        "--mlflow", metavar="URI", help="read the results logged to this MLflow tracking URI"
+    )
     history.set_defaults(handler=_history)
     return parser
 
@@ -201,6 +217,10 @@ def _results_options(parser: argparse.ArgumentParser) -> None:
         help="append results to this JSON Lines file (default: results.jsonl)",
     )
     parser.add_argument("--no-record", action="store_true", help="do not record the results")
+    parser.add_argument(
+        "--mlflow", metavar="URI",
+        help="also log each result as an MLflow run (default: RUNNER_TRACKING_URI)",
+    )  # fmt: skip
 
 
 def _history_for(args: argparse.Namespace, settings: ExperimentDefaults) -> ResultsHistory | None:
@@ -225,6 +245,7 @@ def _run(args: argparse.Namespace) -> int:
         pool_root=pool_root_for(files, None),
         transfer=args.transfer,
         outputs_dir=args.outputs,
+        tracking_uri=args.mlflow,
         settings=settings,
     ) as runner:
         if args.warm:
@@ -243,7 +264,10 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
     with ExperimentRunner(
-        history=_history_for(args, settings), warm_pool=args.warm, settings=settings
+        history=_history_for(args, settings),
+        warm_pool=args.warm,
+        tracking_uri=args.mlflow,
+        settings=settings,
     ) as runner:
         return _run_demo(args, runner, settings)
 
@@ -440,9 +464,19 @@ def _smoke_test(engine: DockerEngine, runtime: str | None) -> tuple[bool, str]:
     return False, f"sandboxed script exited {raw['returncode']}: {raw['stderr'][-300:]}"
 
 
+def _mcp(args: argparse.Namespace) -> int:
+    settings = ExperimentDefaults()
+    history = None if args.no_record else args.results or settings.results_file
+    return mcp_server.serve(args, history)
+
+
 def _history(args: argparse.Namespace) -> int:
     path = args.results or ExperimentDefaults().results_file
-    results, unreadable = ResultsHistory(path).read()
+    if args.mlflow:
+        path, unreadable = args.mlflow, 0
+        results = MlflowTracker(args.mlflow).read(name=args.name)
+    else:
+        results, unreadable = ResultsHistory(path).read()
     if args.name:
         results = [r for r in results if args.name in r.experiment_name]
     if unreadable:
@@ -506,6 +540,8 @@ def _summary(result: ExperimentResult) -> None:
         )
     if result.artifacts_message:
         console.print(Text.assemble("  ", safe_text(result.artifacts_message, limit=2000)))
+    if result.tracking_error:
+        errors.print(Text.assemble("note: ", safe_text(result.tracking_error, limit=2000)))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from runner.output import OutputCallback
 from runner.parsing import Ending, interpret, printable
 from runner.sandbox import SandboxPolicy, parse_size, unreadable
 from runner.settings import ExperimentDefaults
+from runner.tracking import MlflowTracker, track
 from runner.transfer import Transfer
 
 #: One job of a batch: (script_path, spec, iteration), or with the script's
@@ -50,6 +51,9 @@ class ExperimentRunner:
     With ``outputs_dir``, the script's working directory is writable (a capped
     tmpfs, also ``$OUTPUT_DIR``, with links to its own files) and what it writes
     there comes back under ``outputs_dir``, listed in ``result.artifacts``.
+
+    With ``tracking_uri`` (MLflow), each result is also logged as an MLflow run;
+    a tracking server that fails only adds ``result.tracking_error``.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class ExperimentRunner:
         pool_root: Path | str | None = None,
         transfer: Transfer | None = None,
         outputs_dir: Path | str | None = None,
+        tracking_uri: str | None = None,
         settings: ExperimentDefaults | None = None,
         engine: Engine | None = None,
     ) -> None:
@@ -99,6 +104,9 @@ class ExperimentRunner:
             self.history = history
         else:
             self.history = ResultsHistory(history)
+        uri = tracking_uri if tracking_uri is not None else defaults.tracking_uri
+        #: Where each result is logged in MLflow (None: tracking off).
+        self.tracker = MlflowTracker(uri) if uri else None
         if warm_pool < 0:
             raise ValueError("warm_pool must be 0 (off) or a positive number of containers")
         self._backend = DockerBackend(
@@ -150,6 +158,16 @@ class ExperimentRunner:
             args=args,
             outputs=outputs_dir,
         )
+        return self._keep(result)
+
+    def _keep(self, result: ExperimentResult) -> ExperimentResult:
+        """Log ``result`` to MLflow and append it to the history, as configured.
+
+        Tracking never fails a run: what went wrong is noted on the result, and
+        the history records it all the same.
+        """
+        if self.tracker is not None:
+            result = track(self.tracker, result, runtime=self.policy.runtime)
         if self.history is not None:
             self.history.append(result)
         return result
@@ -342,9 +360,7 @@ class ExperimentRunner:
             }
             for future in as_completed(futures):
                 index = futures[future]
-                result = results[index] = future.result()
-                if self.history is not None:
-                    self.history.append(result)
+                result = results[index] = self._keep(future.result())
                 if on_result is not None:
                     on_result(index, result)
         except BaseException:
@@ -382,9 +398,7 @@ class ExperimentRunner:
         except asyncio.CancelledError:
             await asyncio.to_thread(self._abort, [token])
             raise
-        if self.history is not None:
-            await asyncio.to_thread(self.history.append, result)
-        return result
+        return await asyncio.to_thread(self._keep, result)
 
     def _run_job(self, job: Job, token: object, index: int) -> ExperimentResult:
         """One job of a batch: whatever goes wrong becomes its failed result, never the batch's."""

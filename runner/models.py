@@ -93,6 +93,11 @@ class ExperimentResult(BaseModel):
     artifacts: list[Artifact] = Field(default_factory=list)
     #: What was not copied back and why (a limit hit, a symlink refused, ...); None if nothing.
     artifacts_message: str | None = None
+    #: The MLflow run this result was logged to, with tracking on; None otherwise.
+    mlflow_run_id: str | None = None
+    #: Why the result could not be logged to MLflow (the server was down, ...); None if
+    #: it was, or tracking is off. The result itself is complete either way.
+    tracking_error: str | None = None
 
     def get_primary_metric(self, name: str) -> float | None:
         """The metric called ``name``, or None when the run did not report it."""

@@ -47,6 +47,8 @@ class ExperimentDefaults(BaseSettings):
     outputs_max_bytes: str = "512m"
     outputs_max_files: int = Field(default=1000, gt=0)
     outputs_max_file_size: str = "256m"
+    #: An MLflow tracking URI each result is logged to (unset: no tracking).
+    tracking_uri: str | None = None
     #: Where ``CodeGenerator`` puts one directory per generated experiment.
     experiments_dir: Path = Path("experiments")
     #: The JSON Lines results history the CLI appends to.
