@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: A run's cgroups still busy when it is released are tried again, for about a second.
+RELEASE_ATTEMPTS = 10
+RELEASE_RETRY_DELAY = 0.1
 PARENT = "experiment-runner"
 
 
@@ -58,10 +61,19 @@ class CgroupTelemetry:
         return Usage(memory, cpu / 1e9 if cpu is not None else None)
 
     def release(self, parent: str) -> None:
-        """Remove the run's cgroup directories in every hierarchy (all are empty by now)."""
+        """Remove the run's cgroup directories in every hierarchy.
+
+        Docker has emptied them when the container is removed; Podman's clean-up
+        process may still be leaving them for a moment, so a busy one is tried
+        again briefly (``release_stale`` takes any that stay).
+        """
         relative = parent.strip("/")
-        for hierarchy in self._hierarchies():
-            _remove_tree(hierarchy / relative)
+        left = [hierarchy / relative for hierarchy in self._hierarchies()]
+        for _ in range(RELEASE_ATTEMPTS):
+            left = [d for d in left if d.is_dir() and not _remove_tree(d)]
+            if not left:
+                return
+            time.sleep(RELEASE_RETRY_DELAY)
 
     def release_stale(self, min_age: float = 60.0) -> int:
         """Remove per-run parents that no container uses any more; how many went.
