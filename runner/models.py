@@ -93,6 +93,8 @@ class ExperimentResult(BaseModel):
     artifacts: list[Artifact] = Field(default_factory=list)
     #: What was not copied back and why (a limit hit, a symlink refused, ...); None if nothing.
     artifacts_message: str | None = None
+    #: Where it ran: this machine's host name, or the Ray node ID on a cluster.
+    node: str | None = None
 
     def get_primary_metric(self, name: str) -> float | None:
         """The metric called ``name``, or None when the run did not report it."""

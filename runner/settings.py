@@ -47,6 +47,9 @@ class ExperimentDefaults(BaseSettings):
     outputs_max_bytes: str = "512m"
     outputs_max_files: int = Field(default=1000, gt=0)
     outputs_max_file_size: str = "256m"
+    #: A Ray cluster to run on instead of this machine's engine: its address
+    #: (``HOST:PORT``) or ``auto`` (``RAY_ADDRESS``, else the cluster started here).
+    cluster: str | None = None
     #: Where ``CodeGenerator`` puts one directory per generated experiment.
     experiments_dir: Path = Path("experiments")
     #: The JSON Lines results history the CLI appends to.
