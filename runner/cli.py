@@ -255,7 +255,17 @@ def _history_for(args: argparse.Namespace, settings: ExperimentDefaults) -> Resu
     return ResultsHistory(args.results or settings.results_file)
 
 
+def _check_ray(args: argparse.Namespace) -> None:
+    """Options a cluster cannot honour are the caller's error, said before anything starts."""
+    if args.ray and args.warm:
+        raise ExperimentExecutionError(
+            "--warm keeps containers on this machine's engine; a Ray cluster's nodes run cold.",
+            hint="drop --warm, or --ray.",
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check_ray(args)
     settings = ExperimentDefaults()
     files = [args.script.resolve().parent, *(Path(i).resolve() for i in args.input or ())]
     with ExperimentRunner(
@@ -288,6 +298,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _check_ray(args)
     settings = ExperimentDefaults()
     with ExperimentRunner(
         history=_history_for(args, settings),
@@ -332,6 +343,7 @@ def _run_demo(
 
 
 def _batch(args: argparse.Namespace) -> int:
+    _check_ray(args)
     settings = ExperimentDefaults()
     scripts = _scripts(args.paths)
     files = [*(script.parent for script in scripts), *(Path(i).resolve() for i in args.input)]
