@@ -26,6 +26,8 @@ import io
 import logging
 import os
 import secrets
+import socket
+import sys
 import tarfile
 import tempfile
 import threading
@@ -56,10 +58,14 @@ RAY_HINT = (
 PACKED_KEPT = 256
 #: How long cancelling waits for the cancelled tasks to end before sweeping again.
 CANCEL_WAIT = 15.0
+#: Seconds to reach an explicit cluster address before Ray is asked to connect.
+CONNECT_TIMEOUT = 5.0
 
 
 def _ray() -> ModuleType:
     """Ray, imported on first use: it is an optional extra."""
+    # Nothing of this process's data leaves for Ray's usage statistics.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError as e:
@@ -134,9 +140,13 @@ class RayBackend:
         with self._lock:
             if self._nodes is not None:
                 return self._nodes
+            _reachable(self.address)
+            if _loopback(self.address) and "ray" not in sys.modules:
+                # A driver swaps a loopback address for the machine's own when it connects,
+                # where a cluster bound to 127.0.0.1 does not listen; Ray's switch for a
+                # cluster on one machine keeps it (read when Ray is imported).
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray = _ray()
-            # Nothing of this process's data leaves for Ray's usage statistics.
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             if not ray.is_initialized():
                 try:
                     ray.init(
@@ -334,6 +344,34 @@ def _with_artifacts(execution: Execution, archive: bytes, outputs: Outputs) -> E
         artifacts=tuple(collected.artifacts),
         artifacts_message=" ".join(messages) or None,
     )
+
+
+def _address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of an explicit ``HOST:PORT`` (``auto`` and the like: None)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _loopback(address: str) -> bool:
+    found = _address(address)
+    return found is not None and found[0] in ("127.0.0.1", "localhost", "::1")
+
+
+def _reachable(address: str) -> None:
+    """Fail fast, with a hint, where nothing listens (Ray's own connect retries for minutes)."""
+    found = _address(address)
+    if found is None:
+        return
+    try:
+        socket.create_connection(found, timeout=CONNECT_TIMEOUT).close()
+    except OSError as e:
+        raise ExperimentExecutionError(
+            f"No Ray cluster answers at {address}: {e}.",
+            hint="start one (`ray start --head --node-ip-address=127.0.0.1` for this "
+            "machine alone) or pass its address (--ray HOST:PORT, RUNNER_CLUSTER).",
+        ) from e
 
 
 def cluster_capacity(nodes: Iterable[dict[str, Any]], policy: SandboxPolicy) -> list[NodeCapacity]:

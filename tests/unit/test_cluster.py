@@ -189,3 +189,14 @@ def _tar(files: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
+
+
+def test_an_address_where_nothing_listens_fails_fast_with_a_hint(script: Path) -> None:
+    """A cluster address nobody answers at is a one-line error within seconds, not a hang."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    runner = ExperimentRunner(cluster=f"127.0.0.1:{port}")
+    with pytest.raises(ExperimentExecutionError, match="No Ray cluster answers") as info:
+        runner.run(script, ExperimentSpec(experiment_name="x", model_type="s"), 0)
+    assert info.value.hint is not None and "ray start" in info.value.hint
