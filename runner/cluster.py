@@ -153,6 +153,8 @@ class RayBackend:
                         address=self.address,
                         logging_level=logging.WARNING,
                         log_to_driver=False,
+                        # This driver's own servers listen on the loopback too.
+                        **({"_node_ip_address": "127.0.0.1"} if _loopback(self.address) else {}),
                     )
                 except (ConnectionError, RuntimeError, ValueError) as e:
                     raise ExperimentExecutionError(

@@ -7,6 +7,7 @@ machines; each node still runs no more sandboxes than its CPUs and memory hold.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -247,3 +248,61 @@ def test_runner_batch_json_prints_one_result_a_line_with_its_node(
     report = junit.read_text()
     assert report.count("<testcase ") == 2 and report.count("<failure ") == 1
     assert "no data" in report
+
+
+def test_every_ray_process_listens_on_the_loopback_only(
+    ray_runner: ExperimentRunner, write_script: Callable[..., Path]
+) -> None:
+    """After a run, no socket of the cluster, its workers or this driver listens elsewhere."""
+    script = write_script(SLEEPER.replace("1.5", "0"))
+    assert ray_runner.run(script, ExperimentSpec(experiment_name="l", model_type="s"), 0).success
+    ray_pids = {os.getpid()} | {
+        int(proc.name)
+        for proc in Path("/proc").iterdir()
+        if proc.name.isdigit() and _mentions_ray(proc)
+    }
+    listening = _listening_inodes()
+    found = {}
+    for pid in ray_pids:
+        for fd in _fds(pid):
+            inode = fd.removeprefix("socket:[").removesuffix("]")
+            if inode in listening:
+                found[inode] = (pid, listening[inode])
+    assert found, "no Ray listener found: the check would prove nothing"
+    elsewhere = {k: v for k, v in found.items() if v[1] not in ("127.0.0.1", "::ffff:127.0.0.1")}
+    assert elsewhere == {}
+
+
+def _mentions_ray(proc: Path) -> bool:
+    try:
+        command = (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return any(word in command for word in (b"ray", b"gcs_server", b"raylet"))
+
+
+def _fds(pid: int) -> list[str]:
+    try:
+        return [str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:
+        return []
+
+
+def _listening_inodes() -> dict[str, str]:
+    """Inode of each listening TCP socket on the machine, and its local address."""
+    found = {}
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            address = bytes.fromhex(fields[1].split(":")[0])
+            if width == 4:
+                host = ".".join(str(b) for b in reversed(address))
+            else:
+                words = [address[i : i + 4][::-1] for i in range(0, 16, 4)]
+                host = ipaddress.IPv6Address(b"".join(words)).compressed
+                mapped = ipaddress.IPv6Address(b"".join(words)).ipv4_mapped
+                host = f"::ffff:{mapped}" if mapped is not None else host
+            found[fields[9]] = host
+    return found
