@@ -8,7 +8,10 @@ the one container lifecycle of ``runner.lifecycle``.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import socket
 import threading
 import time
 import weakref
@@ -34,7 +37,7 @@ from runner.pool import (
     may_be_pool_root,
     pool_root_for,
 )
-from runner.sandbox import PodmanSupport, Run, SandboxPolicy, self_limited
+from runner.sandbox import PodmanSupport, Run, SandboxPolicy, parse_size, self_limited
 from runner.settings import ExperimentDefaults
 from runner.telemetry import CgroupTelemetry
 from runner.transfer import TRANSFERS, Transfer, copy_to_engine, engine_sees_local_files
@@ -61,6 +64,12 @@ class RunRequest:
     args: tuple[str, ...] = ()
     #: Where the script's outputs go, if anywhere (None: outputs off).
     outputs: Outputs | None = None
+    #: The mounts already packed (``runner.transfer.pack``), one archive each, when they
+    #: were made on another machine (a Ray task's caller): they are copied in, never bound.
+    packed: tuple[bytes, ...] = ()
+    #: Labels the run's container and volumes carry besides the project's own
+    #: (a Ray batch marks its runs so that cancelling it finds them on every node).
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 class Backend(Protocol):
@@ -71,6 +80,8 @@ class Backend(Protocol):
     ) -> Execution: ...
 
     def abort(self, tokens: Iterable[object]) -> None: ...
+
+    def default_workers(self) -> int: ...
 
     def close(self) -> None: ...
 
@@ -92,8 +103,11 @@ class DockerBackend:
         preload: Sequence[str] | None = None,
         pool_root: Path | str | None = None,
         transfer: Transfer | None = None,
+        node: str | None = None,
     ) -> None:
         defaults = settings or ExperimentDefaults()
+        #: What ``result.node`` says ran the script (default: this machine's host name).
+        self.node = node or socket.gethostname()
         self.transfer: Transfer = transfer or defaults.transfer
         if self.transfer not in TRANSFERS:
             raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}, not {transfer!r}")
@@ -170,6 +184,11 @@ class DockerBackend:
             cores = len(os.sched_getaffinity(0))
             return cores, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return self._engine_cpus, self._engine_memory
+
+    def default_workers(self) -> int:
+        """Runs at once that never book more CPU cores or memory than the engine has."""
+        cores, memory = self.capacity()
+        return sandboxes_that_fit(self.policy, cores, memory)
 
     def describe_files(self) -> str:
         """How files reach this engine's sandboxes, in words (for ``runner doctor``)."""
@@ -253,9 +272,16 @@ class DockerBackend:
         self, request: RunRequest, on_output: OutputCallback | None, token: object
     ) -> Execution:
         """Run the request in a warm slot if one fits and is ready, else in a cold container."""
+        execution = self._execute(request, on_output, token)
+        return dataclasses.replace(execution, node=self.node)
+
+    def _execute(
+        self, request: RunRequest, on_output: OutputCallback | None, token: object
+    ) -> Execution:
         self.prepare()
         copies = self._copies(request)  # with transfer="bind", unreadable files raise here
-        slot = self._warm_slot(request)
+        # Packed files come from another machine: a slot's hand-over reads paths here.
+        slot = None if request.packed else self._warm_slot(request)
         if slot is not None:
             try:
                 return self._execute_warm(slot, request, copies, on_output, token)
@@ -294,6 +320,8 @@ class DockerBackend:
 
     def _copies(self, request: RunRequest) -> bool:
         """Whether the request's files travel through the engine rather than a bind mount."""
+        if request.packed:
+            return True
         if self.transfer == "bind":
             if request.unreadable is not None:
                 raise ExperimentExecutionError(
@@ -325,13 +353,15 @@ class DockerBackend:
         outputs = request.outputs.limits if request.outputs is not None else None
         # Collecting the outputs may take the sandbox past the script's deadline.
         deadline = deadline_after(request.timeout + (COLLECT_SECONDS if outputs else 0))
-        labels = build_labels(deadline)
+        labels = build_labels(deadline, dict(request.labels))
         engine = self.engine
         bound: tuple[Path, ...] = request.mounts
         copied: tuple[tuple[Path, Path], ...] = ()
         if self._copies(request):
             try:
-                files = copy_to_engine(engine, image_id, request.mounts, labels)
+                files = copy_to_engine(
+                    engine, image_id, request.mounts, labels, packed=request.packed
+                )
             except BaseException:
                 resources.release()
                 raise
@@ -397,6 +427,13 @@ class DockerBackend:
                 cpu_before=cpu_before,
                 outputs=request.outputs,
             )
+
+
+def sandboxes_that_fit(policy: SandboxPolicy, cores: float, memory: int) -> int:
+    """Sandboxes of ``policy`` a machine of ``cores`` and ``memory`` bytes holds at once (>= 1)."""
+    by_cpu = math.floor(cores / policy.cpu_limit)
+    by_memory = memory // parse_size(policy.memory_limit)
+    return max(1, min(by_cpu, by_memory))
 
 
 def is_user_kernel(engine_info: dict[str, Any], runtime: str) -> bool:

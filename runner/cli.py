@@ -20,7 +20,7 @@ from runner.codegen import CodeGenerator
 from runner.demo import demo_jobs
 from runner.engine import DockerEngine
 from runner.exceptions import ExperimentExecutionError
-from runner.experiment_runner import ExperimentRunner
+from runner.experiment_runner import ExperimentRunner, Job
 from runner.history import ResultsHistory, best_first, ranking_metric
 from runner.image import (
     LABEL_ADDED,
@@ -36,6 +36,7 @@ from runner.image import (
     parse_listing,
     verify_image,
 )
+from runner.junit import junit_report
 from runner.models import ExperimentResult, ExperimentSpec
 from runner.parsing import printable
 from runner.pool import pool_root_for
@@ -124,8 +125,44 @@ def _parser() -> argparse.ArgumentParser:
         "the script's parent directory)",
     )  # fmt: skip
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
+    _ray_option(run)
     _results_options(run)
     run.set_defaults(handler=_run)
+
+    batch = commands.add_parser(
+        "batch",
+        help="run many scripts at once and show a leaderboard",
+        description="Run every given script (files, or directories of *.py) in parallel, "
+        "each in a fresh sandbox, here or on a Ray cluster (--ray); show progress and a "
+        "leaderboard, or print one JSON result a line (--json).",
+    )
+    batch.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                       help="a script, or a directory whose *.py files are scripts")  # fmt: skip
+    batch.add_argument("--timeout", type=float, help="seconds before a container is killed")
+    batch.add_argument("--memory", help="memory cap of each run, e.g. 512m or 2g (no swap)")
+    batch.add_argument("--cpus", type=float, help="CPU cap of each run, e.g. 1.0")
+    batch.add_argument("--runtime", help="OCI runtime registered with the engine(s)")
+    batch.add_argument("--image", help="the image to run in")
+    batch.add_argument(
+        "--input", action="append", default=[], type=Path, metavar="PATH",
+        help="a file or directory every script sees read-only at its own path (repeatable)",
+    )  # fmt: skip
+    batch.add_argument(
+        "--outputs", type=Path, metavar="DIR",
+        help="copy what each script writes to its working directory back into DIR/NNNN-NAME",
+    )  # fmt: skip
+    batch.add_argument("--workers", type=int, help="runs at once (default: what fits)")
+    batch.add_argument(
+        "--warm", type=int, default=0, metavar="N",
+        help="keep N single-use containers started ahead, libraries preloaded (not with --ray)",
+    )  # fmt: skip
+    batch.add_argument("--json", action="store_true",
+                       help="print each result as one line of JSON as it finishes")  # fmt: skip
+    batch.add_argument("--junit", type=Path, metavar="FILE",
+                       help="write a JUnit XML report, one test case per script")  # fmt: skip
+    _ray_option(batch)
+    _results_options(batch)
+    batch.set_defaults(handler=_batch)
 
     demo = commands.add_parser(
         "demo",
@@ -138,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         "--warm", type=int, default=0, metavar="N",
         help="keep N single-use containers started ahead, libraries preloaded",
     )  # fmt: skip
+    _ray_option(demo)
     _results_options(demo)
     demo.set_defaults(handler=_demo)
 
@@ -210,6 +248,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ray_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ray", metavar="ADDRESS",
+        help="run on a Ray cluster: its address (HOST:PORT) or auto (default: RUNNER_CLUSTER, "
+        "else this machine's engine)",
+    )  # fmt: skip
+
+
 def _results_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--results",
@@ -229,7 +275,17 @@ def _history_for(args: argparse.Namespace, settings: ExperimentDefaults) -> Resu
     return ResultsHistory(args.results or settings.results_file)
 
 
+def _check_ray(args: argparse.Namespace) -> None:
+    """Options a cluster cannot honour are the caller's error, said before anything starts."""
+    if args.ray and args.warm:
+        raise ExperimentExecutionError(
+            "--warm keeps containers on this machine's engine; a Ray cluster's nodes run cold.",
+            hint="drop --warm, or --ray.",
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check_ray(args)
     settings = ExperimentDefaults()
     files = [args.script.resolve().parent, *(Path(i).resolve() for i in args.input or ())]
     with ExperimentRunner(
@@ -247,6 +303,7 @@ def _run(args: argparse.Namespace) -> int:
         outputs_dir=args.outputs,
         tracking_uri=args.mlflow,
         settings=settings,
+        cluster=args.ray,
     ) as runner:
         if args.warm:
             _note_pool(runner)
@@ -262,12 +319,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _check_ray(args)
     settings = ExperimentDefaults()
     with ExperimentRunner(
         history=_history_for(args, settings),
         warm_pool=args.warm,
         tracking_uri=args.mlflow,
         settings=settings,
+        cluster=args.ray,
     ) as runner:
         return _run_demo(args, runner, settings)
 
@@ -303,6 +362,100 @@ def _run_demo(
         results = runner.run_many(jobs, max_workers=workers, on_result=done)
     console.print(_leaderboard(results, title="Leaderboard"))
     return 0 if all(r.success for r in results) else 1
+
+
+def _batch(args: argparse.Namespace) -> int:
+    _check_ray(args)
+    settings = ExperimentDefaults()
+    scripts = _scripts(args.paths)
+    files = [*(script.parent for script in scripts), *(Path(i).resolve() for i in args.input)]
+    with ExperimentRunner(
+        timeout=args.timeout,
+        image=args.image,
+        memory_limit=args.memory,
+        cpu_limit=args.cpus,
+        runtime=args.runtime,
+        inputs=args.input,
+        history=_history_for(args, settings),
+        warm_pool=args.warm,
+        # The pool root nearest every script and input (None when none may be).
+        pool_root=pool_root_for(files, None) if args.warm else None,
+        outputs_dir=args.outputs,
+        settings=settings,
+        cluster=args.ray,
+    ) as runner:
+        if args.warm:
+            _note_pool(runner)
+            runner.wait_for_warm(120)
+        jobs: list[Job] = [
+            (script, ExperimentSpec(experiment_name=name, model_type="script"), 0)
+            for script, name in zip(scripts, _names(scripts), strict=True)
+        ]
+        workers = args.workers or runner.default_workers()
+        # With --json, stdout carries only the results; the progress goes to stderr.
+        screen = errors if args.json else console
+        where = f"Ray cluster {runner.cluster}" if runner.cluster else "this machine"
+        screen.print(
+            safe_text(f"Running {len(jobs)} script(s) on {where}, {workers} at once", limit=1000)
+        )
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=screen,
+        ) as progress:
+            task = progress.add_task("scripts", total=len(jobs))
+
+            def done(index: int, result: ExperimentResult) -> None:
+                progress.advance(task)
+                if args.json:
+                    # ensure_ascii also escapes C1 and bidi characters, which JSON allows raw.
+                    line = json.dumps(result.model_dump(mode="json"), ensure_ascii=True)
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+                else:
+                    progress.console.print(
+                        Text.assemble(
+                            "  ", _outcome(result), ": ", safe_text(result.experiment_name)
+                        )
+                    )
+
+            results = runner.run_many(jobs, max_workers=workers, on_result=done)
+    if args.junit:
+        args.junit.write_bytes(junit_report(results, suite="runner batch"))
+    if not args.json:
+        console.print(_leaderboard(results, title="Leaderboard"))
+    return 0 if all(r.success for r in results) else 1
+
+
+def _scripts(paths: Sequence[Path]) -> list[Path]:
+    """The scripts ``paths`` name: files as they are, directories' ``*.py`` in name order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.glob("*.py") if p.is_file()))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ExperimentExecutionError(
+                f"No such script or directory: {path}",
+                hint="pass Python files, or directories holding *.py files.",
+            )
+    if not found:
+        raise ExperimentExecutionError(
+            "No scripts found.", hint="pass Python files, or directories holding *.py files."
+        )
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def _names(scripts: Sequence[Path]) -> list[str]:
+    """Each script's experiment name: its stem, with its directory where stems repeat."""
+    stems = [script.stem for script in scripts]
+    return [
+        f"{script.parent.name}/{script.stem}" if stems.count(script.stem) > 1 else script.stem
+        for script in scripts
+    ]
 
 
 def _note_pool(runner: ExperimentRunner) -> None:
@@ -412,7 +565,8 @@ def _doctor(args: argparse.Namespace) -> int:
         "" if current else "runner image build",
     )
 
-    backend = ExperimentRunner(engine=engine, settings=settings).backend
+    # The doctor checks this machine's engine, whatever RUNNER_CLUSTER says.
+    backend = ExperimentRunner(engine=engine, settings=settings, cluster="").backend
     report(True, f"files: {backend.describe_files()}")
     telemetry = "read from the engine's cgroups" if backend.telemetry_available else "not available"
     report(True, f"telemetry (peak memory, CPU time): {telemetry}")
@@ -454,7 +608,7 @@ def _smoke_test(engine: DockerEngine, runtime: str | None) -> tuple[bool, str]:
         script = directory / "doctor.py"
         script.write_text('import json, sys\nprint(json.dumps({"success": True}))\n')
         script.chmod(0o644)
-        runner = ExperimentRunner(timeout=60, runtime=runtime, engine=engine)
+        runner = ExperimentRunner(timeout=60, runtime=runtime, engine=engine, cluster="")
         try:
             raw = runner.run_script_directly(script)
         except ExperimentExecutionError as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -15,6 +14,7 @@ from typing import Any
 from runner.arguments import check_args
 from runner.artifacts import OUTPUTS_PATH, OutputLimits, Outputs
 from runner.backend import DockerBackend, RunRequest
+from runner.cluster import RayBackend
 from runner.engine import Engine
 from runner.exceptions import ExperimentExecutionError
 from runner.explain import Context, Evidence, explain
@@ -23,7 +23,8 @@ from runner.lifecycle import Execution
 from runner.models import ExperimentResult, ExperimentSpec
 from runner.output import OutputCallback
 from runner.parsing import Ending, interpret, printable
-from runner.sandbox import SandboxPolicy, parse_size, unreadable
+from runner.pool import WarmPool
+from runner.sandbox import SandboxPolicy, unreadable
 from runner.settings import ExperimentDefaults
 from runner.tracking import MlflowTracker, track
 from runner.transfer import Transfer
@@ -78,6 +79,7 @@ class ExperimentRunner:
         tracking_uri: str | None = None,
         settings: ExperimentDefaults | None = None,
         engine: Engine | None = None,
+        cluster: str | None = None,
     ) -> None:
         defaults = settings or ExperimentDefaults()
         outputs = outputs_dir if outputs_dir is not None else defaults.outputs_dir
@@ -109,6 +111,19 @@ class ExperimentRunner:
         self.tracker = MlflowTracker(uri) if uri else None
         if warm_pool < 0:
             raise ValueError("warm_pool must be 0 (off) or a positive number of containers")
+        #: The Ray cluster runs go to (None: this machine's engine).
+        self.cluster = cluster if cluster is not None else defaults.cluster
+        self._backend: DockerBackend | RayBackend
+        if self.cluster:
+            if engine is not None or warm_pool:
+                raise ValueError(
+                    "on a Ray cluster each node runs sandboxes on its own engine, cold: "
+                    "engine= and warm_pool= are for this machine's engine"
+                )
+            self._backend = RayBackend(
+                self.policy, address=self.cluster, python_executable=python_executable
+            )
+            return
         self._backend = DockerBackend(
             self.policy,
             engine=engine,
@@ -240,6 +255,7 @@ class ExperimentRunner:
             warm_start=execution.warm,
             artifacts=list(execution.artifacts),
             artifacts_message=execution.artifacts_message,
+            node=execution.node,
         )
 
     def run_script_directly(
@@ -285,22 +301,25 @@ class ExperimentRunner:
     @property
     def preload(self) -> tuple[str, ...]:
         """The modules a warm pool container imports ahead of its script."""
-        return self._backend.preload
+        return self._backend.preload if isinstance(self._backend, DockerBackend) else ()
 
     @property
     def pool_root(self) -> Path | None:
         """Scripts and inputs below this directory can run warm now (None: not yet)."""
-        return self._backend.pool_root
+        return self._backend.pool_root if isinstance(self._backend, DockerBackend) else None
 
     @property
     def warm_pool_size(self) -> int:
         """Containers the warm pool keeps ready (0: no pool)."""
-        pool = self._backend.pool
+        pool = self._local_pool()
         return pool.size if pool is not None else 0
+
+    def _local_pool(self) -> WarmPool | None:
+        return self._backend.pool if isinstance(self._backend, DockerBackend) else None
 
     def wait_for_warm(self, timeout: float = 60.0) -> bool:
         """Block until every pool slot is ready; False on timeout or without a pool."""
-        pool = self._backend.pool
+        pool = self._local_pool()
         if pool is None:
             return False
         ready = pool.wait_ready(timeout)
@@ -324,12 +343,10 @@ class ExperimentRunner:
         """Runs at once that never book more CPU cores or memory than the engine has.
 
         The engine's machine is this one for a local engine; for a remote engine
-        its own count of CPUs and memory is used.
+        its own count of CPUs and memory is used; on a Ray cluster, the sum over
+        its nodes, each counted from Ray's CPU and memory resources.
         """
-        cores, memory = self._backend.capacity()
-        by_cpu = math.floor(cores / self.policy.cpu_limit)
-        by_memory = memory // parse_size(self.policy.memory_limit)
-        return max(1, min(by_cpu, by_memory))
+        return self._backend.default_workers()
 
     def run_many(
         self,
@@ -482,13 +499,15 @@ class ExperimentRunner:
         return self.outputs_dir
 
     @property
-    def backend(self) -> DockerBackend:
+    def backend(self) -> DockerBackend | RayBackend:
         """The execution seam this runner stands on."""
         return self._backend
 
     @property
     def engine(self) -> Engine:
-        """The Docker seam, connected on first use."""
+        """The Docker seam, connected on first use (this machine's runs only)."""
+        if isinstance(self._backend, RayBackend):
+            raise ValueError("on a Ray cluster, each node's own engine runs the sandboxes")
         return self._backend.engine
 
     def _prepare_mounts(

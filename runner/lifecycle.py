@@ -57,6 +57,8 @@ class Execution:
     #: With outputs on: the files copied back, and what was not (None: all were).
     artifacts: tuple[Artifact, ...] = ()
     artifacts_message: str | None = None
+    #: The machine (host name) or cluster node (Ray node ID) whose engine ran it.
+    node: str | None = None
 
 
 class ActiveRuns:

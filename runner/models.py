@@ -98,6 +98,8 @@ class ExperimentResult(BaseModel):
     #: Why the result could not be logged to MLflow (the server was down, ...); None if
     #: it was, or tracking is off. The result itself is complete either way.
     tracking_error: str | None = None
+    #: Where it ran: this machine's host name, or the Ray node ID on a cluster.
+    node: str | None = None
 
     def get_primary_metric(self, name: str) -> float | None:
         """The metric called ``name``, or None when the run did not report it."""

@@ -49,6 +49,9 @@ class ExperimentDefaults(BaseSettings):
     outputs_max_file_size: str = "256m"
     #: An MLflow tracking URI each result is logged to (unset: no tracking).
     tracking_uri: str | None = None
+    #: A Ray cluster to run on instead of this machine's engine: its address
+    #: (``HOST:PORT``) or ``auto`` (``RAY_ADDRESS``, else the cluster started here).
+    cluster: str | None = None
     #: Where ``CodeGenerator`` puts one directory per generated experiment.
     experiments_dir: Path = Path("experiments")
     #: The JSON Lines results history the CLI appends to.

@@ -325,6 +325,7 @@ def _result(run: Any) -> ExperimentResult | None:
             peak_memory_bytes=_int(metrics.get(_PREFIX + "peak_memory_bytes")),
             cpu_seconds=metrics.get(_PREFIX + "cpu_seconds"),
             warm_start=_flag(tags, "runner.warm_start"),
+            node=tags.get("runner.node") or None,
             mlflow_run_id=run.info.run_id,
         )
     except (ValidationError, ValueError) as e:

@@ -160,6 +160,11 @@ class FileDrop:
             data.seek(0)
             self.engine.put_archive(self.helper, _FILL_AT, data)
 
+    def put_packed(self, archives: Sequence[bytes]) -> None:
+        """Unpack archives made by ``pack`` (elsewhere: on the caller's machine) into the volume."""
+        for data in archives:
+            self.engine.put_archive(self.helper, _FILL_AT, data)
+
     def remove_helper(self) -> None:
         self.engine.remove(self.helper)
 
@@ -171,32 +176,60 @@ class FileDrop:
             self.engine.remove_volume(self.volume)
 
 
+def pack(paths: Sequence[Path], budget: Budget | None = None) -> bytes:
+    """``paths`` (absolute) as one safe archive in memory, to be unpacked on another machine.
+
+    The same archive as a copy through the engine (``archive``): what a Ray task
+    carries to its node, where ``copy_to_engine(..., packed=...)`` unpacks it.
+    Raises ``ExperimentExecutionError`` for what a copy refuses.
+    """
+    out = io.BytesIO()
+    try:
+        archive(paths, budget or copy_budget(), out)
+    except TreeRefused as e:
+        raise _refused(e) from e
+    return out.getvalue()
+
+
 def copy_to_engine(
     engine: Engine,
     image_id: str,
     paths: Sequence[Path],
     labels: Mapping[str, str],
     budget: Budget | None = None,
+    *,
+    packed: Sequence[bytes] = (),
 ) -> CopiedFiles:
-    """Ship ``paths`` into a new labelled volume through the engine's archive API."""
+    """Ship ``paths`` into a new labelled volume through the engine's archive API.
+
+    With ``packed`` (archives of ``paths`` made by ``pack``, on another machine),
+    those are unpacked there instead: ``paths`` only name where they go.
+    """
     drop = FileDrop.create(engine, image_id, labels)
     try:
         try:
-            drop.put(paths, budget or copy_budget())
+            if packed:
+                drop.put_packed(packed)
+            else:
+                drop.put(paths, budget or copy_budget())
         finally:
             drop.remove_helper()
     except TreeRefused as e:
         engine.remove_volume(drop.volume)
-        raise ExperimentExecutionError(
-            f"The script's files cannot be copied to the engine: {e}.",
-            hint="keep devices, FIFOs and sockets out of the script's directory and "
-            "inputs, and stay within the copy limits; or use a local engine "
-            "(transfer='bind').",
-        ) from e
+        raise _refused(e) from e
     except BaseException:
         engine.remove_volume(drop.volume)
         raise
     return CopiedFiles(drop.volume, drop.mountpoint, tuple(paths))
+
+
+def _refused(e: TreeRefused) -> ExperimentExecutionError:
+    return ExperimentExecutionError(
+        f"The script's files cannot be copied to the engine: {e}.",
+        hint="keep devices, FIFOs and sockets out of the script's directory and "
+        "inputs, and stay within the copy limits; or use a local engine "
+        "(transfer='bind').",
+    )
 
 
 def engine_sees_local_files(engine: Engine, image_id: str, labels: Mapping[str, str]) -> bool:

@@ -69,6 +69,8 @@ class FakeEngine:
     #: "podman" answers as Podman's compatible API does (see ``inspect``).
     engine_kind: EngineKind = "docker"
     volume_options: dict[str, Mapping[str, str] | None] = field(default_factory=dict)
+    #: Containers the engine lists (by label) besides none: ones other callers left.
+    listed: list[ContainerInfo] = field(default_factory=list)
 
     def info(self) -> dict[str, Any]:
         runtimes: dict[str, Any] = {name: {} for name in self.runtimes_registered}
@@ -81,7 +83,14 @@ class FakeEngine:
         }
 
     def containers(self, label: str) -> list[ContainerInfo]:
-        return []
+        key, has_value, value = label.partition("=")
+        return [
+            c
+            for c in self.listed
+            if c.id not in self.removed
+            and key in c.labels
+            and (not has_value or c.labels[key] == value)
+        ]
 
     def image_id(self, ref: str) -> str:
         return "sha256:" + "ab" * 32

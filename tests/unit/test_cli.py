@@ -87,7 +87,9 @@ class FakeRunner:
 
     results = (SUCCEEDED, FAILED)
     warm_pool_size = 0
+    cluster = None
     script_args: ClassVar[list[str]] = []
+    jobs: ClassVar[list[str]] = []
     policy = SimpleNamespace(image="image", cpu_limit=1.0, memory_limit="1g")
 
     def __init__(self, **options: object) -> None:
@@ -111,6 +113,7 @@ class FakeRunner:
     def run_many(
         self, jobs: list[Any], max_workers: int, on_result: Callable[[int, ExperimentResult], None]
     ) -> list[ExperimentResult]:
+        FakeRunner.jobs = [job[1].experiment_name for job in jobs]
         done = [self.results[i % len(self.results)] for i in range(len(jobs))]
         for index, each in enumerate(done):
             on_result(index, each)
@@ -246,3 +249,36 @@ def test_doctor_shows_a_hint_as_text(
     screen = terminal.getvalue()
     assert "FAIL" in screen and "fix: " in screen
     assert_inert(screen)
+
+
+def test_batch_json_prints_one_parsable_line_per_result(
+    fake_runs: type[FakeRunner], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`runner batch --json`: stdout is one JSON result a line, nothing else; 1 on a failure."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    for name in ("b.py", "a.py", "notes.txt"):
+        (scripts / name).write_text("print(1)\n")
+    assert main(["batch", str(scripts), "--json", "--no-record"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["success"] for line in lines] == [True, False]
+    assert FakeRunner.jobs == ["a", "b"]  # the directory's *.py files, in name order
+
+
+def test_batch_writes_a_junit_report_and_refuses_a_missing_path(
+    fake_runs: type[FakeRunner], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--junit FILE holds one case per script; a path that is not there is exit 2."""
+    script = tmp_path / "exp.py"
+    script.write_text("print(1)\n")
+    report = tmp_path / "report.xml"
+    assert main(["batch", str(script), str(script), "--junit", str(report), "--no-record"]) == 0
+    assert report.read_text().count("<testcase ") == 1  # the same script once
+    assert main(["batch", str(tmp_path / "missing.py"), "--no-record"]) == 2
+    assert "No such script or directory" in capsys.readouterr().err
+
+
+def test_warm_with_ray_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """--warm and --ray together: exit 2 and a line saying why, before anything starts."""
+    assert main(["batch", "x.py", "--ray", "auto", "--warm", "2"]) == 2
+    assert "nodes run cold" in capsys.readouterr().err

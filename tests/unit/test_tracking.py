@@ -143,7 +143,7 @@ def test_a_batch_is_logged_with_params_metrics_tags_and_artifacts(
     assert (tags["runner.warm_start"], tags["runner.runtime"]) == ("false", "default")
     assert tags["runner.image_id"] == "sha256:" + "ab" * 32
     assert tags["runner.script_sha256"] == hashlib.sha256(script.read_bytes()).hexdigest()
-    assert "runner.node" not in tags  # one engine: no node to name
+    assert tags["runner.node"] == socket.gethostname()  # a local run names this machine
     local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
     assert (local / "script" / script.name).read_bytes() == script.read_bytes()
     assert (local / "output" / "stdout.txt").read_text() == OUTPUT.decode()

@@ -1,0 +1,175 @@
+"""A batch of short experiments: bare processes, run_many cold and warm, and a Ray cluster.
+
+    .venv/bin/python benchmarks/bench_ray.py [--batch 20] [--rounds 3] [--runs 11]
+
+Everything runs on this machine's cores, side by side in one run:
+
+- bare: ``python short.py`` in a host venv of the image's own locked wheels, as
+  many at once as the sandboxes (thread counts 1, as a 1-CPU sandbox sets them);
+- local cold / warm: ``ExperimentRunner.run_many`` with ``default_workers()``
+  (cold, then with a warm pool of that size);
+- Ray: the same ``run_many`` with ``cluster=`` on a local two-node Ray cluster
+  (``ray.cluster_utils.Cluster``, every node bound to 127.0.0.1, no dashboard,
+  no usage statistics), the cores and memory split between the nodes.
+
+The ways take turns, ``--rounds`` times (each pool full and the cluster's
+workers started before a way is timed), so that a machine busy with other work
+weighs on all of them alike. Prints the median experiments per second and the
+ratios to bare and to local cold; then the per-task overhead of Ray: a one-line
+script run one at a time, ``--runs`` times each way, interleaved (medians):
+locally with the files bind-mounted, locally with them copied through the
+engine's API (what a Ray task does on its node), and on the cluster. The sandboxes run on a
+private Docker-in-Docker engine (``tests/engines.py``) that sees one directory of
+this machine, so nothing touches the machine's own engine (whose test suites
+remove every container of the project): local runs bind-mount the scripts from
+there; Ray tasks always carry them through the object store into a volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# Before Ray is imported: no usage statistics, and addresses on the loopback only.
+os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+
+import ray
+from ray.cluster_utils import Cluster
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_sandbox import ONE_LINE, SHORT, SPEC, bare_env, host_venv, write
+
+from runner import ExperimentRunner
+from runner.settings import ExperimentDefaults
+from tests.engines import dind_engine
+
+LOOPBACK = "127.0.0.1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=11)
+    args = parser.parse_args()
+    python = host_venv(ExperimentDefaults().cache_dir)
+    # Not below /tmp (the engine's container has a tmpfs of its own there): beside this checkout.
+    shared = Path(tempfile.mkdtemp(prefix=".bench-ray-", dir=Path(__file__).parents[1]))
+    shared.chmod(0o755)
+    tempfile.tempdir = str(shared)  # the engine's probe file must be where it can see it
+    try:
+        root = shared / "experiments"
+        batch = [(write(root / f"b{i}", "short.py", SHORT), SPEC, i) for i in range(args.batch)]
+        one = write(root / "one", "one_line.py", ONE_LINE)
+        with dind_engine(shared=shared) as docker_host:
+            os.environ["DOCKER_HOST"] = docker_host  # the Ray workers inherit it
+            settings = ExperimentDefaults(cache_dir=shared / "cache")
+            local = ExperimentRunner(timeout=120, pool_root=root, settings=settings)
+            copied = ExperimentRunner(timeout=120, transfer="copy", settings=settings)
+            workers = local.default_workers()
+            print(f"{args.batch} short experiments (logistic regression on iris), {workers} "
+                  f"at once, {len(os.sched_getaffinity(0))} cores, 1 CPU and 2g each, "
+                  f"{args.rounds} rounds")  # fmt: skip
+            rates: dict[str, list[float]] = {}
+            with (
+                ExperimentRunner(
+                    timeout=120, pool_root=root, settings=settings, warm_pool=workers
+                ) as warm,
+                two_nodes(workers) as cluster,
+            ):
+                on_ray = ExperimentRunner(timeout=120, cluster=cluster.address)
+                assert on_ray.default_workers() == workers
+                batched(on_ray, batch[:workers])  # each node's worker processes start
+                for _ in range(args.rounds):
+                    rates.setdefault("bare", []).append(bare(python, batch, workers))
+                    rates.setdefault("local cold", []).append(batched(local, batch))
+                    warm.wait_for_warm(120)
+                    rates.setdefault("local warm", []).append(batched(warm, batch))
+                    rates.setdefault("Ray, 2 nodes", []).append(batched(on_ray, batch))
+                ways = {"local, bind": local, "local, copy": copied, "Ray": on_ray}
+                overhead = one_at_a_time(ways, one, args.runs)
+        report({way: statistics.median(r) for way, r in rates.items()}, overhead, args.runs)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def bare(python: Path, batch: list[tuple[Path, object, int]], workers: int) -> float:
+    """Experiments per second, ``workers`` bare processes at a time."""
+    env = {**bare_env(), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}  # fmt: skip
+
+    def one(script: Path) -> None:
+        subprocess.run([str(python), str(script)], env=env, cwd=script.parent,
+                       check=True, capture_output=True)  # fmt: skip
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, [script for script, _, _ in batch]))
+    return len(batch) / (time.perf_counter() - started)
+
+
+def batched(runner: ExperimentRunner, batch: list[tuple[Path, object, int]]) -> float:
+    """Experiments per second through ``run_many`` with its default workers."""
+    started = time.perf_counter()
+    results = runner.run_many(batch)  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - started
+    assert all(r.success for r in results), [r.error_message for r in results]
+    return len(batch) / elapsed
+
+
+@contextlib.contextmanager
+def two_nodes(sandboxes: int) -> Iterator[Cluster]:
+    """A local cluster of two nodes sharing this machine's sandbox capacity."""
+    half = max(1, sandboxes // 2)
+    node = {"num_cpus": half, "memory": half * 2 * 1024**3 + 1024**3,
+            "node_ip_address": LOOPBACK, "object_store_memory": 150 * 1024**2}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={**node, "include_dashboard": False, "temp_dir": temp_dir},
+        )
+        try:
+            cluster.add_node(**node)
+            ray.init(address=cluster.address, _node_ip_address=LOOPBACK, log_to_driver=False)
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+
+
+def one_at_a_time(ways: dict[str, ExperimentRunner], script: Path, runs: int) -> dict[str, float]:
+    """Median seconds of one one-line run, each way (interleaved)."""
+    spent: dict[str, list[float]] = {way: [] for way in ways}
+    for _ in range(runs):
+        for way, runner in ways.items():
+            started = time.perf_counter()
+            result = runner.run(script, SPEC, 0)
+            spent[way].append(time.perf_counter() - started)
+            assert result.success, result.error_message
+    return {way: statistics.median(values) for way, values in spent.items()}
+
+
+def report(rates: dict[str, float], overhead: dict[str, float], runs: int) -> None:
+    print(f"{'way':<16}{'experiments/s':>14}{'vs bare':>10}{'vs local cold':>15}")
+    for way, rate in rates.items():
+        print(f"{way:<16}{rate:>14.2f}{rate / rates['bare']:>10.2f}"
+              f"{rate / rates['local cold']:>15.2f}")  # fmt: skip
+    bind, copy, on_ray = overhead["local, bind"], overhead["local, copy"], overhead["Ray"]
+    print(f"\none-line script one at a time, {runs} runs each, medians: local {bind:.3f} s "
+          f"(files bind-mounted), {copy:.3f} s (copied), Ray {on_ray:.3f} s: "
+          f"{(on_ray - bind) * 1000:+.0f} ms a task over local, "
+          f"{(on_ray - copy) * 1000:+.0f} ms over the same copy")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

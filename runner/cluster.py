@@ -1,0 +1,512 @@
+"""Ray as a backend: each run is a Ray task that runs the same sandbox on its node's engine.
+
+``RayBackend`` stands where ``DockerBackend`` does, behind ``ExperimentRunner``:
+it packs a run's files (``runner.transfer.pack``) and puts them in Ray's object
+store (each directory or input once, shared by every task that needs it), and
+sends a task to the cluster. On the node, the task hands the archives and the
+run to a ``DockerBackend`` of that node's engine: the one hardened lifecycle,
+with the files copied into a volume there (never a path of the caller's
+machine), and sends back the ``Execution`` with the node's ID.
+
+Capacity is Ray's own accounting: each task asks for ``cpu_limit`` CPUs and
+``memory_limit`` bytes of Ray's ``memory`` resource, so no node runs more
+sandboxes than its CPUs and memory hold (what ``default_workers()`` counts for
+one machine), and what does not fit queues. A task whose node dies is run again
+once, elsewhere (Ray's ``max_retries=1``: only system failures are retried; what
+a script does is a result, never an exception). Cancelling removes the runs'
+containers on every node: each carries a label with its run's ID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import logging
+import os
+import secrets
+import socket
+import sys
+import tarfile
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.artifacts import OutputLimits, Outputs, extract
+from runner.backend import DockerBackend, RunRequest, sandboxes_that_fit
+from runner.engine import DockerEngine, Engine
+from runner.exceptions import ExperimentExecutionError
+from runner.lifecycle import Execution
+from runner.output import OutputCallback
+from runner.sandbox import SandboxPolicy, parse_size
+from runner.transfer import pack
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+#: Each run's container and volumes carry this label, valued with the run's ID.
+LABEL_RUN = "io.experiment-runner.ray-run"
+RAY_HINT = (
+    "install the Ray extra on this machine and every node: pip install 'experiment-runner[ray]'."
+)
+#: Archives of directories and inputs kept in the object store for reuse, at most.
+PACKED_KEPT = 256
+#: How long cancelling waits for the cancelled tasks to end before sweeping again.
+CANCEL_WAIT = 15.0
+#: Seconds to reach an explicit cluster address before Ray is asked to connect.
+CONNECT_TIMEOUT = 5.0
+
+
+def _ray() -> ModuleType:
+    """Ray, imported on first use: it is an optional extra."""
+    # Nothing of this process's data leaves for Ray's usage statistics.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+    except ImportError as e:
+        raise ExperimentExecutionError("The Ray backend needs Ray.", hint=RAY_HINT) from e
+    return ray
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """One alive node of the cluster, and how many sandboxes of the policy it holds."""
+
+    node_id: str
+    host: str
+    cpus: float
+    memory: int
+    sandboxes: int
+
+
+@dataclass(frozen=True)
+class NodeJob:
+    """What a task takes to its node (the files travel beside it, packed)."""
+
+    run_id: str
+    policy: SandboxPolicy
+    python_executable: str
+    script: Path
+    mounts: tuple[Path, ...]
+    timeout: float
+    output_limit: int
+    args: tuple[str, ...]
+    outputs: OutputLimits | None
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    """What came back from a node: the run, or why it could not run there."""
+
+    node: str
+    execution: Execution | None = None
+    #: With outputs on, the files the node collected, as a tar archive.
+    artifacts: bytes | None = None
+    error: str | None = None
+    hint: str | None = None
+
+
+class RayBackend:
+    """Runs each request as a Ray task on a cluster; the node's engine runs the sandbox."""
+
+    def __init__(
+        self,
+        policy: SandboxPolicy,
+        *,
+        address: str,
+        python_executable: str = "python",
+    ) -> None:
+        self.policy = policy
+        self.address = address
+        self.python_executable = python_executable
+        #: A warm pool is never kept on a cluster (see README); for the CLI's notes.
+        self.pool_unavailable: str | None = None
+        self._lock = threading.Lock()
+        self._nodes: list[NodeCapacity] | None = None
+        self._runs: dict[object, tuple[str, Any]] = {}
+        self._aborted: set[object] = set()
+        self._packed: OrderedDict[tuple[Path, str], Any] = OrderedDict()
+        self._remote: Any = None
+
+    # the cluster -------------------------------------------------------------
+
+    def prepare(self) -> list[NodeCapacity]:
+        """Connect once; check every node can run the policy's sandboxes and has the image."""
+        with self._lock:
+            if self._nodes is not None:
+                return self._nodes
+            _reachable(self.address)
+            if _loopback(self.address) and "ray" not in sys.modules:
+                # A driver swaps a loopback address for the machine's own when it connects,
+                # where a cluster bound to 127.0.0.1 does not listen; Ray's switch for a
+                # cluster on one machine keeps it (read when Ray is imported).
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            ray = _ray()
+            if not ray.is_initialized():
+                try:
+                    ray.init(
+                        address=self.address,
+                        logging_level=logging.WARNING,
+                        log_to_driver=False,
+                        # This driver's own servers listen on the loopback too.
+                        **({"_node_ip_address": "127.0.0.1"} if _loopback(self.address) else {}),
+                    )
+                except (ConnectionError, RuntimeError, ValueError) as e:
+                    raise ExperimentExecutionError(
+                        f"No Ray cluster answered at {self.address!r}: {e}",
+                        hint="start one (`ray start --head --node-ip-address=127.0.0.1` "
+                        "for this machine alone) or pass its address (--ray HOST:PORT, "
+                        "RUNNER_CLUSTER).",
+                    ) from e
+            self._remote = ray.remote(run_on_node)
+            nodes = cluster_capacity(ray.nodes(), self.policy)
+            usable = [node for node in nodes if node.sandboxes > 0]
+            if not usable:
+                described = "; ".join(
+                    f"{n.host} {n.node_id[:12]}: {n.cpus:g} CPUs, {n.memory / 2**30:.1f} GiB"
+                    for n in nodes
+                )
+                raise ExperimentExecutionError(
+                    f"No node of the Ray cluster can hold a sandbox of {self.policy.cpu_limit:g} "
+                    f"CPUs and {self.policy.memory_limit} ({described or 'no alive nodes'}).",
+                    hint="lower cpu_limit or memory_limit, or add a larger node.",
+                )
+            self._check_images(ray, usable)
+            self._nodes = usable
+            return usable
+
+    def _check_images(self, ray: ModuleType, nodes: Sequence[NodeCapacity]) -> None:
+        """The image on every node's engine: a clear error naming each node that lacks it."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        check = ray.remote(check_node)
+        refs = [
+            check.options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+            ).remote(self.policy.image)
+            for node in nodes
+        ]
+        problems = [
+            f"node {node.host} {node.node_id[:12]}: {problem}"
+            for node, problem in zip(nodes, ray.get(refs), strict=True)
+            if problem is not None
+        ]
+        if problems:
+            raise ExperimentExecutionError(
+                f"The sandbox image {self.policy.image} cannot run on every node: "
+                + "; ".join(problems),
+                hint="build it on each of them (`runner image build`, or `runner image build "
+                "--requirements ... --tag NAME` for a user image).",
+            )
+
+    @property
+    def nodes(self) -> list[NodeCapacity]:
+        """The nodes that can hold a sandbox, as found when the backend connected."""
+        return self.prepare()
+
+    def default_workers(self) -> int:
+        """Sandboxes the cluster's nodes hold at once, each node counted as one machine."""
+        return sum(node.sandboxes for node in self.prepare())
+
+    def describe_files(self) -> str:
+        return "packed here, sent through Ray's object store, copied into a volume on each node"
+
+    @property
+    def telemetry_available(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Forget the archives kept in the object store (the cluster stays)."""
+        with self._lock:
+            self._packed.clear()
+
+    # running -----------------------------------------------------------------
+
+    def execute(
+        self, request: RunRequest, on_output: OutputCallback | None, token: object
+    ) -> Execution:
+        """Run ``request`` as a Ray task; wait for its node's record."""
+        if on_output is not None:
+            raise ExperimentExecutionError(
+                "Live output (on_output) is not available on a Ray cluster.",
+                hint="read result.stdout and result.stderr once the run is over.",
+            )
+        ray = _ray()
+        self.prepare()
+        packed = [self._put(ray, path) for path in request.mounts]
+        run_id = secrets.token_hex(8)
+        job = NodeJob(
+            run_id=run_id,
+            policy=self.policy,
+            python_executable=self.python_executable,
+            script=request.script,
+            mounts=request.mounts,
+            timeout=request.timeout,
+            output_limit=request.output_limit,
+            args=request.args,
+            outputs=request.outputs.limits if request.outputs is not None else None,
+        )
+        with self._lock:
+            if token in self._aborted:
+                raise ExperimentExecutionError("The run was cancelled before it started.")
+            ref = self._remote.options(
+                num_cpus=self.policy.cpu_limit,
+                memory=parse_size(self.policy.memory_limit),
+                scheduling_strategy="SPREAD",
+                # Ray retries only system failures (a dead node or worker): once, elsewhere.
+                max_retries=1,
+                retry_exceptions=False,
+            ).remote(job, *packed)
+            self._runs[token] = (run_id, ref)
+        try:
+            outcome: NodeOutcome = ray.get(ref)
+        except ray.exceptions.TaskCancelledError as e:
+            raise ExperimentExecutionError("The run was cancelled.") from e
+        except ray.exceptions.RayError as e:
+            raise ExperimentExecutionError(
+                f"The Ray task of this run failed: {type(e).__name__}: {e}",
+                hint="see the Ray logs of the node it ran on.",
+            ) from e
+        finally:
+            with self._lock:
+                self._runs.pop(token, None)
+                self._aborted.discard(token)
+        if outcome.execution is None:
+            raise ExperimentExecutionError(
+                f"On node {outcome.node[:12]}: {outcome.error}", hint=outcome.hint
+            )
+        execution = replace(outcome.execution, node=outcome.node)
+        if request.outputs is None or outcome.artifacts is None:
+            return execution
+        return _with_artifacts(execution, outcome.artifacts, request.outputs)
+
+    def _put(self, ray: ModuleType, path: Path) -> Any:
+        """The object store's copy of ``path`` packed; put once while it is unchanged."""
+        key = (path, fingerprint(path))
+        with self._lock:
+            ref = self._packed.get(key)
+            if ref is not None:
+                self._packed.move_to_end(key)
+                return ref
+        ref = ray.put(pack([path]))
+        with self._lock:
+            self._packed[key] = ref
+            while len(self._packed) > PACKED_KEPT:
+                self._packed.popitem(last=False)
+        return ref
+
+    def abort(self, tokens: Iterable[object]) -> None:
+        """Cancel the runs' tasks and remove their containers on every node."""
+        ray = _ray()
+        with self._lock:
+            found = []
+            for token in tokens:
+                self._aborted.add(token)
+                if token in self._runs:
+                    found.append(self._runs[token])
+        if not found or not ray.is_initialized():
+            return
+        run_ids = [run_id for run_id, _ in found]
+        refs = [ref for _, ref in found]
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
+        # A running task waits on its container: removing it ends the task.
+        self._sweep(ray, run_ids)
+        ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT)
+        self._sweep(ray, run_ids)  # anything a task made while the first sweep ran
+
+    def _sweep(self, ray: ModuleType, run_ids: Sequence[str]) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        sweep = ray.remote(sweep_node)
+        refs = [
+            sweep.options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            ).remote(run_ids)
+            for node in ray.nodes()
+            if node.get("Alive")
+        ]
+        ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT)
+
+
+def _with_artifacts(execution: Execution, archive: bytes, outputs: Outputs) -> Execution:
+    """The node's record, with the files it collected written here (checked again)."""
+    collected = extract(io.BytesIO(archive), outputs.destination, outputs.limits)
+    messages = [m for m in (execution.artifacts_message, collected.message()) if m]
+    return replace(
+        execution,
+        artifacts=tuple(collected.artifacts),
+        artifacts_message=" ".join(messages) or None,
+    )
+
+
+def _address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of an explicit ``HOST:PORT`` (``auto`` and the like: None)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _loopback(address: str) -> bool:
+    found = _address(address)
+    return found is not None and found[0] in ("127.0.0.1", "localhost", "::1")
+
+
+def _reachable(address: str) -> None:
+    """Fail fast, with a hint, where nothing listens (Ray's own connect retries for minutes)."""
+    found = _address(address)
+    if found is None:
+        return
+    try:
+        socket.create_connection(found, timeout=CONNECT_TIMEOUT).close()
+    except OSError as e:
+        raise ExperimentExecutionError(
+            f"No Ray cluster answers at {address}: {e}.",
+            hint="start one (`ray start --head --node-ip-address=127.0.0.1` for this "
+            "machine alone) or pass its address (--ray HOST:PORT, RUNNER_CLUSTER).",
+        ) from e
+
+
+def cluster_capacity(nodes: Iterable[dict[str, Any]], policy: SandboxPolicy) -> list[NodeCapacity]:
+    """Each alive node of ``ray.nodes()`` and the sandboxes of ``policy`` it holds.
+
+    As Ray accounts for them: its ``CPU`` and ``memory`` resources against the
+    task's request of ``cpu_limit`` and ``memory_limit`` (0 when one does not fit).
+    """
+    found = []
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        resources = node.get("Resources") or {}
+        cpus = float(resources.get("CPU", 0))
+        memory = int(resources.get("memory", 0))
+        fits = cpus >= policy.cpu_limit and memory >= parse_size(policy.memory_limit)
+        found.append(
+            NodeCapacity(
+                node_id=str(node["NodeID"]),
+                host=str(node.get("NodeManagerHostname") or node.get("NodeManagerAddress")),
+                cpus=cpus,
+                memory=memory,
+                sandboxes=sandboxes_that_fit(policy, cpus, memory) if fits else 0,
+            )
+        )
+    return found
+
+
+def fingerprint(path: Path) -> str:
+    """Changes when anything below ``path`` is added, removed, resized or modified."""
+    entries = []
+    for entry in _entries(path):
+        st = entry.stat(follow_symlinks=False)
+        entries.append(f"{entry.path}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}")
+    st = path.stat()
+    entries.append(f"\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode(errors="surrogateescape")).hexdigest()
+
+
+def _entries(path: Path) -> Iterator[os.DirEntry[str]]:
+    if not path.is_dir() or path.is_symlink():
+        return
+    with os.scandir(path) as listing:
+        for entry in listing:
+            yield entry
+            if entry.is_dir(follow_symlinks=False):
+                yield from _entries(Path(entry.path))
+
+
+# on the node -----------------------------------------------------------------
+
+
+# A Ray worker process runs task after task: its backend (the engine's connection, the
+# checks of ``prepare``) is made once, not once per run.
+@functools.lru_cache(maxsize=8)
+def node_backend(policy: SandboxPolicy, python_executable: str, node: str) -> DockerBackend:
+    """The node's backend, made once per Ray worker process (workers run task after task).
+
+    Its engine is the node's own (``DOCKER_HOST`` as the node has it); files
+    always arrive packed, so they are copied into a volume there.
+    """
+    return DockerBackend(policy, python_executable=python_executable, transfer="copy", node=node)
+
+
+def run_on_node(job: NodeJob, *packed: bytes) -> NodeOutcome:
+    """A Ray task: run ``job`` in a fresh sandbox on this node's engine."""
+    node = _ray().get_runtime_context().get_node_id()
+    return run_job(job, packed, node_backend(job.policy, job.python_executable, node))
+
+
+def run_job(job: NodeJob, packed: Sequence[bytes], backend: DockerBackend) -> NodeOutcome:
+    """Run ``job`` through ``backend`` with its packed files; what goes back to the caller."""
+    try:
+        # An earlier attempt of this run (its node's task died) may have left its sandbox.
+        sweep(backend.engine, [job.run_id])
+        with tempfile.TemporaryDirectory(prefix="runner-outputs-") as tmp:
+            outputs = (
+                Outputs(Path(tmp), job.outputs, links=job.script.parent)
+                if job.outputs is not None
+                else None
+            )
+            request = RunRequest(
+                script=job.script,
+                mounts=job.mounts,
+                timeout=job.timeout,
+                output_limit=job.output_limit,
+                args=job.args,
+                outputs=outputs,
+                packed=tuple(packed),
+                labels=((LABEL_RUN, job.run_id),),
+            )
+            execution = backend.execute(request, None, object())
+            artifacts = _repack(Path(tmp), execution) if outputs is not None else None
+    except ExperimentExecutionError as e:
+        message = str(e).removesuffix(f" Hint: {e.hint}") if e.hint else str(e)
+        return NodeOutcome(node=backend.node, error=message, hint=e.hint)
+    return NodeOutcome(
+        node=backend.node, execution=replace(execution, artifacts=()), artifacts=artifacts
+    )
+
+
+def _repack(directory: Path, execution: Execution) -> bytes:
+    """The files the node collected (already checked there), as a tar for the caller."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for artifact in execution.artifacts:
+            tar.add(directory / artifact.name, arcname=artifact.name, recursive=False)
+    return out.getvalue()
+
+
+def check_node(image: str) -> str | None:
+    """A Ray task: None when this node's engine has ``image``, else what is wrong."""
+    try:
+        DockerEngine().image_id(image)
+    except ExperimentExecutionError as e:
+        return str(e)
+    return None
+
+
+def sweep_node(run_ids: Sequence[str]) -> int:
+    """A Ray task: remove the containers and volumes of ``run_ids`` on this node's engine."""
+    return sweep(DockerEngine(), run_ids)
+
+
+def sweep(engine: Engine, run_ids: Iterable[str]) -> int:
+    """Remove what carries ``LABEL_RUN`` with one of ``run_ids``: containers, then volumes."""
+    removed = 0
+    for run_id in run_ids:
+        for container in engine.containers(f"{LABEL_RUN}={run_id}"):
+            engine.remove(container.id)
+            removed += 1
+        for volume in engine.volumes(f"{LABEL_RUN}={run_id}"):
+            # One a container elsewhere still mounts is refused; the project's cleanup takes it.
+            with contextlib.suppress(ExperimentExecutionError):
+                engine.remove_volume(volume.name)
+    return removed

@@ -1,0 +1,308 @@
+"""The Ray backend on a local cluster of two nodes, every one bound to 127.0.0.1.
+
+Both nodes drive the suite's engine (``DOCKER_HOST``, inherited by the Ray
+workers): on one machine they share it, as they would share nothing on real
+machines; each node still runs no more sandboxes than its CPUs and memory hold.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
+from runner.cleanup import LABEL
+from runner.cluster import LABEL_RUN
+from runner.engine import DockerEngine
+from tests.conftest import TEST_ENGINE
+from tests.integration.conftest import RUNTIME
+
+# Before Ray is imported: no usage statistics, and Ray's own addresses stay on the
+# loopback (without this switch a driver swaps 127.0.0.1 for the machine's address).
+RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+os.environ.update(RAY_ENVIRONMENT)
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    RUNTIME != "runc" or TEST_ENGINE not in ("local", "dind"),
+    reason="a Ray task runs the DockerBackend path, which the suite's runs under runsc and "
+    "against Podman cover; the cluster is tested on Docker and Docker-in-Docker, under runc",
+)
+
+LOOPBACK = "127.0.0.1"
+#: Two CPUs and 8 GiB a node: two sandboxes of 1 CPU and 1 GiB at once each.
+NODE = {
+    "num_cpus": 2,
+    "memory": 8 * 1024**3,
+    "object_store_memory": 150 * 1024**2,
+    "node_ip_address": LOOPBACK,
+}
+SLEEPER = """\
+import json, sys, time
+start = time.time()
+time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 1.5)
+print(json.dumps({"success": True, "metrics": {"start": start, "end": time.time()}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(engine: DockerEngine) -> Iterator[Cluster]:
+    """A head and one more node on 127.0.0.1, started after the engine (workers inherit it)."""
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={**NODE, "include_dashboard": False, "temp_dir": temp_dir},
+        )
+        try:
+            cluster.add_node(**NODE)
+            ray.init(address=cluster.address, _node_ip_address=LOOPBACK, log_to_driver=False)
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+
+
+@pytest.fixture
+def ray_runner(cluster: Cluster) -> ExperimentRunner:
+    return ExperimentRunner(timeout=60, cpu_limit=1.0, memory_limit="1g", cluster=cluster.address)
+
+
+@pytest.fixture
+def sleepers(write_script: Callable[..., Path]) -> Callable[[int], list[Any]]:
+    def make(count: int) -> list[Any]:
+        script = write_script(SLEEPER, "sleeper.py")
+        return [
+            (script, ExperimentSpec(experiment_name=f"job{i}", model_type="script"), i)
+            for i in range(count)
+        ]
+
+    return make
+
+
+def alive_nodes() -> set[str]:
+    return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The largest number of (start, end) spans that overlap at one moment."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def test_batch_spreads_over_both_nodes_within_each_nodes_capacity(
+    ray_runner: ExperimentRunner, sleepers: Callable[[int], list[Any]]
+) -> None:
+    """Eight jobs on two nodes of two sandboxes: all succeed, both nodes run, two at most each."""
+    assert ray_runner.default_workers() == 4
+    jobs = sleepers(8)
+    results = ray_runner.run_many(jobs, max_workers=8)  # more than fit: Ray queues the rest
+    assert [r.experiment_name for r in results] == [f"job{i}" for i in range(8)]
+    assert all(r.success for r in results), [r.error_message for r in results]
+    assert {r.node for r in results} == alive_nodes()
+    assert all(r.image_id and r.image_id.startswith("sha256:") for r in results)
+    for node in alive_nodes():
+        spans = [(r.metrics["start"], r.metrics["end"]) for r in results if r.node == node]
+        assert most_at_once(spans) <= 2
+    everywhere = [(r.metrics["start"], r.metrics["end"]) for r in results]
+    assert most_at_once(everywhere) >= 3  # both nodes at work at once
+
+
+def test_files_and_inputs_travel_through_the_object_store(
+    ray_runner: ExperimentRunner, write_script: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The script's directory and a private input (mode 0700) reach the sandbox; outputs return."""
+    data = tmp_path / "private" / "data.txt"
+    data.parent.mkdir(mode=0o700)
+    data.write_text("41")
+    script = write_script(
+        f"""\
+        import json, os
+        value = int(open({str(data)!r}).read()) + int(open("side.txt").read())
+        open(os.path.join(os.environ["OUTPUT_DIR"], "answer.txt"), "w").write(str(value))
+        print(json.dumps({{"success": True, "metrics": {{"value": value}}}}))
+        """
+    )
+    (script.parent / "side.txt").write_text("1")
+    outputs = tmp_path / "out"
+    result = ray_runner.run(script, ExperimentSpec(experiment_name="io", model_type="s"), 0,
+                            inputs=[data], outputs_dir=outputs)  # fmt: skip
+    assert result.success, result.error_message
+    assert result.metrics == {"value": 42.0}
+    assert [a.name for a in result.artifacts] == ["answer.txt"]
+    assert (outputs / "answer.txt").read_text() == "42"
+    assert result.node in alive_nodes()
+
+
+def test_a_missing_image_names_the_nodes(cluster: Cluster, workdir: Path) -> None:
+    """An image no node has stops the run before any task, naming each node."""
+    runner = ExperimentRunner(image="experiment-runner/absent:0", cluster=cluster.address)
+    script = workdir / "x.py"
+    script.write_text("print(1)\n")
+    with pytest.raises(ExperimentExecutionError) as info:
+        runner.run(script, ExperimentSpec(experiment_name="x", model_type="s"), 0)
+    assert str(info.value).count("node ") == len(alive_nodes())
+    assert "runner image build" in str(info.value)
+
+
+def test_a_node_killed_mid_batch_has_its_jobs_run_once_elsewhere(
+    cluster: Cluster,
+    engine: DockerEngine,
+    sleepers: Callable[[int], list[Any]],
+    tmp_path: Path,
+) -> None:
+    """Jobs of a node that dies run again on the others; each result is recorded once."""
+    doomed = cluster.add_node(**NODE)
+    raylet = doomed.all_processes["raylet"][0].process.pid
+    history = tmp_path / "results.jsonl"
+    runner = ExperimentRunner(timeout=60, cpu_limit=1.0, memory_limit="1g",
+                              cluster=cluster.address, history=history)  # fmt: skip
+    jobs = [(*job, ["4"]) for job in sleepers(6)]
+    found: list[list[Any]] = []
+    batch = threading.Thread(target=lambda: found.append(runner.run_many(jobs, max_workers=6)))
+    batch.start()
+    on_doomed: list[str] = []
+    deadline = time.monotonic() + 60
+    while not on_doomed and time.monotonic() < deadline:
+        time.sleep(0.2)
+        on_doomed = [c.id for c in engine.containers(LABEL_RUN) if _owner_parent(c) == raylet]
+    assert on_doomed, "no sandbox started on the third node"
+    cluster.remove_node(doomed)
+    batch.join(120)
+    assert not batch.is_alive()
+    results = found[0]
+    assert all(r.success for r in results), [r.error_message for r in results]
+    assert doomed.unique_id not in {r.node for r in results}
+    recorded = [json.loads(line)["experiment_name"] for line in history.read_text().splitlines()]
+    assert sorted(recorded) == [f"job{i}" for i in range(6)]
+    assert engine.containers(LABEL_RUN) == []
+
+
+def _owner_parent(container: Any) -> int:
+    """The parent PID of the process that made the container (its owner label)."""
+    pid = container.labels["io.experiment-runner.owner"].split(":")[1]
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
+
+
+def test_ctrl_c_on_runner_batch_removes_every_sandbox(
+    cluster: Cluster, engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """SIGINT to `runner batch --ray` cancels its tasks and removes their containers: exit 130."""
+    scripts = [write_script(SLEEPER.replace("1.5", "60"), f"long{i}.py") for i in range(3)]
+    command = [sys.executable, "-m", "runner", "batch", *map(str, scripts), "--ray",
+               cluster.address, "--cpus", "1", "--memory", "1g", "--no-record"]  # fmt: skip
+    caller = subprocess.Popen(command, env={**os.environ, **RAY_ENVIRONMENT},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(engine.containers(LABEL_RUN)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(engine.containers(LABEL_RUN)) == 3
+        caller.send_signal(signal.SIGINT)
+        _, err = caller.communicate(timeout=60)
+    finally:
+        caller.kill()
+    assert caller.returncode == 130, err.decode()
+    assert engine.containers(f"{LABEL}=1") == []
+    assert engine.volumes(f"{LABEL}=1") == []
+
+
+def test_runner_batch_json_prints_one_result_a_line_with_its_node(
+    cluster: Cluster, write_script: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`runner batch a.py b.py --ray ADDRESS --json` prints each result on a line with `node`."""
+    good = write_script(SLEEPER.replace("1.5", "0"), "a.py")
+    bad = write_script("raise SystemExit('no data')\n", "b.py")
+    junit = tmp_path / "report.xml"
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "batch", str(good), str(bad), "--ray", "auto",
+         "--json", "--junit", str(junit), "--no-record"],
+        env={**os.environ, **RAY_ENVIRONMENT, "RAY_ADDRESS": cluster.address},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(line["experiment_name"] for line in lines) == ["a", "b"]
+    assert all(line["node"] in alive_nodes() for line in lines)
+    assert {line["experiment_name"]: line["success"] for line in lines} == {"a": True, "b": False}
+    report = junit.read_text()
+    assert report.count("<testcase ") == 2 and report.count("<failure ") == 1
+    assert "no data" in report
+
+
+def test_every_ray_process_listens_on_the_loopback_only(
+    ray_runner: ExperimentRunner, write_script: Callable[..., Path]
+) -> None:
+    """After a run, no socket of the cluster, its workers or this driver listens elsewhere."""
+    script = write_script(SLEEPER.replace("1.5", "0"))
+    assert ray_runner.run(script, ExperimentSpec(experiment_name="l", model_type="s"), 0).success
+    ray_pids = {os.getpid()} | {
+        int(proc.name)
+        for proc in Path("/proc").iterdir()
+        if proc.name.isdigit() and _mentions_ray(proc)
+    }
+    listening = _listening_inodes()
+    found = {}
+    for pid in ray_pids:
+        for fd in _fds(pid):
+            inode = fd.removeprefix("socket:[").removesuffix("]")
+            if inode in listening:
+                found[inode] = (pid, listening[inode])
+    assert found, "no Ray listener found: the check would prove nothing"
+    elsewhere = {k: v for k, v in found.items() if v[1] not in ("127.0.0.1", "::ffff:127.0.0.1")}
+    assert elsewhere == {}
+
+
+def _mentions_ray(proc: Path) -> bool:
+    try:
+        command = (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return any(word in command for word in (b"ray", b"gcs_server", b"raylet"))
+
+
+def _fds(pid: int) -> list[str]:
+    try:
+        return [str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:
+        return []
+
+
+def _listening_inodes() -> dict[str, str]:
+    """Inode of each listening TCP socket on the machine, and its local address."""
+    found = {}
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            address = bytes.fromhex(fields[1].split(":")[0])
+            if width == 4:
+                host = ".".join(str(b) for b in reversed(address))
+            else:
+                words = [address[i : i + 4][::-1] for i in range(0, 16, 4)]
+                host = ipaddress.IPv6Address(b"".join(words)).compressed
+                mapped = ipaddress.IPv6Address(b"".join(words)).ipv4_mapped
+                host = f"::ffff:{mapped}" if mapped is not None else host
+            found[fields[9]] = host
+    return found
