@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 from runner.demo import demo_data
+from tests.integration.conftest import run_once
+
+#: Tests what is built on the sandbox, not the engine or runtime: once, in the runc pass.
+pytestmark = run_once
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE = EXAMPLES / "complete_example.py"

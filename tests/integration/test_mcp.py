@@ -28,6 +28,10 @@ print(json.dumps({"success": True, "metrics": {"accuracy": score}}))
 """
 NETWORK = """
 import urllib.request
+from tests.integration.conftest import run_once
+
+#: Tests what is built on the sandbox, not the engine or runtime: once, in the runc pass.
+pytestmark = run_once
 urllib.request.urlopen("http://example.com", timeout=5)
 """
 

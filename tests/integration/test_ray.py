@@ -214,10 +214,11 @@ def test_ctrl_c_on_runner_batch_removes_every_sandbox(
     caller = subprocess.Popen(command, env={**os.environ, **RAY_ENVIRONMENT},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
+        # At least two running (on a busy machine a third may still be on its way).
         deadline = time.monotonic() + 60
-        while len(engine.containers(LABEL_RUN)) < 3 and time.monotonic() < deadline:
+        while len(engine.containers(LABEL_RUN)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert len(engine.containers(LABEL_RUN)) == 3
+        assert len(engine.containers(LABEL_RUN)) >= 2
         caller.send_signal(signal.SIGINT)
         _, err = caller.communicate(timeout=60)
     finally:
