@@ -7,6 +7,7 @@ machines; each node still runs no more sandboxes than its CPUs and memory hold.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.cleanup import LABEL
+from runner.cleanup import LABEL, cleanup
 from runner.cluster import LABEL_RUN
 from runner.engine import DockerEngine
 from tests.conftest import TEST_ENGINE
@@ -184,6 +185,7 @@ def test_a_node_killed_mid_batch_has_its_jobs_run_once_elsewhere(
         time.sleep(0.2)
         on_doomed = [c.id for c in engine.containers(LABEL_RUN) if _owner_parent(c) == raylet]
     assert on_doomed, "no sandbox started on the third node"
+    workers = _doomed_workers(raylet)
     cluster.remove_node(doomed)
     batch.join(120)
     assert not batch.is_alive()
@@ -192,7 +194,27 @@ def test_a_node_killed_mid_batch_has_its_jobs_run_once_elsewhere(
     assert doomed.unique_id not in {r.node for r in results}
     recorded = [json.loads(line)["experiment_name"] for line in history.read_text().splitlines()]
     assert sorted(recorded) == [f"job{i}" for i in range(6)]
+    # A dead node's workers may still make a container as they go down (here the nodes
+    # share one engine): once they are gone it is abandoned, and cleanup takes it.
+    _wait_gone(workers, timeout=60)
+    cleanup(engine)
     assert engine.containers(LABEL_RUN) == []
+
+
+def _doomed_workers(raylet: int) -> list[int]:
+    """The worker processes the raylet started (they outlive it for a moment)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == raylet:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.2)
 
 
 def _owner_parent(container: Any) -> int:
