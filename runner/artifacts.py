@@ -32,6 +32,7 @@ from typing import IO, Any, BinaryIO, cast
 
 from runner.models import Artifact
 from runner.settings import ExperimentDefaults
+from runner.sizes import parse_size
 
 #: The sandbox's working directory when outputs are on, also ``$OUTPUT_DIR``.
 OUTPUTS_PATH = PurePosixPath("/outputs")
@@ -65,7 +66,6 @@ class OutputLimits:
 
     @classmethod
     def from_settings(cls, settings: ExperimentDefaults) -> OutputLimits:
-        from runner.sandbox import parse_size  # sandbox imports this module
 
         return cls(
             max_bytes=parse_size(settings.outputs_max_bytes),

@@ -37,8 +37,9 @@ from runner.pool import (
     may_be_pool_root,
     pool_root_for,
 )
-from runner.sandbox import PodmanSupport, Run, SandboxPolicy, parse_size, self_limited
+from runner.sandbox import PodmanSupport, Run, SandboxPolicy, self_limited
 from runner.settings import ExperimentDefaults
+from runner.sizes import parse_size
 from runner.telemetry import CgroupTelemetry
 from runner.transfer import TRANSFERS, Transfer, copy_to_engine, engine_sees_local_files
 from runner.tree import TreeExpired, TreeRefused

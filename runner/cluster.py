@@ -43,7 +43,8 @@ from runner.engine import DockerEngine, Engine
 from runner.exceptions import ExperimentExecutionError
 from runner.lifecycle import Execution
 from runner.output import OutputCallback
-from runner.sandbox import SandboxPolicy, parse_size
+from runner.sandbox import SandboxPolicy
+from runner.sizes import parse_size
 from runner.transfer import pack
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.definition import image_dir
 from runner.engine import DockerEngine
 from runner.exceptions import ExperimentExecutionError
 from runner.lock import (
@@ -74,23 +75,6 @@ class BuiltImage:
     packages: dict[str, str]
     reused: bool
     lock: Path | None = None
-
-
-def image_dir() -> Path:
-    """The sandbox image definition: inside the installed package, else the checkout's.
-
-    A wheel carries it as ``runner/images/sandbox``; a checkout (and an editable
-    install of one) keeps it at ``images/sandbox``.
-    """
-    package = Path(__file__).resolve().parent
-    candidates = (package / "images" / "sandbox", package.parent / "images" / "sandbox")
-    for candidate in candidates:
-        if (candidate / "Dockerfile").is_file():
-            return candidate
-    raise ExperimentExecutionError(
-        f"The image definition was not found at {candidates[0]}.",
-        hint="reinstall experiment-runner; its wheel ships runner/images/sandbox.",
-    )
 
 
 def lock_digest(lock: Path) -> str:

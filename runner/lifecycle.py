@@ -24,7 +24,8 @@ from runner.identity import UidLease
 from runner.models import Artifact
 from runner.output import CapturedOutput, OutputCallback, OutputCollector
 from runner.podman import adapt, tmpfs_volume_options
-from runner.sandbox import Run, SandboxPolicy, container_config, parse_size
+from runner.sandbox import Run, SandboxPolicy, container_config
+from runner.sizes import parse_size
 from runner.telemetry import CgroupTelemetry, Usage
 from runner.verify import gaps
 

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from runner.definition import image_dir
 from runner.exceptions import ExperimentExecutionError
 
 _Log = Callable[[str], None]
@@ -154,8 +155,6 @@ def normalize(name: str) -> str:
 
 def main() -> int:
     """Regenerate the default image's lock from its ``requirements.in``."""
-    from runner.image import image_dir
-
     source = image_dir()
     compile_lock([source / "requirements.in"], source / "requirements.lock")
     print(f"wrote {source / 'requirements.lock'}")

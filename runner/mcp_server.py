@@ -37,8 +37,8 @@ from runner.exceptions import ExperimentExecutionError
 from runner.experiment_runner import ExperimentRunner
 from runner.history import ResultsHistory, best_first
 from runner.models import ExperimentResult, ExperimentSpec, PreprocessingConfig, TaskType
-from runner.sandbox import parse_size
 from runner.settings import ExperimentDefaults
+from runner.sizes import parse_size
 from runner.transfer import Transfer
 
 if TYPE_CHECKING:

@@ -38,8 +38,9 @@ from docker.types import Mount
 from runner.cleanup import LABEL
 from runner.engine import Engine
 from runner.exceptions import ExperimentExecutionError
-from runner.sandbox import PodmanSupport, parse_size
+from runner.sandbox import PodmanSupport
 from runner.seccomp import profile
+from runner.sizes import parse_size
 
 #: tmpfs sizes are given in pages (``size=`` is taken by Podman's own volume quotas).
 PAGE_SIZE = 4096

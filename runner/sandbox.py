@@ -7,7 +7,6 @@ named argument of ``ExperimentRunner``.
 from __future__ import annotations
 
 import math
-import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from docker.types import LogConfig, Mount, Ulimit
 from runner.artifacts import COLLECT, COLLECT_SECONDS, OUTPUTS_PATH, OutputLimits
 from runner.seccomp import security_option
 from runner.settings import ExperimentDefaults
+from runner.sizes import SIZE
 
 #: The non-root user baked into the pinned image; runs use one user ID each (``identity``).
 SANDBOX_UID = 10001
@@ -41,7 +41,6 @@ THREAD_VARIABLES = (
 #: Files and directories the sandbox's /tmp may hold.
 TMP_INODES = 16384
 TMP_OPTIONS = "rw,noexec,nosuid,nodev,mode=1777"
-_SIZE = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 
 
 _DEFAULTS = ExperimentDefaults.model_fields
@@ -63,11 +62,11 @@ class SandboxPolicy:
     engine_log_size: str = "1m"
 
     def __post_init__(self) -> None:
-        if not _SIZE.match(self.memory_limit):
+        if not SIZE.match(self.memory_limit):
             raise ValueError(
                 f"memory_limit must look like '512m' or '2g', not {self.memory_limit!r}"
             )
-        if not _SIZE.match(self.tmpfs_size):
+        if not SIZE.match(self.tmpfs_size):
             raise ValueError(f"tmpfs_size must look like '256m', not {self.tmpfs_size!r}")
         if not (self.cpu_limit > 0 and math.isfinite(self.cpu_limit)):
             raise ValueError(f"cpu_limit must be a positive number, not {self.cpu_limit!r}")
@@ -193,15 +192,6 @@ def self_limited(
         str(outputs.max_bytes),
         *command,
     ]
-
-
-def parse_size(size: str) -> int:
-    """Bytes in a Docker size such as ``512m`` or ``2g`` (binary units, as Docker reads them)."""
-    if not _SIZE.match(size):
-        raise ValueError(f"not a size: {size!r}")
-    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-    unit = size[-1].lower()
-    return int(size[:-1]) * units[unit] if unit in units else int(size)
 
 
 def thread_count(cpu_limit: float) -> int:

@@ -14,8 +14,9 @@ from functools import cache
 from typing import Any
 
 from runner.artifacts import OUTPUTS_PATH
-from runner.sandbox import Run, SandboxPolicy, host_pids_limit, parse_size
+from runner.sandbox import Run, SandboxPolicy, host_pids_limit
 from runner.seccomp import profile
+from runner.sizes import parse_size
 
 
 def gaps(inspected: Mapping[str, Any], policy: SandboxPolicy, run: Run) -> list[str]:

@@ -19,7 +19,8 @@ from runner.engine import (
     VolumeInfo,
 )
 from runner.exceptions import ExperimentExecutionError
-from runner.sandbox import EXIT_MARKER, parse_size
+from runner.sandbox import EXIT_MARKER
+from runner.sizes import parse_size
 
 
 class FakeStream:

@@ -21,8 +21,8 @@ from runner.mcp_server import (
     build_server,
     data_sets,
 )
-from runner.sandbox import parse_size
 from runner.settings import ExperimentDefaults
+from runner.sizes import parse_size
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_artifacts import file, tar_of
 
