@@ -13,6 +13,10 @@ from mcp.types import CallToolResult, ImageContent, TextContent
 
 from runner.demo import TARGET, demo_data
 from runner.engine import DockerEngine
+from tests.integration.conftest import run_once
+
+#: Tests what is built on the sandbox, not the engine or runtime: once, in the runc pass.
+pytestmark = run_once
 
 GOOD = """
 import json
@@ -28,10 +32,6 @@ print(json.dumps({"success": True, "metrics": {"accuracy": score}}))
 """
 NETWORK = """
 import urllib.request
-from tests.integration.conftest import run_once
-
-#: Tests what is built on the sandbox, not the engine or runtime: once, in the runc pass.
-pytestmark = run_once
 urllib.request.urlopen("http://example.com", timeout=5)
 """
 

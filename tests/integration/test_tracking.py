@@ -11,12 +11,13 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-SCRIPT = """
-import json
 from tests.integration.conftest import run_once
 
 #: Tests what is built on the sandbox, not the engine or runtime: once, in the runc pass.
 pytestmark = run_once
+
+SCRIPT = """
+import json
 with open("model.txt", "w") as f:
     f.write("weights")
 print(json.dumps({"success": True, "metrics": {"accuracy": 0.5}}))
