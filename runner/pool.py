@@ -470,6 +470,12 @@ class WarmPool:
         except ExperimentExecutionError as e:
             ok = False
             self.error = e
+        except Exception as e:  # noqa: BLE001 - a background thread: say why, keep the count
+            ok = False
+            self.error = ExperimentExecutionError(
+                f"A warm pool container could not be started: {type(e).__name__}: {e}",
+                hint="runs are cold meanwhile; `runner doctor` checks the engine.",
+            )
         with self._lock:
             self._starting -= 1
             moved = self._root != root  # retargeted while this one started

@@ -19,7 +19,7 @@ from runner.backend import fits_pool
 from runner.bootstrap import READY, SOURCE, hand_over_line
 from runner.cleanup import LABEL, LABEL_DEADLINE, LABEL_OWNER
 from runner.models import ExperimentSpec
-from runner.pool import SlotMaker, may_be_pool_root, outermost, pool_root_for, stage
+from runner.pool import SlotMaker, WarmPool, may_be_pool_root, outermost, pool_root_for, stage
 from runner.sandbox import SandboxPolicy
 from runner.tree import Budget, TreeExpired, TreeRefused
 from tests.unit.fakes import FakeEngine
@@ -640,3 +640,35 @@ def test_a_volume_hand_over_that_is_refused_leaves_nothing(
         assert engine.handed_over == {}
     made = {v.name for v in engine.volumes_made}
     assert made == set(engine.volumes_removed)
+
+
+def test_an_unexpected_error_starting_a_slot_is_reported_and_the_slot_replaced(
+    tmp_path: Path,
+) -> None:
+    """A slot failing with any error (not only the runner's) is said, and a later take refills."""
+    maker = SlotMaker(
+        engine=FakeEngine(),
+        image="img",
+        policy=SandboxPolicy(image="img"),
+        command=["python", "-c", SOURCE],
+        slots_dir=tmp_path / "slots",
+        lifetime=60,
+    )
+    calls: list[int] = []
+
+    def fails_once(root: Path) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        return maker.make(root)
+
+    pool = WarmPool(0, maker, tmp_path / "root")
+    pool._create = fails_once  # the pool's own seam to its maker
+    pool.size = 1
+    pool._refill()
+    assert not pool.wait_ready(10)
+    assert pool.error is not None and "OSError: disk full" in str(pool.error)
+    pool.error = None
+    assert pool.take() is None  # nothing ready yet; the take starts a replacement
+    assert pool.wait_ready(10)
+    pool.close()
