@@ -41,6 +41,7 @@ from runner.exceptions import ExperimentExecutionError
 from runner.sandbox import PodmanSupport
 from runner.seccomp import profile
 from runner.sizes import parse_size
+from runner.transfer import unstarted
 
 #: tmpfs sizes are given in pages (``size=`` is taken by Podman's own volume quotas).
 PAGE_SIZE = 4096
@@ -67,12 +68,8 @@ def ensure_support(
     files = _support_files()
     digest = hashlib.sha256(b"".join(name.encode() + data for name, data in files)).hexdigest()
     volume = engine.create_volume(SUPPORT_LABELS, name=f"{SUPPORT_VOLUME}-{digest[:16]}")
-    helper = engine.create(
-        image_id,
-        ["true"],
-        labels=dict(helper_labels),
-        network_mode="none",
-        mounts=[Mount(target=_FILL_AT, source=volume.name, type="volume")],
+    helper = unstarted(
+        engine, image_id, helper_labels, Mount(target=_FILL_AT, source=volume.name, type="volume")
     )
     try:
         if _read_back(engine, helper) != dict(files):

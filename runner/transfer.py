@@ -145,7 +145,7 @@ class FileDrop:
     def create(cls, engine: Engine, image_id: str, labels: Mapping[str, str]) -> FileDrop:
         volume = engine.create_volume(labels)
         try:
-            helper = _unstarted(
+            helper = unstarted(
                 engine, image_id, labels, Mount(target=_FILL_AT, source=volume.name, type="volume")
             )
         except BaseException:
@@ -245,7 +245,7 @@ def engine_sees_local_files(engine: Engine, image_id: str, labels: Mapping[str, 
         probe.chmod(0o755)
         (probe / "token").write_text(token)
         try:
-            container = _unstarted(
+            container = unstarted(
                 engine,
                 image_id,
                 labels,
@@ -264,7 +264,7 @@ def engine_sees_local_files(engine: Engine, image_id: str, labels: Mapping[str, 
         return member is not None and member.read().decode() == token
 
 
-def _unstarted(engine: Engine, image_id: str, labels: Mapping[str, str], mount: Mount) -> str:
+def unstarted(engine: Engine, image_id: str, labels: Mapping[str, str], mount: Mount) -> str:
     """A container made only to reach files through the archive API: never started."""
     return engine.create(
         image_id, ["true"], labels=dict(labels), network_mode="none", mounts=[mount]
