@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -344,24 +344,45 @@ def _run_demo(
         f"each in a fresh sandbox ({runner.policy.image}, {runner.policy.cpu_limit:g} CPU, "
         f"{runner.policy.memory_limit}{warm})"
     )
+    results = _run_with_progress(runner, jobs, workers, "experiments", console, _print_outcome)
+    console.print(_leaderboard(results, title="Leaderboard"))
+    return 0 if all(r.success for r in results) else 1
+
+
+def _run_with_progress(
+    runner: ExperimentRunner,
+    jobs: list[Job],
+    workers: int,
+    what: str,
+    screen: Console,
+    report: Callable[[Console, ExperimentResult], None],
+) -> list[ExperimentResult]:
+    """``run_many`` under a progress bar on ``screen``, each result reported as it comes."""
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        console=console,
+        console=screen,
     ) as progress:
-        task = progress.add_task("experiments", total=len(jobs))
+        task = progress.add_task(what, total=len(jobs))
 
         def done(index: int, result: ExperimentResult) -> None:
             progress.advance(task)
-            progress.console.print(
-                Text.assemble("  ", _outcome(result), ": ", safe_text(result.experiment_name))
-            )
+            report(progress.console, result)
 
-        results = runner.run_many(jobs, max_workers=workers, on_result=done)
-    console.print(_leaderboard(results, title="Leaderboard"))
-    return 0 if all(r.success for r in results) else 1
+        return runner.run_many(jobs, max_workers=workers, on_result=done)
+
+
+def _print_outcome(screen: Console, result: ExperimentResult) -> None:
+    screen.print(Text.assemble("  ", _outcome(result), ": ", safe_text(result.experiment_name)))
+
+
+def _print_json_line(screen: Console, result: ExperimentResult) -> None:
+    """One result on stdout (the progress is on ``screen``, stderr)."""
+    # ensure_ascii also escapes C1 and bidi characters, which JSON allows raw.
+    sys.stdout.write(json.dumps(result.model_dump(mode="json"), ensure_ascii=True) + "\n")
+    sys.stdout.flush()
 
 
 def _batch(args: argparse.Namespace) -> int:
@@ -398,30 +419,8 @@ def _batch(args: argparse.Namespace) -> int:
         screen.print(
             safe_text(f"Running {len(jobs)} script(s) on {where}, {workers} at once", limit=1000)
         )
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=screen,
-        ) as progress:
-            task = progress.add_task("scripts", total=len(jobs))
-
-            def done(index: int, result: ExperimentResult) -> None:
-                progress.advance(task)
-                if args.json:
-                    # ensure_ascii also escapes C1 and bidi characters, which JSON allows raw.
-                    line = json.dumps(result.model_dump(mode="json"), ensure_ascii=True)
-                    sys.stdout.write(line + "\n")
-                    sys.stdout.flush()
-                else:
-                    progress.console.print(
-                        Text.assemble(
-                            "  ", _outcome(result), ": ", safe_text(result.experiment_name)
-                        )
-                    )
-
-            results = runner.run_many(jobs, max_workers=workers, on_result=done)
+        report = _print_json_line if args.json else _print_outcome
+        results = _run_with_progress(runner, jobs, workers, "scripts", screen, report)
     if args.junit:
         args.junit.write_bytes(junit_report(results, suite="runner batch"))
     if not args.json:
