@@ -159,14 +159,16 @@ class DockerBackend:
                     "choose one of the registered runtimes; the runner never falls back.",
                 )
             self._user_kernel = runtime is not None and is_user_kernel(info, runtime)
-            if self.transfer != "bind":
-                probe_labels = build_labels(deadline_after(60))
+            probe = self.transfer != "bind"
+            # Podman reads the seccomp profile (and more) from files on its machine.
+            podman = engine.kind() == "podman"
+            if probe or podman:
                 image_id = engine.image_id(self.policy.image)
-                self._shares_files = engine_sees_local_files(engine, image_id, probe_labels)
-            if engine.kind() == "podman":
-                # Podman reads the seccomp profile (and more) from files on its machine.
-                image_id = engine.image_id(self.policy.image)
-                self._podman = ensure_support(engine, image_id, build_labels(deadline_after(60)))
+                helper_labels = build_labels(deadline_after(60))
+                if probe:
+                    self._shares_files = engine_sees_local_files(engine, image_id, helper_labels)
+                if podman:
+                    self._podman = ensure_support(engine, image_id, helper_labels)
             self._engine_cpus = int(info.get("NCPU") or 1)
             self._engine_memory = int(info.get("MemTotal") or 0)
             telemetry = CgroupTelemetry()
