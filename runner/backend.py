@@ -28,7 +28,6 @@ from runner.exceptions import ExperimentExecutionError
 from runner.identity import lease_uid
 from runner.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
 from runner.output import OutputCallback
-from runner.podman import ensure_support
 from runner.pool import (
     Slot,
     SlotMaker,
@@ -37,9 +36,10 @@ from runner.pool import (
     may_be_pool_root,
     pool_root_for,
 )
-from runner.sandbox import PodmanSupport, Run, SandboxPolicy, self_limited
+from runner.sandbox import Run, SandboxPolicy, SupportFiles, self_limited
 from runner.settings import ExperimentDefaults
 from runner.sizes import parse_size
+from runner.support import ensure_support
 from runner.telemetry import CgroupTelemetry
 from runner.transfer import TRANSFERS, Transfer, copy_to_engine, engine_sees_local_files
 from runner.tree import TreeExpired, TreeRefused
@@ -128,7 +128,8 @@ class DockerBackend:
         self._engine_cpus = 1
         self._engine_memory = 0
         self._active = ActiveRuns()
-        self._podman: PodmanSupport | None = None
+        self._support: SupportFiles | None = None
+        self._podman = False
         self._pool: WarmPool | None = None
         self._pool_outputs: OutputLimits | None = None
         #: Why a warm pool that was asked for is not kept, if it is not.
@@ -159,16 +160,14 @@ class DockerBackend:
                     "choose one of the registered runtimes; the runner never falls back.",
                 )
             self._user_kernel = runtime is not None and is_user_kernel(info, runtime)
-            probe = self.transfer != "bind"
-            # Podman reads the seccomp profile (and more) from files on its machine.
-            podman = engine.kind() == "podman"
-            if probe or podman:
-                image_id = engine.image_id(self.policy.image)
-                helper_labels = build_labels(deadline_after(60))
-                if probe:
-                    self._shares_files = engine_sees_local_files(engine, image_id, helper_labels)
-                if podman:
-                    self._podman = ensure_support(engine, image_id, helper_labels)
+            image_id = engine.image_id(self.policy.image)
+            helper_labels = build_labels(deadline_after(60))
+            if self.transfer != "bind":
+                self._shares_files = engine_sees_local_files(engine, image_id, helper_labels)
+            # The sandbox's hosts and resolv.conf (and Podman's seccomp profile) are files
+            # on the engine's machine.
+            self._support = ensure_support(engine, image_id, helper_labels)
+            self._podman = engine.kind() == "podman"
             self._engine_cpus = int(info.get("NCPU") or 1)
             self._engine_memory = int(info.get("MemTotal") or 0)
             telemetry = CgroupTelemetry()
@@ -250,6 +249,7 @@ class DockerBackend:
             lifetime=POOL_IDLE_MAX + timeout,
             telemetry=self._telemetry,
             user_kernel=self._user_kernel,
+            support=self._support,
             podman=self._podman,
             through_engine=not self._shares_files or self.transfer == "copy",
         )
@@ -386,6 +386,7 @@ class DockerBackend:
             relocated=copied,
             user_kernel=self._user_kernel,
             outputs=outputs,
+            support=self._support,
             podman=self._podman,
         )
         with (

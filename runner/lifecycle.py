@@ -151,13 +151,15 @@ class Sandbox:
         """
         try:
             config = container_config(policy, run)
-            podman = run.podman
-            if podman is not None:
+            support = run.support
+            if run.podman:
+                if support is None:
+                    raise ValueError("a sandbox on Podman needs the engine's support files")
                 # Podman: each tmpfs on a volume of its own (its caps kept), then its form.
                 if not run.tmp_volumes:
                     volumes = _tmpfs_volumes(engine, config["tmpfs"], run.labels, resources)
                     run = dataclasses.replace(run, tmp_volumes=volumes)
-                config = adapt(config, podman, dict(run.tmp_volumes))
+                config = adapt(config, support, dict(run.tmp_volumes))
             container_id = engine.create(image_id, run.command, **config)
         except BaseException:
             resources.release()

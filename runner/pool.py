@@ -42,7 +42,7 @@ from runner.engine import Engine
 from runner.exceptions import ExperimentExecutionError
 from runner.identity import lease_uid
 from runner.lifecycle import Resources, Sandbox
-from runner.sandbox import PodmanSupport, Run, SandboxPolicy, self_limited
+from runner.sandbox import Run, SandboxPolicy, SupportFiles, self_limited
 from runner.telemetry import CgroupTelemetry
 from runner.transfer import FileDrop, copy_budget
 from runner.tree import Budget, Entry, TreeRefused, read_chunks, walk
@@ -211,7 +211,8 @@ class SlotMaker:
     user_kernel: bool = False
     #: Slots for runs with outputs (the bootstrap links the script's files in).
     outputs: OutputLimits | None = None
-    podman: PodmanSupport | None = None
+    support: SupportFiles | None = None
+    podman: bool = False
     #: Files reach the slots through the engine's API (``VolumeFiles``), not this
     #: machine's filesystem: the engine cannot see it, or ``transfer="copy"``.
     through_engine: bool = False
@@ -251,6 +252,7 @@ class SlotMaker:
             stdin_open=True,
             user_kernel=self.user_kernel,
             outputs=self.outputs,
+            support=self.support,
             podman=self.podman,
         )
         sandbox = Sandbox.create(self.engine, image_id, self.policy, run, resources)

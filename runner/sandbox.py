@@ -75,9 +75,9 @@ class SandboxPolicy:
 
 
 @dataclass(frozen=True)
-class PodmanSupport:
-    """Files a sandbox on Podman needs from the engine's own machine (paths there, in one
-    volume; see ``runner.podman``)."""
+class SupportFiles:
+    """Files a sandbox reads from the engine's own machine (paths there, in one volume;
+    see ``runner.support``)."""
 
     volume: str
     seccomp: str
@@ -85,7 +85,7 @@ class PodmanSupport:
     hosts: str
 
     @classmethod
-    def at(cls, volume: str, mountpoint: str) -> PodmanSupport:
+    def at(cls, volume: str, mountpoint: str) -> SupportFiles:
         return cls(
             volume=volume,
             seccomp=f"{mountpoint}/seccomp.json",
@@ -119,9 +119,12 @@ class Run:
     #: Outputs on: the working directory is a writable tmpfs at ``OUTPUTS_PATH`` within
     #: these limits, collected after the script (``runner.artifacts``).
     outputs: OutputLimits | None = None
-    #: The engine is Podman: its support files, and the volumes that are this run's
-    #: tmpfs mounts (target, volume name), made by ``Sandbox.create``.
-    podman: PodmanSupport | None = None
+    #: The engine's support files: the sandbox's own ``hosts`` and ``resolv.conf``; with
+    #: them, on Docker, the engine makes no network at all (see ``runner.support``).
+    support: SupportFiles | None = None
+    #: The engine is Podman (``runner.podman``): the volumes that are this run's tmpfs
+    #: mounts (target, volume name) are made by ``Sandbox.create``.
+    podman: bool = False
     tmp_volumes: tuple[tuple[str, str], ...] = ()
 
 
@@ -272,6 +275,16 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
             type="json-file", config={"max-size": policy.engine_log_size, "max-file": "1"}
         ),
     }
+    if run.support is not None:
+        config["mounts"] += [
+            Mount(target="/etc/resolv.conf", source=run.support.resolv_conf, type="bind",
+                  read_only=True),
+            Mount(target="/etc/hosts", source=run.support.hosts, type="bind", read_only=True),
+        ]  # fmt: skip
+        if not run.podman:
+            # The runtime still gives the container a network namespace of its own with
+            # only lo; the engine skips its network set-up, and its hosts and resolv.conf.
+            config["network_disabled"] = True
     if policy.runtime is not None:
         config["runtime"] = policy.runtime
     if run.cgroup_parent is not None:

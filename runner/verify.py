@@ -34,6 +34,9 @@ def gaps(inspected: Mapping[str, Any], policy: SandboxPolicy, run: Run) -> list[
     if policy.runtime is not None:
         expect(f"runtime {policy.runtime}", runtime == policy.runtime, runtime)
     expect("no network", host.get("NetworkMode") == "none", host.get("NetworkMode"))
+    if run.support is not None and not run.podman:
+        disabled = config.get("NetworkDisabled")
+        expect("no network set up by the engine", disabled is True, disabled)
     expect(
         "read-only root filesystem", host.get("ReadonlyRootfs") is True, host.get("ReadonlyRootfs")
     )
@@ -87,9 +90,9 @@ def _same_profile(option: str, run: Run) -> bool:
     if not option.startswith("seccomp="):
         return False
     value = option.removeprefix("seccomp=")
-    if run.podman is not None:
+    if run.podman and run.support is not None:
         # Podman reads it from the file the runner wrote into its support volume.
-        return value == run.podman.seccomp
+        return value == run.support.seccomp
     try:
         return bool(json.loads(value) == _expected_profile())
     except ValueError:

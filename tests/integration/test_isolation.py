@@ -117,6 +117,30 @@ def test_only_loopback_no_route_and_host_listeners_unreachable(
     assert listener.accepted == []  # type: ignore[attr-defined]
 
 
+def test_the_sandbox_has_its_own_read_only_hosts_and_resolver(
+    runner: ExperimentRunner, write_script: Callable[..., Path]
+) -> None:
+    """localhost and the sandbox's host name resolve to its loopback; neither file is writable."""
+    script = write_script(
+        """
+import json, os, socket
+print(json.dumps({
+    "localhost": socket.gethostbyname("localhost"),
+    "hostname": socket.gethostname(),
+    "own name": socket.gethostbyname(socket.gethostname()),
+    "writable": [p for p in ("/etc/hosts", "/etc/resolv.conf") if os.access(p, os.W_OK)],
+}))
+"""
+    )
+    seen = json.loads(runner.run_script_directly(script)["stdout"])
+    assert seen == {
+        "localhost": "127.0.0.1",
+        "hostname": "sandbox",
+        "own name": "127.0.0.1",
+        "writable": [],
+    }
+
+
 def test_non_root_without_capabilities_and_with_seccomp(
     runner: ExperimentRunner, write_script: Callable[..., Path]
 ) -> None:

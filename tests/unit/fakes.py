@@ -21,6 +21,7 @@ from runner.engine import (
 from runner.exceptions import ExperimentExecutionError
 from runner.sandbox import EXIT_MARKER
 from runner.sizes import parse_size
+from runner.support import SUPPORT_AT, SUPPORT_VOLUME
 
 
 class FakeStream:
@@ -72,6 +73,11 @@ class FakeEngine:
     volume_options: dict[str, Mapping[str, str] | None] = field(default_factory=dict)
     #: Containers the engine lists (by label) besides none: ones other callers left.
     listed: list[ContainerInfo] = field(default_factory=list)
+    #: The engine's support volume (``runner.support``), its filling helpers and what they
+    #: wrote: kept apart, so that ``created``, ``calls`` and ``volumes_made`` are the runs'.
+    support_volumes: list[VolumeInfo] = field(default_factory=list)
+    support_helpers: list[dict[str, Any]] = field(default_factory=list)
+    support_archives: list[bytes] = field(default_factory=list)
 
     def info(self) -> dict[str, Any]:
         runtimes: dict[str, Any] = {name: {} for name in self.runtimes_registered}
@@ -97,6 +103,9 @@ class FakeEngine:
         return "sha256:" + "ab" * 32
 
     def create(self, image: str, command: list[str], **config: Any) -> str:
+        if any(m["Target"] == SUPPORT_AT for m in config.get("mounts", [])):
+            self.support_helpers.append({"image": image, "command": command, **config})
+            return f"s{len(self.support_helpers)}"
         if self.create_error is not None:
             raise self.create_error
         self.created.append({"image": image, "command": command, **config})
@@ -145,6 +154,8 @@ class FakeEngine:
         )
 
     def remove(self, container_id: str) -> None:
+        if container_id.startswith("s"):
+            return  # a support helper
         self.calls.append("remove")
         self.removed.append(container_id)
         self.finished.add(container_id)
@@ -171,7 +182,10 @@ class FakeEngine:
             {"Destination": m["Target"], "RW": not m.get("ReadOnly")}
             for m in config.get("mounts", [])
         ]
-        inspected = {"HostConfig": host, "Config": {"User": config.get("user")}, "Mounts": mounts}
+        container: dict[str, Any] = {"User": config.get("user")}
+        if config.get("network_disabled"):
+            container["NetworkDisabled"] = True  # Docker leaves it out when false
+        inspected = {"HostConfig": host, "Config": container, "Mounts": mounts}
         if self.engine_kind == "podman":
             _as_podman(inspected, config)
         host.update(self.quietly)
@@ -192,12 +206,15 @@ class FakeEngine:
         driver_opts: Mapping[str, str] | None = None,
         name: str | None = None,
     ) -> VolumeInfo:
-        for volume in self.volumes_made:
+        for volume in [*self.volumes_made, *self.support_volumes]:
             if volume.name == name and name not in self.volumes_removed:
                 return volume
         name = name or f"v{len(self.volumes_made) + 1}"
         volume = VolumeInfo(name, f"/var/lib/fake/volumes/{name}/_data", dict(labels))
-        self.volumes_made.append(volume)
+        if name.startswith(SUPPORT_VOLUME):
+            self.support_volumes.append(volume)
+        else:
+            self.volumes_made.append(volume)
         self.volume_options[name] = driver_opts
         return volume
 
@@ -209,11 +226,14 @@ class FakeEngine:
         key, _, value = label.partition("=")
         return [
             v
-            for v in self.volumes_made
+            for v in [*self.volumes_made, *self.support_volumes]
             if v.name not in self.volumes_removed and v.labels.get(key) == value
         ]
 
     def put_archive(self, container_id: str, path: str, data: bytes | BinaryIO) -> None:
+        if container_id.startswith("s"):
+            self.support_archives.append(data if isinstance(data, bytes) else data.read())
+            return
         self.calls.append("put_archive")
         self.archives[(container_id, path)] = data if isinstance(data, bytes) else data.read()
 
@@ -230,7 +250,14 @@ class FakeEngine:
         raise ExperimentExecutionError(f"no such path in the fake container: {path}")
 
     def _config(self, container_id: str) -> dict[str, Any]:
-        return self.created[int(container_id[1:]) - 1]
+        made = self.support_helpers if container_id.startswith("s") else self.created
+        return made[int(container_id[1:]) - 1]
+
+
+def file_mounts(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The mounts of a created container but the support volume's hosts and resolv.conf."""
+    support = ("/etc/hosts", "/etc/resolv.conf")
+    return [m for m in config.get("mounts", []) if m["Target"] not in support]
 
 
 def _as_podman(inspected: dict[str, Any], config: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from runner.engine import ContainerInfo
 from runner.lifecycle import Execution
 from runner.sandbox import SandboxPolicy
 from runner.transfer import pack
-from tests.unit.fakes import FakeEngine
+from tests.unit.fakes import FakeEngine, file_mounts
 
 POLICY = SandboxPolicy(image="img", cpu_limit=1.0, memory_limit="1g")
 LIMITS = OutputLimits(max_bytes=1 << 20, max_files=10, max_file_size=1 << 20)
@@ -59,7 +59,7 @@ def test_a_task_copies_its_packed_files_into_a_volume_and_labels_its_run(script:
     assert packed in engine.archives.values()
     sandbox = engine.created[-1]
     (volume,) = engine.volumes_made
-    assert [(m["Source"], m["Target"]) for m in sandbox["mounts"]] == [
+    assert [(m["Source"], m["Target"]) for m in file_mounts(sandbox)] == [
         (volume.mountpoint + str(script.parent), str(script.parent))
     ]
     assert sandbox["labels"][LABEL_RUN] == "run1"

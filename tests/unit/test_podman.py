@@ -1,24 +1,21 @@
 """Podman's Docker-compatible API: every control asked its way, and checked its way."""
 
-import io
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.cleanup import cleanup
 from runner.identity import lease_uid
 from runner.lifecycle import Resources, Sandbox
 from runner.podman import adapt, tmpfs_volume_options
-from runner.sandbox import PodmanSupport, Run, SandboxPolicy, container_config
+from runner.sandbox import Run, SandboxPolicy, SupportFiles, container_config
 from runner.seccomp import profile
 from runner.telemetry import Usage
 from tests.unit.fakes import FakeEngine
 
 SPEC = ExperimentSpec(experiment_name="podman", model_type="SVC")
-SUPPORT = PodmanSupport.at("support", "/var/lib/containers/storage/volumes/support/_data")
+SUPPORT = SupportFiles.at("support", "/var/lib/containers/storage/volumes/support/_data")
 
 
 def podman_run(**changes: Any) -> Run:
@@ -28,7 +25,8 @@ def podman_run(**changes: Any) -> Run:
         "read_only_paths": (Path("/exp"),),
         "deadline": 0.0,
         "uid": 2_000_000_001,
-        "podman": SUPPORT,
+        "support": SUPPORT,
+        "podman": True,
         "tmp_volumes": (("/tmp", "tmpvol"),),
     }
     fields.update(changes)
@@ -36,8 +34,8 @@ def podman_run(**changes: Any) -> Run:
 
 
 def podman_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
-    assert run.podman is not None
-    return adapt(container_config(policy, run), run.podman, dict(run.tmp_volumes))
+    assert run.podman and run.support is not None
+    return adapt(container_config(policy, run), run.support, dict(run.tmp_volumes))
 
 
 def test_podman_gets_the_profile_as_a_file_on_its_machine() -> None:
@@ -78,11 +76,23 @@ def test_podman_gets_the_sandbox_own_resolver_and_hosts() -> None:
 
 
 def test_docker_config_is_unchanged_without_podman() -> None:
-    """On Docker nothing of the Podman form appears."""
-    config = container_config(SandboxPolicy(image="img"), podman_run(podman=None, tmp_volumes=()))
+    """On Docker nothing of the Podman form appears; the engine makes no network at all."""
+    config = container_config(SandboxPolicy(image="img"), podman_run(podman=False, tmp_volumes=()))
     assert "volumes" not in config
     assert set(config["tmpfs"]) == {"/tmp"}
     assert any(o == f"seccomp={profile()}" for o in config["security_opt"])
+    assert config["network_mode"] == "none"
+    assert config["network_disabled"] is True
+    mounts = {m["Target"]: m for m in config["mounts"]}
+    assert mounts["/etc/hosts"]["Source"] == SUPPORT.hosts
+    assert mounts["/etc/hosts"]["ReadOnly"] and mounts["/etc/resolv.conf"]["ReadOnly"]
+
+
+def test_podman_makes_its_own_empty_network_namespace() -> None:
+    """On Podman the network stays "none" as asked (network_disabled is Docker's form)."""
+    config = podman_config(SandboxPolicy(image="img"), podman_run())
+    assert config["network_mode"] == "none"
+    assert "network_disabled" not in config
 
 
 def test_adapt_needs_a_volume_for_each_tmpfs() -> None:
@@ -96,48 +106,11 @@ def test_a_run_on_podman_is_verified_and_cleans_up(script: Path) -> None:
     engine = FakeEngine(engine_kind="podman")
     result = ExperimentRunner(timeout=5, engine=engine).run(script, SPEC, 0)
     assert result.success, result.error
-    support, tmp = engine.volumes_made[0], engine.volumes_made[1]
+    (tmp,) = engine.volumes_made
     assert engine.volume_options[tmp.name] is not None
     assert engine.volumes_removed == [tmp.name]
-    with tarfile.open(fileobj=io.BytesIO(next(iter(engine.archives.values())))) as files:
-        assert sorted(files.getnames()) == ["hosts", "resolv.conf", "seccomp.json"]
-    # The support volume is the engine's, shared by runners; only `cleanup --all` takes it.
-    cleanup(engine, slots_dir=script.parent / "slots")
-    assert support.name not in engine.volumes_removed
-    cleanup(engine, everything=True, slots_dir=script.parent / "slots")
-    assert support.name in engine.volumes_removed
-
-
-def test_the_support_volume_is_shared_and_written_only_when_it_differs(script: Path) -> None:
-    """A second runner finds the support files in place and does not rewrite them."""
-    engine = FakeEngine(engine_kind="podman")
-    original = engine.get_archive
-
-    def written_back(container_id: str, path: str) -> bytes:
-        if path == "/support" and engine.archives:
-            return _as_read_back(next(iter(engine.archives.values())))
-        return original(container_id, path)
-
-    engine.get_archive = written_back  # type: ignore[method-assign]
-    for _ in range(2):
-        ExperimentRunner(timeout=5, engine=engine).run(script, SPEC, 0)
-    support = [v for v in engine.volumes_made if v.name.startswith("experiment-runner-support-")]
-    assert len(support) == 1
-    assert engine.calls.count("put_archive") == 1
-
-
-def _as_read_back(archive: bytes) -> bytes:
-    """The tar the engine gives back for the directory the archive was unpacked into."""
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(archive)) as source,
-        tarfile.open(fileobj=out, mode="w") as tar,
-    ):
-        for member in source.getmembers():
-            data = source.extractfile(member)
-            member.name = "support/" + member.name
-            tar.addfile(member, data)
-    return out.getvalue()
+    options = [o for o in engine.created[-1]["security_opt"] if o.startswith("seccomp=")]
+    assert options == [f"seccomp={engine.support_volumes[0].mountpoint}/seccomp.json"]
 
 
 def test_runsc_on_podman_is_refused_not_run_as_runc(script: Path) -> None:

@@ -22,7 +22,7 @@ from runner.models import ExperimentSpec
 from runner.pool import SlotMaker, WarmPool, may_be_pool_root, outermost, pool_root_for, stage
 from runner.sandbox import SandboxPolicy
 from runner.tree import Budget, TreeExpired, TreeRefused
-from tests.unit.fakes import FakeEngine
+from tests.unit.fakes import FakeEngine, file_mounts
 
 SPEC = ExperimentSpec(experiment_name="warm", model_type="SVC")
 
@@ -477,7 +477,7 @@ def test_files_reach_a_slot_through_a_volume_where_they_must_be_copied(
         assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in helper["mounts"]] == [
             (volume.name, "/files", False)
         ]
-        assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in slot["mounts"]] == [
+        assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in file_mounts(slot)] == [
             (volume.mountpoint, str(root), True)
         ]
         for labels in (helper["labels"], slot["labels"], volume.labels):

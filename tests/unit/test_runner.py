@@ -4,7 +4,7 @@ import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
 from runner.cleanup import LABEL
-from tests.unit.fakes import FakeEngine
+from tests.unit.fakes import FakeEngine, file_mounts
 
 SPEC = ExperimentSpec(
     experiment_name="baseline",
@@ -48,7 +48,7 @@ def test_container_runs_the_script_from_its_directory(script: Path) -> None:
     assert created["command"][3:] == ["15s", "python3", str(script.resolve())]
     assert 'timeout --signal=KILL "$0" "$@"' in created["command"][2]
     assert created["working_dir"] == str(script.parent.resolve())
-    assert [m["Source"] for m in created["mounts"]] == [str(script.parent.resolve())]
+    assert [m["Source"] for m in file_mounts(created)] == [str(script.parent.resolve())]
     assert created["labels"][LABEL] == "1"
     assert created["image"].startswith("sha256:")
 
@@ -62,7 +62,7 @@ def test_inputs_from_constructor_and_run_are_mounted(script: Path, tmp_path: Pat
         path.chmod(0o644)
     engine = FakeEngine()
     make(engine, inputs=[a]).run(script, SPEC, 0, inputs=[b])
-    mounts = engine.created[0]["mounts"]
+    mounts = file_mounts(engine.created[0])
     assert [m["Target"] for m in mounts] == [str(script.parent.resolve()), str(a), str(b)]
     assert all(m["ReadOnly"] for m in mounts)
 

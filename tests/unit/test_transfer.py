@@ -8,7 +8,7 @@ import pytest
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
 from runner.transfer import archive, engine_sees_local_files
 from runner.tree import Budget, TreeRefused
-from tests.unit.fakes import FakeEngine
+from tests.unit.fakes import FakeEngine, file_mounts
 
 SPEC = ExperimentSpec(experiment_name="copy", model_type="SVC")
 
@@ -68,7 +68,7 @@ def test_a_private_directory_is_copied_and_the_volume_removed(private_dir: Path)
     assert result.success, result.error_message
     (volume,) = engine.volumes_made
     sandbox = engine.created[-1]
-    assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in sandbox["mounts"]] == [
+    assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in file_mounts(sandbox)] == [
         (volume.mountpoint + str(private_dir), str(private_dir), True)
     ]
     helper = engine.created[-2]

@@ -1,0 +1,109 @@
+"""The support volume: each sandbox's own hosts and resolv.conf, from the engine's machine."""
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
+from runner.cleanup import cleanup
+from runner.engine import EngineKind
+from runner.support import HOSTS, RESOLV_CONF, SUPPORT_AT
+from tests.unit.fakes import FakeEngine
+
+SPEC = ExperimentSpec(experiment_name="support", model_type="SVC")
+KINDS: list[EngineKind] = ["docker", "podman"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_sandbox_binds_its_own_hosts_and_resolver_read_only(
+    script: Path, kind: EngineKind
+) -> None:
+    """hosts (localhost, the sandbox's name) and resolv.conf come from the support volume."""
+    engine = FakeEngine(engine_kind=kind)
+    assert ExperimentRunner(timeout=5, engine=engine).run(script, SPEC, 0).success
+    (volume,) = engine.support_volumes
+    with tarfile.open(fileobj=io.BytesIO(engine.support_archives[0])) as files:
+        assert sorted(files.getnames()) == ["hosts", "resolv.conf", "seccomp.json"]
+        hosts = files.extractfile("hosts")
+        assert hosts is not None and hosts.read().decode() == HOSTS
+    mounts = {m["Target"]: m for m in engine.created[-1]["mounts"]}
+    for name in ("hosts", "resolv.conf"):
+        bound = mounts[f"/etc/{name}"]
+        assert (bound["Source"], bound["Type"], bound["ReadOnly"]) == (
+            f"{volume.mountpoint}/{name}",
+            "bind",
+            True,
+        )
+    assert "127.0.0.1" in RESOLV_CONF and "localhost sandbox" in HOSTS
+
+
+def test_on_docker_the_engine_sets_up_no_network_and_that_is_verified(script: Path) -> None:
+    """network_disabled on top of "none"; an engine that drops it does not run the sandbox."""
+    engine = FakeEngine()
+    assert ExperimentRunner(timeout=5, engine=engine).run(script, SPEC, 0).success
+    config = engine.created[-1]
+    assert (config["network_mode"], config["network_disabled"]) == ("none", True)
+
+    dropped = FakeEngine()
+    inspect = dropped.inspect
+
+    def without(container_id: str) -> dict[str, object]:
+        found = inspect(container_id)
+        found["Config"].pop("NetworkDisabled", None)
+        return found
+
+    dropped.inspect = without  # type: ignore[method-assign]
+    with pytest.raises(ExperimentExecutionError, match="no network set up by the engine"):
+        ExperimentRunner(timeout=5, engine=dropped).run(script, SPEC, 0)
+    assert "start" not in dropped.calls
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_support_volume_is_the_engines_and_only_cleanup_all_removes_it(
+    script: Path, kind: EngineKind
+) -> None:
+    """Shared by runners, it outlives a run and a plain cleanup; `cleanup --all` takes it."""
+    engine = FakeEngine(engine_kind=kind)
+    ExperimentRunner(timeout=5, engine=engine).run(script, SPEC, 0)
+    (support,) = engine.support_volumes
+    cleanup(engine, slots_dir=script.parent / "slots")
+    assert support.name not in engine.volumes_removed
+    cleanup(engine, everything=True, slots_dir=script.parent / "slots")
+    assert support.name in engine.volumes_removed
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_support_volume_is_shared_and_written_only_when_it_differs(
+    script: Path, kind: EngineKind
+) -> None:
+    """A second runner finds the support files in place and does not rewrite them."""
+    engine = FakeEngine(engine_kind=kind)
+    original = engine.get_archive
+
+    def written_back(container_id: str, path: str) -> bytes:
+        if path == SUPPORT_AT and engine.support_archives:
+            return _as_read_back(engine.support_archives[0])
+        return original(container_id, path)
+
+    engine.get_archive = written_back  # type: ignore[method-assign]
+    for _ in range(2):
+        ExperimentRunner(timeout=5, engine=engine).run(script, SPEC, 0)
+    assert len(engine.support_volumes) == 1
+    assert len(engine.support_archives) == 1
+    assert len(engine.support_helpers) == 2  # one look per runner, each removed
+
+
+def _as_read_back(archive: bytes) -> bytes:
+    """The tar the engine gives back for the directory the archive was unpacked into."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(archive)) as source,
+        tarfile.open(fileobj=out, mode="w") as tar,
+    ):
+        for member in source.getmembers():
+            data = source.extractfile(member)
+            member.name = "support/" + member.name
+            tar.addfile(member, data)
+    return out.getvalue()
