@@ -283,8 +283,7 @@ class DockerBackend:
     ) -> Execution:
         self.prepare()
         copies = self._copies(request)  # with transfer="bind", unreadable files raise here
-        # Packed files come from another machine: a slot's hand-over reads paths here.
-        slot = None if request.packed else self._warm_slot(request)
+        slot = self._warm_slot(request)
         if slot is not None:
             try:
                 return self._execute_warm(slot, request, copies, on_output, token)
@@ -413,9 +412,12 @@ class DockerBackend:
             # The hand-over counts against the run's deadline.
             started = time.monotonic()
             try:
-                slot.files.put(
-                    request.mounts, slot.root, started + request.timeout, readable=copies
-                )
+                if request.packed:  # files from another machine (a Ray task's)
+                    slot.files.put_packed(request.packed, slot.root)
+                else:
+                    slot.files.put(
+                        request.mounts, slot.root, started + request.timeout, readable=copies
+                    )
             except (TreeRefused, ExperimentExecutionError) as e:
                 # A cold run shows these files exactly, or says why it cannot.
                 raise _SlotUnusable from e

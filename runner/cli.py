@@ -154,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--workers", type=int, help="runs at once (default: what fits)")
     batch.add_argument(
         "--warm", type=int, default=0, metavar="N",
-        help="keep N single-use containers started ahead, libraries preloaded (not with --ray)",
+        help="keep N single-use containers started ahead, libraries preloaded (with --ray: N on "
+        "each node)",
     )  # fmt: skip
     batch.add_argument("--json", action="store_true",
                        help="print each result as one line of JSON as it finishes")  # fmt: skip
@@ -254,6 +255,10 @@ def _ray_option(parser: argparse.ArgumentParser) -> None:
         help="run on a Ray cluster: its address (HOST:PORT) or auto (default: RUNNER_CLUSTER, "
         "else this machine's engine)",
     )  # fmt: skip
+    parser.add_argument(
+        "--build-missing", action="store_true",
+        help="with --ray: a node whose engine lacks the runner's own image builds it first",
+    )  # fmt: skip
 
 
 def _results_options(parser: argparse.ArgumentParser) -> None:
@@ -275,17 +280,7 @@ def _history_for(args: argparse.Namespace, settings: ExperimentDefaults) -> Resu
     return ResultsHistory(args.results or settings.results_file)
 
 
-def _check_ray(args: argparse.Namespace) -> None:
-    """Options a cluster cannot honour are the caller's error, said before anything starts."""
-    if args.ray and args.warm:
-        raise ExperimentExecutionError(
-            "--warm keeps containers on this machine's engine; a Ray cluster's nodes run cold.",
-            hint="drop --warm, or --ray.",
-        )
-
-
 def _run(args: argparse.Namespace) -> int:
-    _check_ray(args)
     settings = ExperimentDefaults()
     files = [args.script.resolve().parent, *(Path(i).resolve() for i in args.input or ())]
     with ExperimentRunner(
@@ -304,6 +299,7 @@ def _run(args: argparse.Namespace) -> int:
         tracking_uri=args.mlflow,
         settings=settings,
         cluster=args.ray,
+        build_missing=args.build_missing,
     ) as runner:
         if args.warm:
             _note_pool(runner)
@@ -319,7 +315,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    _check_ray(args)
     settings = ExperimentDefaults()
     with ExperimentRunner(
         history=_history_for(args, settings),
@@ -327,6 +322,7 @@ def _demo(args: argparse.Namespace) -> int:
         tracking_uri=args.mlflow,
         settings=settings,
         cluster=args.ray,
+        build_missing=args.build_missing,
     ) as runner:
         return _run_demo(args, runner, settings)
 
@@ -386,7 +382,6 @@ def _print_json_line(screen: Console, result: ExperimentResult) -> None:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    _check_ray(args)
     settings = ExperimentDefaults()
     scripts = _scripts(args.paths)
     files = [*(script.parent for script in scripts), *(Path(i).resolve() for i in args.input)]
@@ -404,6 +399,7 @@ def _batch(args: argparse.Namespace) -> int:
         outputs_dir=args.outputs,
         settings=settings,
         cluster=args.ray,
+        build_missing=args.build_missing,
     ) as runner:
         if args.warm:
             _note_pool(runner)

@@ -15,6 +15,15 @@ one machine), and what does not fit queues. A task whose node dies is run again
 once, elsewhere (Ray's ``max_retries=1``: only system failures are retried; what
 a script does is a result, never an exception). Cancelling removes the runs'
 containers on every node: each carries a label with its run's ID.
+
+With a warm pool (``start_pool``), each node keeps its own: one ``NodePool``
+actor per node, pinned there, holds a ``DockerBackend`` with the pool and runs
+that node's jobs. The actor books the node's sandboxes (their CPUs and memory)
+for as long as the runner lives, so Ray places nothing else on them; each run
+takes one of those sandboxes (``_Leases``: the first free one on any node, or
+it waits), and a node that dies takes its sandboxes away, its runs going once
+more to another node. Files reach a warm slot packed, through the node's
+engine, as they reach a cold run there.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -101,6 +111,19 @@ class NodeJob:
 
 
 @dataclass(frozen=True)
+class PoolRequest:
+    """A warm pool on each node, as ``start_pool`` was asked for it."""
+
+    size: int
+    timeout: float
+    outputs: OutputLimits | None
+    #: Where the pools start; ``pool_root_fixed``: the caller chose it, it stays put.
+    pool_root: Path
+    pool_root_fixed: bool
+    preload: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class NodeOutcome:
     """What came back from a node: the run, or why it could not run there."""
 
@@ -121,15 +144,25 @@ class RayBackend:
         *,
         address: str,
         python_executable: str = "python",
+        build_missing: bool = False,
+        default_image: str | None = None,
     ) -> None:
         self.policy = policy
         self.address = address
         self.python_executable = python_executable
-        #: A warm pool is never kept on a cluster (see README); for the CLI's notes.
+        #: A node that lacks the image builds it (only the runner's own: ``default_image``).
+        self.build_missing = build_missing
+        self.default_image = default_image
+        #: Why a warm pool that was asked for is not kept (None: it is, or none was asked).
         self.pool_unavailable: str | None = None
+        self._pool: PoolRequest | None = None
+        self._pools: dict[str, Any] = {}
+        self._leases: _Leases | None = None
+        self._pools_finalizer: weakref.finalize[Any, Any] | None = None
         self._lock = threading.Lock()
         self._nodes: list[NodeCapacity] | None = None
-        self._runs: dict[object, tuple[str, Any]] = {}
+        #: Each run under way: its ID, its Ray reference and (warm) the pool running it.
+        self._runs: dict[object, tuple[str, Any, Any]] = {}
         self._aborted: set[object] = set()
         self._packed: OrderedDict[tuple[Path, str], Any] = OrderedDict()
         self._remote: Any = None
@@ -178,33 +211,55 @@ class RayBackend:
                     hint="lower cpu_limit or memory_limit, or add a larger node.",
                 )
             self._check_images(ray, usable)
+            if self._pool is not None:
+                self._start_pools(ray, usable, self._pool)
             self._nodes = usable
             return usable
 
     def _check_images(self, ray: ModuleType, nodes: Sequence[NodeCapacity]) -> None:
-        """The image on every node's engine: a clear error naming each node that lacks it."""
+        """The image on every node's engine: a clear error naming each node that lacks it,
+        or (``build_missing``) built there first."""
+        lacking = self._lacking_image(ray, nodes, check_node)
+        hint = (
+            "build it on each of them (`runner image build`, or `runner image build "
+            "--requirements ... --tag NAME` for a user image)"
+        )
+        if lacking and self.build_missing:
+            if self.policy.image != self.default_image:
+                hint += (
+                    f"; a node builds only the runner's own image ({self.default_image}), "
+                    "whose definition ships with the package"
+                )
+            else:
+                # The same build as `runner image build` there: hash-checked wheels, no network.
+                lacking = self._lacking_image(ray, [n for n, _ in lacking], build_node)
+        if lacking:
+            raise ExperimentExecutionError(
+                f"The sandbox image {self.policy.image} cannot run on every node: "
+                + "; ".join(f"node {n.host} {n.node_id[:12]}: {problem}" for n, problem in lacking),
+                hint=hint + (" (or pass build_missing / --build-missing)." if not
+                             self.build_missing else "."),
+            )  # fmt: skip
+
+    def _lacking_image(
+        self, ray: ModuleType, nodes: Sequence[NodeCapacity], task: Any
+    ) -> list[tuple[NodeCapacity, str]]:
+        """Run ``task`` (``check_node`` or ``build_node``) on each node; what is wrong where."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        check = ray.remote(check_node)
+        remote = ray.remote(task)
         refs = [
-            check.options(
+            remote.options(
                 num_cpus=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
             ).remote(self.policy.image)
             for node in nodes
         ]
-        problems = [
-            f"node {node.host} {node.node_id[:12]}: {problem}"
+        return [
+            (node, problem)
             for node, problem in zip(nodes, ray.get(refs), strict=True)
             if problem is not None
         ]
-        if problems:
-            raise ExperimentExecutionError(
-                f"The sandbox image {self.policy.image} cannot run on every node: "
-                + "; ".join(problems),
-                hint="build it on each of them (`runner image build`, or `runner image build "
-                "--requirements ... --tag NAME` for a user image).",
-            )
 
     @property
     def nodes(self) -> list[NodeCapacity]:
@@ -223,9 +278,92 @@ class RayBackend:
         return False
 
     def close(self) -> None:
-        """Forget the archives kept in the object store (the cluster stays)."""
+        """Forget the archives kept in the object store and end each node's warm pool
+        (the cluster stays; later runs are cold)."""
         with self._lock:
             self._packed.clear()
+            pools, self._pools = self._pools, {}
+            # As on one machine: once closed, the runner's runs go cold.
+            self._leases = None
+            self._pool = None
+            if self._pools_finalizer is not None:
+                self._pools_finalizer.detach()
+        _end_pools(pools)
+
+    # warm pools, one per node ------------------------------------------------
+
+    def start_pool(
+        self,
+        size: int,
+        timeout: float,
+        outputs: OutputLimits | None = None,
+        *,
+        pool_root: Path,
+        pool_root_fixed: bool = False,
+        preload: Sequence[str] | None = None,
+    ) -> None:
+        """Keep ``size`` warm sandboxes on each node (at most what the node holds at once).
+
+        The pools start when the backend connects (``prepare``); ``pool_root``
+        (fixed or not) and ``preload`` mean what they do for one machine's pool.
+        """
+        self._pool = PoolRequest(
+            size, timeout, outputs, pool_root, pool_root_fixed,
+            tuple(preload) if preload is not None else None,
+        )  # fmt: skip
+
+    @property
+    def pool_size(self) -> int:
+        """Warm sandboxes kept on each node (0: no pools)."""
+        return self._pool.size if self._pool is not None else 0
+
+    def wait_for_warm(self, timeout: float) -> bool:
+        """Block until every node's pool is full; False on timeout or without pools."""
+        ray = _ray()
+        self.prepare()
+        pools = list(self._pools.values())
+        if not pools:
+            return False
+        ready = ray.get([pool.wait_ready.remote(timeout) for pool in pools], timeout=timeout + 30)
+        return all(ready)
+
+    def _start_pools(
+        self, ray: ModuleType, nodes: Sequence[NodeCapacity], pool: PoolRequest
+    ) -> None:
+        """One ``NodePool`` actor on each node, booking the node's sandboxes."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        actor = ray.remote(NodePool)
+        memory = parse_size(self.policy.memory_limit)
+        pools = {
+            node.node_id: actor.options(
+                num_cpus=node.sandboxes * self.policy.cpu_limit,
+                memory=node.sandboxes * memory,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+                # Its runs, and room to be told to abort or close while they go on.
+                max_concurrency=node.sandboxes + 4,
+                max_restarts=0,
+            ).remote(
+                self.policy,
+                self.python_executable,
+                node.node_id,
+                min(pool.size, node.sandboxes),
+                pool,
+            )
+            for node in nodes
+        }
+        try:
+            ray.get([handle.started.remote() for handle in pools.values()])
+        except ray.exceptions.RayError as e:
+            _end_pools(pools)
+            raise ExperimentExecutionError(
+                f"A node's warm pool could not start: {e}",
+                hint="see the Ray logs of that node; without warm_pool the runs go cold.",
+            ) from e
+        self._pools = pools
+        self._leases = _Leases({node.node_id: node.sandboxes for node in nodes})
+        # The pools go with the backend, or at interpreter exit, whichever comes first.
+        self._pools_finalizer = weakref.finalize(self, _end_pools, dict(pools))
 
     # running -----------------------------------------------------------------
 
@@ -253,6 +391,8 @@ class RayBackend:
             args=request.args,
             outputs=request.outputs.limits if request.outputs is not None else None,
         )
+        if self._leases is not None:
+            return self._execute_pooled(ray, request, job, packed, token)
         with self._lock:
             if token in self._aborted:
                 raise ExperimentExecutionError("The run was cancelled before it started.")
@@ -264,7 +404,7 @@ class RayBackend:
                 max_retries=1,
                 retry_exceptions=False,
             ).remote(job, *packed)
-            self._runs[token] = (run_id, ref)
+            self._runs[token] = (run_id, ref, None)
         try:
             outcome: NodeOutcome = ray.get(ref)
         except ray.exceptions.TaskCancelledError as e:
@@ -278,14 +418,64 @@ class RayBackend:
             with self._lock:
                 self._runs.pop(token, None)
                 self._aborted.discard(token)
-        if outcome.execution is None:
-            raise ExperimentExecutionError(
-                f"On node {outcome.node[:12]}: {outcome.error}", hint=outcome.hint
-            )
-        execution = replace(outcome.execution, node=outcome.node)
-        if request.outputs is None or outcome.artifacts is None:
-            return execution
-        return _with_artifacts(execution, outcome.artifacts, request.outputs)
+        return _received(outcome, request)
+
+    def _execute_pooled(
+        self, ray: ModuleType, request: RunRequest, job: NodeJob, packed: list[Any], token: object
+    ) -> Execution:
+        """Run on the first node with a free sandbox, by its pool; once more elsewhere if
+        the node dies."""
+        leases = self._leases
+        if leases is None:
+            raise ExperimentExecutionError("The runner's warm pools were closed.")
+        try:
+            return self._run_pooled(ray, leases, request, job, packed, token)
+        finally:
+            with self._lock:
+                self._aborted.discard(token)
+
+    def _run_pooled(
+        self,
+        ray: ModuleType,
+        leases: _Leases,
+        request: RunRequest,
+        job: NodeJob,
+        packed: list[Any],
+        token: object,
+    ) -> Execution:
+        for attempt in (1, 2):
+            node = leases.take()
+            with self._lock:
+                if token in self._aborted:
+                    leases.give_back(node)
+                    raise ExperimentExecutionError("The run was cancelled before it started.")
+                pool = self._pools.get(node)
+                if pool is None:  # closed meanwhile
+                    raise ExperimentExecutionError("The runner's warm pools were closed.")
+                ref = pool.run.remote(job, *packed)
+                self._runs[token] = (job.run_id, ref, pool)
+            try:
+                outcome: NodeOutcome = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                leases.lose(node)  # the node (or its pool) is gone: so are its sandboxes
+                if attempt == 2 or token in self._aborted:
+                    raise ExperimentExecutionError(
+                        f"The run's node died twice (last: {node[:12]}): {e}",
+                        hint="see the Ray logs of those nodes.",
+                    ) from e
+                continue
+            except ray.exceptions.RayError as e:
+                leases.give_back(node)
+                raise ExperimentExecutionError(
+                    f"The Ray call of this run failed: {type(e).__name__}: {e}",
+                    hint="see the Ray logs of the node it ran on.",
+                ) from e
+            finally:
+                with self._lock:
+                    self._runs.pop(token, None)
+            leases.give_back(node)
+            return _received(outcome, request)
+        raise AssertionError("unreachable")
 
     def _put(self, ray: ModuleType, path: Path) -> Any:
         """The object store's copy of ``path`` packed; put once while it is unchanged."""
@@ -313,11 +503,14 @@ class RayBackend:
                     found.append(self._runs[token])
         if not found or not ray.is_initialized():
             return
-        run_ids = [run_id for run_id, _ in found]
-        refs = [ref for _, ref in found]
-        for ref in refs:
+        run_ids = [run_id for run_id, _, _ in found]
+        refs = [ref for _, ref, _ in found]
+        for run_id, ref, pool in found:
             with contextlib.suppress(Exception):
-                ray.cancel(ref)
+                if pool is not None:
+                    pool.abort.remote([run_id])  # its slot carries no run label
+                else:
+                    ray.cancel(ref)
         # A running task waits on its container: removing it ends the task.
         self._sweep(ray, run_ids)
         ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT)
@@ -336,6 +529,68 @@ class RayBackend:
             if node.get("Alive")
         ]
         ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT)
+
+
+class _Leases:
+    """The sandboxes of each node a runner's pools booked: a run takes a free one on any
+    node, or waits for one; a dead node's are lost."""
+
+    def __init__(self, sandboxes: dict[str, int]) -> None:
+        self._free = dict(sandboxes)
+        self._condition = threading.Condition()
+
+    def take(self) -> str:
+        """The node of a free sandbox, the one with the most free (the first, on a tie)."""
+        with self._condition:
+            while True:
+                if not self._free:
+                    raise ExperimentExecutionError(
+                        "No node of the Ray cluster is left to run on (each died).",
+                        hint="add nodes to the cluster and run again.",
+                    )
+                node = max(self._free, key=lambda n: self._free[n])
+                if self._free[node] > 0:
+                    self._free[node] -= 1
+                    return node
+                self._condition.wait()
+
+    def give_back(self, node: str) -> None:
+        with self._condition:
+            if node in self._free:
+                self._free[node] += 1
+            self._condition.notify()
+
+    def lose(self, node: str) -> None:
+        with self._condition:
+            self._free.pop(node, None)
+            self._condition.notify_all()
+
+
+def _end_pools(pools: dict[str, Any]) -> None:
+    """Close each node's pool (its slots removed), then end its actor."""
+    if not pools or "ray" not in sys.modules:
+        return
+    ray = sys.modules["ray"]
+    if not ray.is_initialized():
+        return
+    closing = [pool.close.remote() for pool in pools.values()]
+    with contextlib.suppress(Exception):
+        ray.wait(closing, num_returns=len(closing), timeout=CANCEL_WAIT)
+    for pool in pools.values():
+        with contextlib.suppress(Exception):
+            ray.kill(pool)
+
+
+def _received(outcome: NodeOutcome, request: RunRequest) -> Execution:
+    """The node's record of the run, or the error that kept it from running there."""
+    if outcome.execution is None:
+        raise ExperimentExecutionError(
+            f"On node {outcome.node[:12]}: {outcome.error}", hint=outcome.hint
+        )
+    execution = replace(outcome.execution, node=outcome.node)
+    if request.outputs is None or outcome.artifacts is None:
+        return execution
+    return _with_artifacts(execution, outcome.artifacts, request.outputs)
 
 
 def _with_artifacts(execution: Execution, archive: bytes, outputs: Outputs) -> Execution:
@@ -445,7 +700,73 @@ def run_on_node(job: NodeJob, *packed: bytes) -> NodeOutcome:
     return run_job(job, packed, node_backend(job.policy, job.python_executable, node))
 
 
-def run_job(job: NodeJob, packed: Sequence[bytes], backend: DockerBackend) -> NodeOutcome:
+class NodePool:
+    """A Ray actor on one node: that node's warm pool, and the runs that use it.
+
+    ``RayBackend`` makes one per node (pinned there) when asked for warm pools.
+    """
+
+    def __init__(
+        self,
+        policy: SandboxPolicy,
+        python_executable: str,
+        node: str,
+        size: int,
+        pool: PoolRequest,
+        engine: Engine | None = None,
+    ) -> None:
+        self.backend = DockerBackend(
+            policy,
+            engine=engine,
+            python_executable=python_executable,
+            transfer="copy",
+            node=node,
+            pool_root=pool.pool_root,
+            preload=pool.preload,
+        )
+        # The caller's default root (not one it chose) moves to where the scripts are.
+        self.backend.pool_root_fixed = pool.pool_root_fixed
+        self.backend.start_pool(size, pool.timeout, pool.outputs)
+        self._tokens: dict[str, object] = {}
+        self._aborted: set[str] = set()
+        self._lock = threading.Lock()
+
+    def started(self) -> str:
+        """The node's ID, once the pool is starting (its errors raise here)."""
+        return self.backend.node
+
+    def wait_ready(self, timeout: float) -> bool:
+        pool = self.backend.pool
+        return pool is not None and pool.wait_ready(timeout)
+
+    def run(self, job: NodeJob, *packed: bytes) -> NodeOutcome:
+        """Run ``job`` in a warm slot of this node (or a cold sandbox, if none fits)."""
+        token = object()
+        with self._lock:
+            if job.run_id in self._aborted:
+                return NodeOutcome(node=self.backend.node, error="The run was cancelled.")
+            self._tokens[job.run_id] = token
+        try:
+            return run_job(job, packed, self.backend, token)
+        finally:
+            with self._lock:
+                self._tokens.pop(job.run_id, None)
+
+    def abort(self, run_ids: Sequence[str]) -> None:
+        """Remove the runs' containers (the ones not started never start)."""
+        with self._lock:
+            self._aborted.update(run_ids)
+            tokens = [self._tokens[r] for r in run_ids if r in self._tokens]
+        self.backend.abort(tokens)
+        sweep(self.backend.engine, run_ids)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def run_job(
+    job: NodeJob, packed: Sequence[bytes], backend: DockerBackend, token: object | None = None
+) -> NodeOutcome:
     """Run ``job`` through ``backend`` with its packed files; what goes back to the caller."""
     try:
         # An earlier attempt of this run (its node's task died) may have left its sandbox.
@@ -466,7 +787,7 @@ def run_job(job: NodeJob, packed: Sequence[bytes], backend: DockerBackend) -> No
                 packed=tuple(packed),
                 labels=((LABEL_RUN, job.run_id),),
             )
-            execution = backend.execute(request, None, object())
+            execution = backend.execute(request, None, token or object())
             artifacts = _repack(Path(tmp), execution) if outputs is not None else None
     except ExperimentExecutionError as e:
         message = str(e).removesuffix(f" Hint: {e.hint}") if e.hint else str(e)
@@ -491,6 +812,18 @@ def check_node(image: str) -> str | None:
         DockerEngine().image_id(image)
     except ExperimentExecutionError as e:
         return str(e)
+    return None
+
+
+def build_node(image: str) -> str | None:
+    """A Ray task: build ``image`` from the runner's own definition on this node's engine
+    (as ``runner image build`` does); None when it is there, else what went wrong."""
+    from runner.image import build_image
+
+    try:
+        build_image(DockerEngine(), tag=image, log=lambda message: None)
+    except (ExperimentExecutionError, OSError, ValueError) as e:
+        return f"building it failed: {e}"
     return None
 
 

@@ -55,6 +55,11 @@ class ExperimentRunner:
 
     With ``tracking_uri`` (MLflow), each result is also logged as an MLflow run;
     a tracking server that fails only adds ``result.tracking_error``.
+
+    With ``cluster`` (a Ray address, or ``auto``), each run is a Ray task that
+    runs the same sandbox on its node's engine (``runner.cluster``); a warm pool
+    is then kept on each node, and ``build_missing`` builds the runner's own
+    image on a node that lacks it.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class ExperimentRunner:
         settings: ExperimentDefaults | None = None,
         engine: Engine | None = None,
         cluster: str | None = None,
+        build_missing: bool = False,
     ) -> None:
         defaults = settings or ExperimentDefaults()
         outputs = outputs_dir if outputs_dir is not None else defaults.outputs_dir
@@ -114,15 +120,34 @@ class ExperimentRunner:
         #: The Ray cluster runs go to (None: this machine's engine).
         self.cluster = cluster if cluster is not None else defaults.cluster
         self._backend: DockerBackend | RayBackend
+        if build_missing and not self.cluster:
+            raise ValueError(
+                "build_missing builds the image on a cluster's nodes; on this machine's "
+                "engine: runner image build"
+            )
         if self.cluster:
-            if engine is not None or warm_pool:
+            if engine is not None:
                 raise ValueError(
-                    "on a Ray cluster each node runs sandboxes on its own engine, cold: "
-                    "engine= and warm_pool= are for this machine's engine"
+                    "on a Ray cluster each node runs sandboxes on its own engine: "
+                    "engine= is for this machine's engine"
                 )
             self._backend = RayBackend(
-                self.policy, address=self.cluster, python_executable=python_executable
+                self.policy,
+                address=self.cluster,
+                python_executable=python_executable,
+                build_missing=build_missing,
+                default_image=defaults.image,
             )
+            if warm_pool:
+                # Each node keeps its own (at most the sandboxes it holds at once).
+                self._backend.start_pool(
+                    warm_pool,
+                    self.timeout,
+                    outputs=self.output_limits if self.outputs_dir is not None else None,
+                    pool_root=Path(pool_root or defaults.experiments_dir).resolve(),
+                    pool_root_fixed=pool_root is not None,
+                    preload=preload,
+                )
             return
         self._backend = DockerBackend(
             self.policy,
@@ -310,7 +335,9 @@ class ExperimentRunner:
 
     @property
     def warm_pool_size(self) -> int:
-        """Containers the warm pool keeps ready (0: no pool)."""
+        """Containers the warm pool keeps ready (0: no pool); on a cluster, on each node."""
+        if isinstance(self._backend, RayBackend):
+            return self._backend.pool_size
         pool = self._local_pool()
         return pool.size if pool is not None else 0
 
@@ -319,6 +346,8 @@ class ExperimentRunner:
 
     def wait_for_warm(self, timeout: float = 60.0) -> bool:
         """Block until every pool slot is ready; False on timeout or without a pool."""
+        if isinstance(self._backend, RayBackend):
+            return self._backend.wait_for_warm(timeout)
         pool = self._local_pool()
         if pool is None:
             return False

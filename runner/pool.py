@@ -44,7 +44,7 @@ from runner.identity import lease_uid
 from runner.lifecycle import Resources, Sandbox
 from runner.sandbox import Run, SandboxPolicy, SupportFiles, self_limited
 from runner.telemetry import CgroupTelemetry
-from runner.transfer import FileDrop, copy_budget
+from runner.transfer import FileDrop, copy_budget, reroot
 from runner.tree import Budget, Entry, TreeRefused, read_chunks, walk
 
 #: Top-level directories of the image (``lib*`` too) a pool root may neither be nor
@@ -129,6 +129,11 @@ class SlotFiles(Protocol):
         """
         ...
 
+    def put_packed(self, archives: Sequence[bytes], root: Path) -> None:
+        """Show the files of ``archives`` (made by ``pack`` on another machine) at their
+        places below ``root``; raises ``TreeRefused`` where that cannot be done."""
+        ...
+
     def remove(self) -> None: ...
 
 
@@ -157,6 +162,9 @@ class LinkedFiles:
         for path in outermost(paths):
             stage(path, root, self.source, budget=budget, readable=readable)
 
+    def put_packed(self, archives: Sequence[bytes], root: Path) -> None:
+        raise TreeRefused("files from another machine reach a slot only through the engine")
+
     def remove(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
 
@@ -174,6 +182,9 @@ class VolumeFiles:
     def put(self, paths: Sequence[Path], root: Path, deadline: float, *, readable: bool) -> None:
         # Copied files are always readable by the sandbox user, as in a cold copy.
         self.drop.put(outermost(paths), copy_budget(deadline), root=root)
+
+    def put_packed(self, archives: Sequence[bytes], root: Path) -> None:
+        self.drop.put_packed([reroot(packed, root) for packed in archives])
 
     def remove(self) -> None:
         self.drop.remove()

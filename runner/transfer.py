@@ -191,6 +191,29 @@ def pack(paths: Sequence[Path], budget: Budget | None = None) -> bytes:
     return out.getvalue()
 
 
+def reroot(packed: bytes, root: Path) -> bytes:
+    """An archive made by ``pack`` (places below ``/``) with its places below ``root`` instead.
+
+    For a volume mounted at ``root`` (a warm slot's): the directories above
+    ``root`` are left out. Raises ``TreeRefused`` for an entry outside ``root``.
+    """
+    prefix = PurePosixPath(root.relative_to("/"))
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(packed)) as source,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for member in source:
+            name = PurePosixPath(member.name)
+            if name == prefix or name in prefix.parents:
+                continue
+            if not name.is_relative_to(prefix):
+                raise TreeRefused(f"{member.name!r} lies outside {root}")
+            member.name = str(name.relative_to(prefix))
+            tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+    return out.getvalue()
+
+
 def copy_to_engine(
     engine: Engine,
     image_id: str,

@@ -28,7 +28,7 @@ from runner.cleanup import LABEL, cleanup
 from runner.cluster import LABEL_RUN
 from runner.engine import DockerEngine
 from tests.conftest import TEST_ENGINE
-from tests.integration.conftest import RUNTIME
+from tests.integration.conftest import RUNTIME, run_once
 
 # Before Ray is imported: no usage statistics, and Ray's own addresses stay on the
 # loopback (without this switch a driver swaps 127.0.0.1 for the machine's address).
@@ -126,6 +126,31 @@ def test_batch_spreads_over_both_nodes_within_each_nodes_capacity(
     assert most_at_once(everywhere) >= 3  # both nodes at work at once
 
 
+def test_warm_pools_live_on_each_node_and_go_with_the_runner(
+    cluster: Cluster, engine: DockerEngine, sleepers: Callable[[int], list[Any]]
+) -> None:
+    """warm_pool=2: each node keeps its own; runs take their slots there, within capacity."""
+    jobs = [(*job, ["0.5"]) for job in sleepers(8)]
+    root = jobs[0][0].parent.parent
+    with ExperimentRunner(timeout=60, cpu_limit=1.0, memory_limit="1g", cluster=cluster.address,
+                          warm_pool=2, pool_root=root) as runner:  # fmt: skip
+        assert runner.warm_pool_size == 2
+        assert runner.wait_for_warm(120)
+        slots = engine.containers(f"{LABEL}=1")
+        assert len(slots) == 2 * len(alive_nodes())
+        results = runner.run_many(jobs)
+        assert all(r.success for r in results), [r.error_message for r in results]
+        warm = [r for r in results if r.warm_start]
+        assert len(warm) >= 4  # at least the slots that were ready
+        assert {r.node for r in warm} == alive_nodes()
+        for node in alive_nodes():
+            spans = [(r.metrics["start"], r.metrics["end"]) for r in results if r.node == node]
+            assert most_at_once(spans) <= 2
+    # Closing the runner ends each node's pool: no slot is left on any engine.
+    assert engine.containers(f"{LABEL}=1") == []
+    assert engine.volumes(f"{LABEL}=1") == []
+
+
 def test_files_and_inputs_travel_through_the_object_store(
     ray_runner: ExperimentRunner, write_script: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -153,42 +178,80 @@ def test_files_and_inputs_travel_through_the_object_store(
 
 
 def test_a_missing_image_names_the_nodes(cluster: Cluster, workdir: Path) -> None:
-    """An image no node has stops the run before any task, naming each node."""
-    runner = ExperimentRunner(image="experiment-runner/absent:0", cluster=cluster.address)
+    """An image no node has stops the run before any task, naming each node; a node builds
+    only the runner's own image, even when asked to build what is missing."""
     script = workdir / "x.py"
     script.write_text("print(1)\n")
-    with pytest.raises(ExperimentExecutionError) as info:
-        runner.run(script, ExperimentSpec(experiment_name="x", model_type="s"), 0)
-    assert str(info.value).count("node ") == len(alive_nodes())
-    assert "runner image build" in str(info.value)
+    for build_missing in (False, True):
+        runner = ExperimentRunner(image="experiment-runner/absent:0", cluster=cluster.address,
+                                  build_missing=build_missing)  # fmt: skip
+        with pytest.raises(ExperimentExecutionError) as info:
+            runner.run(script, ExperimentSpec(experiment_name="x", model_type="s"), 0)
+        assert str(info.value).count("node ") == len(alive_nodes())
+        assert "runner image build" in str(info.value)
+        said = "builds only the runner's own image" if build_missing else "--build-missing"
+        assert said in str(info.value)
 
 
+@run_once
+def test_a_node_lacking_the_image_builds_it_when_asked(
+    cluster: Cluster, engine: DockerEngine, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """build_missing: the runner's own image, missing on the nodes, is built there, then runs."""
+    tag = "experiment-runner-test/node-build:1"
+    monkeypatch.setenv("RUNNER_IMAGE", tag)  # the runner's own image, under a tag of the test
+    script = workdir / "x.py"
+    script.write_text("print('{\"success\": true}')\n")
+    assert not engine.image_exists(tag)
+    try:
+        runner = ExperimentRunner(timeout=60, cluster=cluster.address, build_missing=True)
+        result = runner.run(script, ExperimentSpec(experiment_name="x", model_type="s"), 0)
+        assert result.success, result.error_message
+        assert result.image_id == engine.image_id(tag)
+    finally:
+        if engine.image_exists(tag):
+            engine.remove_image(tag)
+
+
+@pytest.mark.parametrize("warm_pool", [0, 1], ids=["cold", "warm"])
 def test_a_node_killed_mid_batch_has_its_jobs_run_once_elsewhere(
     cluster: Cluster,
     engine: DockerEngine,
     sleepers: Callable[[int], list[Any]],
     tmp_path: Path,
+    warm_pool: int,
 ) -> None:
     """Jobs of a node that dies run again on the others; each result is recorded once."""
     doomed = cluster.add_node(**NODE)
     raylet = doomed.all_processes["raylet"][0].process.pid
     history = tmp_path / "results.jsonl"
-    runner = ExperimentRunner(timeout=60, cpu_limit=1.0, memory_limit="1g",
-                              cluster=cluster.address, history=history)  # fmt: skip
     jobs = [(*job, ["4"]) for job in sleepers(6)]
     found: list[list[Any]] = []
-    batch = threading.Thread(target=lambda: found.append(runner.run_many(jobs, max_workers=6)))
-    batch.start()
-    on_doomed: list[str] = []
-    deadline = time.monotonic() + 60
-    while not on_doomed and time.monotonic() < deadline:
-        time.sleep(0.2)
-        on_doomed = [c.id for c in engine.containers(LABEL_RUN) if _owner_parent(c) == raylet]
-    assert on_doomed, "no sandbox started on the third node"
-    workers = _doomed_workers(raylet)
-    cluster.remove_node(doomed)
-    batch.join(120)
-    assert not batch.is_alive()
+    # The runner (with it, each node's pool) ends whatever happens: a pool books its node.
+    with ExperimentRunner(timeout=60, cpu_limit=1.0, memory_limit="1g",
+                          cluster=cluster.address, history=history, warm_pool=warm_pool,
+                          pool_root=jobs[0][0].parent.parent) as runner:  # fmt: skip
+        if warm_pool:
+            assert runner.wait_for_warm(120)
+        batch = threading.Thread(
+            target=lambda: found.append(runner.run_many(jobs, max_workers=6)), daemon=True
+        )
+        batch.start()
+        on_doomed: list[str] = []
+        deadline = time.monotonic() + 60
+        while not on_doomed and time.monotonic() < deadline:
+            time.sleep(0.2)
+            # A warm slot carries no run's label: the runner's own, with a script under way.
+            on_doomed = [
+                c.id
+                for c in engine.containers(f"{LABEL}=1")
+                if _owner_parent(c) == raylet and (LABEL_RUN in c.labels or _running_script(c))
+            ]
+        assert on_doomed, "no sandbox started on the third node"
+        workers = _doomed_workers(raylet)
+        cluster.remove_node(doomed)
+        batch.join(120)
+        assert not batch.is_alive()
     results = found[0]
     assert all(r.success for r in results), [r.error_message for r in results]
     assert doomed.unique_id not in {r.node for r in results}
@@ -198,7 +261,14 @@ def test_a_node_killed_mid_batch_has_its_jobs_run_once_elsewhere(
     # share one engine): once they are gone it is abandoned, and cleanup takes it.
     _wait_gone(workers, timeout=60)
     cleanup(engine)
-    assert engine.containers(LABEL_RUN) == []
+    assert engine.containers(f"{LABEL}=1") == []
+
+
+def _running_script(container: Any) -> bool:
+    """Whether a warm slot was handed its script (its bootstrap then runs it)."""
+    top = subprocess.run(["docker", "top", container.id, "-o", "args"], capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    return "sleeper.py" in top.stdout
 
 
 def _doomed_workers(raylet: int) -> list[int]:
@@ -226,21 +296,23 @@ def _owner_parent(container: Any) -> int:
         return -1
 
 
+@pytest.mark.parametrize("warm", [[], ["--warm", "1"]], ids=["cold", "warm"])
 def test_ctrl_c_on_runner_batch_removes_every_sandbox(
-    cluster: Cluster, engine: DockerEngine, write_script: Callable[..., Path]
+    cluster: Cluster, engine: DockerEngine, write_script: Callable[..., Path], warm: list[str]
 ) -> None:
-    """SIGINT to `runner batch --ray` cancels its tasks and removes their containers: exit 130."""
+    """SIGINT to `runner batch --ray` cancels its runs and removes their containers (and the
+    nodes' warm pools): exit 130."""
     scripts = [write_script(SLEEPER.replace("1.5", "60"), f"long{i}.py") for i in range(3)]
     command = [sys.executable, "-m", "runner", "batch", *map(str, scripts), "--ray",
-               cluster.address, "--cpus", "1", "--memory", "1g", "--no-record"]  # fmt: skip
+               cluster.address, "--cpus", "1", "--memory", "1g", "--no-record", *warm]  # fmt: skip
     caller = subprocess.Popen(command, env={**os.environ, **RAY_ENVIRONMENT},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         # At least two running (on a busy machine a third may still be on its way).
-        deadline = time.monotonic() + 60
-        while len(engine.containers(LABEL_RUN)) < 2 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 90
+        while len(_running(engine)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert len(engine.containers(LABEL_RUN)) >= 2
+        assert len(_running(engine)) >= 2
         caller.send_signal(signal.SIGINT)
         _, err = caller.communicate(timeout=60)
     finally:
@@ -248,6 +320,13 @@ def test_ctrl_c_on_runner_batch_removes_every_sandbox(
     assert caller.returncode == 130, err.decode()
     assert engine.containers(f"{LABEL}=1") == []
     assert engine.volumes(f"{LABEL}=1") == []
+
+
+def _running(engine: DockerEngine) -> list[Any]:
+    """The project's containers running a script (cold: labelled with its run; warm: handed)."""
+    return [
+        c for c in engine.containers(f"{LABEL}=1") if LABEL_RUN in c.labels or _running_script(c)
+    ]
 
 
 def test_runner_batch_json_prints_one_result_a_line_with_its_node(

@@ -276,9 +276,3 @@ def test_batch_writes_a_junit_report_and_refuses_a_missing_path(
     assert report.read_text().count("<testcase ") == 1  # the same script once
     assert main(["batch", str(tmp_path / "missing.py"), "--no-record"]) == 2
     assert "No such script or directory" in capsys.readouterr().err
-
-
-def test_warm_with_ray_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    """--warm and --ray together: exit 2 and a line saying why, before anything starts."""
-    assert main(["batch", "x.py", "--ray", "auto", "--warm", "2"]) == 2
-    assert "nodes run cold" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import io
 import os
 import socket
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,10 @@ from runner.backend import DockerBackend, RunRequest
 from runner.cluster import (
     LABEL_RUN,
     NodeJob,
+    NodePool,
+    PoolRequest,
     RayBackend,
+    _Leases,
     _with_artifacts,
     cluster_capacity,
     fingerprint,
@@ -24,7 +28,8 @@ from runner.cluster import (
 from runner.engine import ContainerInfo
 from runner.lifecycle import Execution
 from runner.sandbox import SandboxPolicy
-from runner.transfer import pack
+from runner.transfer import pack, reroot
+from runner.tree import TreeRefused
 from tests.unit.fakes import FakeEngine, file_mounts
 
 POLICY = SandboxPolicy(image="img", cpu_limit=1.0, memory_limit="1g")
@@ -156,14 +161,22 @@ def test_live_output_is_refused_on_a_cluster(script: Path) -> None:
         backend.execute(request, lambda stream, line: None, object())
 
 
-def test_a_cluster_runner_refuses_a_local_engine_or_warm_pool() -> None:
-    """engine= and warm_pool= belong to this machine's engine, not a cluster's nodes."""
+def test_a_cluster_runner_refuses_a_local_engine_and_keeps_warm_pools_per_node(
+    tmp_path: Path,
+) -> None:
+    """engine= is this machine's; warm_pool=N asks each node for N (started on connecting)."""
     with pytest.raises(ValueError, match="own engine"):
         ExperimentRunner(cluster="auto", engine=FakeEngine())
-    with pytest.raises(ValueError, match="own engine"):
-        ExperimentRunner(cluster="auto", warm_pool=1)
     runner = ExperimentRunner(cluster="auto")
     assert isinstance(runner.backend, RayBackend) and runner.cluster == "auto"
+    assert runner.warm_pool_size == 0
+    warm = ExperimentRunner(cluster="auto", warm_pool=3, pool_root=tmp_path, preload=["json"])
+    assert warm.warm_pool_size == 3
+    request = warm.backend._pool  # type: ignore[union-attr]
+    assert request is not None
+    assert (request.pool_root, request.pool_root_fixed, request.preload) == (
+        tmp_path.resolve(), True, ("json",),
+    )  # fmt: skip
 
 
 def test_the_cluster_comes_from_runner_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,3 +213,66 @@ def test_an_address_where_nothing_listens_fails_fast_with_a_hint(script: Path) -
     with pytest.raises(ExperimentExecutionError, match="No Ray cluster answers") as info:
         runner.run(script, ExperimentSpec(experiment_name="x", model_type="s"), 0)
     assert info.value.hint is not None and "ray start" in info.value.hint
+
+
+def test_a_node_pool_runs_packed_files_in_a_warm_slot(script: Path, tmp_path: Path) -> None:
+    """On a node, a warm slot takes packed files through its volume, placed below its root."""
+    engine = FakeEngine()
+    request = PoolRequest(1, 5, None, script.parent.parent, True, ())
+    pool = NodePool(POLICY, "python", "node-a", 1, request, engine)
+    assert pool.started() == "node-a"
+    assert pool.wait_ready(10)
+    outcome = pool.run(job_for(script), pack([script.parent]))
+    assert outcome.error is None and outcome.execution is not None
+    assert outcome.execution.warm
+    (archive,) = engine.archives.values()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        names = tar.getnames()
+    assert names[0] == script.parent.name  # below the pool root, not from /
+    assert f"{script.parent.name}/{script.name}" in names
+    pool.close()
+
+
+def test_an_aborted_run_on_a_node_pool_never_starts(script: Path) -> None:
+    """A run the caller cancelled before it reached the node's pool is not run there."""
+    request = PoolRequest(1, 5, None, script.parent.parent, True, ())
+    pool = NodePool(POLICY, "python", "node-a", 1, request, FakeEngine())
+    pool.abort(["run1"])
+    outcome = pool.run(job_for(script), pack([script.parent]))
+    assert outcome.execution is None and outcome.error == "The run was cancelled."
+    pool.close()
+
+
+def test_leases_take_the_freest_node_wait_when_full_and_lose_dead_nodes() -> None:
+    """No node runs more than it booked; a run waits for a free sandbox; a dead node's go."""
+    leases = _Leases({"a": 2, "b": 1})
+    taken = [leases.take(), leases.take(), leases.take()]
+    assert sorted(taken) == ["a", "a", "b"]
+    got: list[str] = []
+    waiter = threading.Thread(target=lambda: got.append(leases.take()))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # every sandbox is busy: it waits
+    leases.give_back("b")
+    waiter.join(5)
+    assert got == ["b"]
+    leases.lose("a")
+    leases.give_back("a")  # a run of the dead node ending gives nothing back
+    leases.give_back("b")
+    assert leases.take() == "b"
+    leases.lose("b")
+    with pytest.raises(ExperimentExecutionError, match="No node"):
+        leases.take()
+
+
+def test_reroot_places_packed_files_below_a_root_and_refuses_others(tmp_path: Path) -> None:
+    """A pack from / becomes one from the slot's root; an entry outside it is refused."""
+    inner = tmp_path / "root" / "exp"
+    inner.mkdir(parents=True)
+    (inner / "s.py").write_text("print(1)\n")
+    with tarfile.open(fileobj=io.BytesIO(reroot(pack([inner]), tmp_path / "root"))) as tar:
+        assert tar.getnames() == ["exp", "exp/s.py"]
+        member = tar.extractfile("exp/s.py")
+        assert member is not None and member.read() == b"print(1)\n"
+    with pytest.raises(TreeRefused, match="outside"):
+        reroot(pack([inner]), tmp_path / "elsewhere")
