@@ -42,7 +42,8 @@ import tempfile
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,7 +220,7 @@ class RayBackend:
     def _check_images(self, ray: ModuleType, nodes: Sequence[NodeCapacity]) -> None:
         """The image on every node's engine: a clear error naming each node that lacks it,
         or (``build_missing``) built there first."""
-        lacking = self._lacking_image(ray, nodes, check_node)
+        lacking = self._lacking_image(ray, nodes)
         hint = (
             "build it on each of them (`runner image build`, or `runner image build "
             "--requirements ... --tag NAME` for a user image)"
@@ -227,38 +228,46 @@ class RayBackend:
         if lacking and self.build_missing:
             if self.policy.image != self.default_image:
                 hint += (
-                    f"; a node builds only the runner's own image ({self.default_image}), "
+                    f"; build_missing builds only the runner's own image ({self.default_image}), "
                     "whose definition ships with the package"
                 )
             else:
-                # The same build as `runner image build` there: hash-checked wheels, no network.
-                lacking = self._lacking_image(ray, [n for n, _ in lacking], build_node)
+                failed = self._build(ray, lacking)
+                lacking = failed or self._lacking_image(ray, [node for node, _, _ in lacking])
         if lacking:
             raise ExperimentExecutionError(
                 f"The sandbox image {self.policy.image} cannot run on every node: "
-                + "; ".join(f"node {n.host} {n.node_id[:12]}: {problem}" for n, problem in lacking),
+                + "; ".join(f"node {n.host} {n.node_id[:12]}: {problem}"
+                            for n, problem, _ in lacking),
                 hint=hint + (" (or pass build_missing / --build-missing)." if not
                              self.build_missing else "."),
             )  # fmt: skip
 
     def _lacking_image(
-        self, ray: ModuleType, nodes: Sequence[NodeCapacity], task: Any
-    ) -> list[tuple[NodeCapacity, str]]:
-        """Run ``task`` (``check_node`` or ``build_node``) on each node; what is wrong where."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        remote = ray.remote(task)
-        refs = [
-            remote.options(
-                num_cpus=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-            ).remote(self.policy.image)
-            for node in nodes
-        ]
+        self, ray: ModuleType, nodes: Sequence[NodeCapacity]
+    ) -> list[tuple[NodeCapacity, str, str]]:
+        """Each node whose engine lacks the image: what is wrong, and the engine's ID."""
+        found = ray.get([_on(ray, check_node, node).remote(self.policy.image) for node in nodes])
         return [
-            (node, problem)
-            for node, problem in zip(nodes, ray.get(refs), strict=True)
+            (node, problem, engine_id)
+            for node, (problem, engine_id) in zip(nodes, found, strict=True)
             if problem is not None
+        ]
+
+    def _build(
+        self, ray: ModuleType, lacking: Sequence[tuple[NodeCapacity, str, str]]
+    ) -> list[tuple[NodeCapacity, str, str]]:
+        """Build the image on one node of each engine that lacks it (nodes on one machine
+        may share one), all engines at once; the nodes whose build failed, and why."""
+        builders = {engine_id: node for node, _, engine_id in reversed(lacking)}
+        done = ray.get(
+            [_on(ray, build_node, node).remote(self.policy.image) for node in builders.values()]
+        )
+        failed = dict(zip(builders, done, strict=True))
+        return [
+            (node, failed[engine_id] or "", engine_id)
+            for node, _, engine_id in lacking
+            if failed[engine_id] is not None
         ]
 
     @property
@@ -517,16 +526,9 @@ class RayBackend:
         self._sweep(ray, run_ids)  # anything a task made while the first sweep ran
 
     def _sweep(self, ray: ModuleType, run_ids: Sequence[str]) -> None:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        sweep = ray.remote(sweep_node)
         refs = [
-            sweep.options(
-                num_cpus=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-            ).remote(run_ids)
-            for node in ray.nodes()
-            if node.get("Alive")
+            _on(ray, sweep_node, node).remote(run_ids)
+            for node in cluster_capacity(ray.nodes(), self.policy)
         ]
         ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT)
 
@@ -579,6 +581,15 @@ def _end_pools(pools: dict[str, Any]) -> None:
     for pool in pools.values():
         with contextlib.suppress(Exception):
             ray.kill(pool)
+
+
+def _on(ray: ModuleType, task: Any, node: NodeCapacity) -> Any:
+    """``task`` as a Ray remote function pinned to ``node``, taking no CPU."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return ray.remote(task).options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+    )
 
 
 def _received(outcome: NodeOutcome, request: RunRequest) -> Execution:
@@ -697,7 +708,22 @@ def node_backend(policy: SandboxPolicy, python_executable: str, node: str) -> Do
 def run_on_node(job: NodeJob, *packed: bytes) -> NodeOutcome:
     """A Ray task: run ``job`` in a fresh sandbox on this node's engine."""
     node = _ray().get_runtime_context().get_node_id()
-    return run_job(job, packed, node_backend(job.policy, job.python_executable, node))
+    backend = node_backend(job.policy, job.python_executable, node)
+    _to_the_end(backend.prepare)
+    return run_job(job, packed, backend)
+
+
+def _to_the_end(work: Callable[[], object]) -> None:
+    """Do ``work`` in a thread of its own, to its end even if the task is cancelled.
+
+    Cancelling a task raises KeyboardInterrupt in its thread wherever it is; the
+    backend's preparation makes helper containers that carry no run's label (the
+    sweep would miss one made and not yet removed). The interrupt lands in the
+    wait here instead, and the thread finishes and removes them.
+    """
+    # Leaving the block waits for the thread, interrupted or not.
+    with ThreadPoolExecutor(1, thread_name_prefix="runner-prepare") as pool:
+        pool.submit(work).result()
 
 
 class NodePool:
@@ -806,13 +832,19 @@ def _repack(directory: Path, execution: Execution) -> bytes:
     return out.getvalue()
 
 
-def check_node(image: str) -> str | None:
-    """A Ray task: None when this node's engine has ``image``, else what is wrong."""
+def check_node(image: str) -> tuple[str | None, str]:
+    """A Ray task: None when this node's engine has ``image``, else what is wrong; and
+    the engine's ID (nodes on one machine may share an engine)."""
+    engine = DockerEngine()
     try:
-        DockerEngine().image_id(image)
+        engine_id = str(engine.info().get("ID") or "")
     except ExperimentExecutionError as e:
-        return str(e)
-    return None
+        return str(e), ""
+    try:
+        engine.image_id(image)
+    except ExperimentExecutionError as e:
+        return str(e), engine_id
+    return None, engine_id
 
 
 def build_node(image: str) -> str | None:

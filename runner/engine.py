@@ -228,8 +228,17 @@ class DockerEngine:
             raise _engine_error(e) from e
 
     def prune_dangling(self, label: str) -> None:
-        """Remove untagged images carrying ``label`` (old builds, build stages)."""
-        self._call(self._client.images.prune, filters={"dangling": True, "label": label})
+        """Remove untagged images carrying ``label`` (old builds, build stages).
+
+        A prune already running (another build's, 409) does the same: left to it.
+        """
+        try:
+            self._client.images.prune(filters={"dangling": True, "label": label})
+        except APIError as e:
+            if e.status_code != 409:
+                raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise _engine_error(e) from e
 
     # containers -------------------------------------------------------------
 

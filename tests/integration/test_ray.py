@@ -52,10 +52,11 @@ NODE = {
     "object_store_memory": 150 * 1024**2,
     "node_ip_address": LOOPBACK,
 }
+# The wait is a `sleep` process: what `docker top` shows of a script under way, cold or warm.
 SLEEPER = """\
-import json, sys, time
+import json, subprocess, sys, time
 start = time.time()
-time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 1.5)
+subprocess.run(["sleep", sys.argv[1] if len(sys.argv) > 1 else "1.5"], check=True)
 print(json.dumps({"success": True, "metrics": {"start": start, "end": time.time()}}))
 """
 
@@ -136,7 +137,8 @@ def test_warm_pools_live_on_each_node_and_go_with_the_runner(
                           warm_pool=2, pool_root=root) as runner:  # fmt: skip
         assert runner.warm_pool_size == 2
         assert runner.wait_for_warm(120)
-        slots = engine.containers(f"{LABEL}=1")
+        # Started slots (each volume's filling helper is never started).
+        slots = [c for c in engine.containers(f"{LABEL}=1") if c.status.startswith("Up")]
         assert len(slots) == 2 * len(alive_nodes())
         results = runner.run_many(jobs)
         assert all(r.success for r in results), [r.error_message for r in results]
@@ -241,12 +243,7 @@ def test_a_node_killed_mid_batch_has_its_jobs_run_once_elsewhere(
         deadline = time.monotonic() + 60
         while not on_doomed and time.monotonic() < deadline:
             time.sleep(0.2)
-            # A warm slot carries no run's label: the runner's own, with a script under way.
-            on_doomed = [
-                c.id
-                for c in engine.containers(f"{LABEL}=1")
-                if _owner_parent(c) == raylet and (LABEL_RUN in c.labels or _running_script(c))
-            ]
+            on_doomed = [c.id for c in _running(engine) if _owner_parent(c) == raylet]
         assert on_doomed, "no sandbox started on the third node"
         workers = _doomed_workers(raylet)
         cluster.remove_node(doomed)
@@ -265,10 +262,11 @@ def test_a_node_killed_mid_batch_has_its_jobs_run_once_elsewhere(
 
 
 def _running_script(container: Any) -> bool:
-    """Whether a warm slot was handed its script (its bootstrap then runs it)."""
-    top = subprocess.run(["docker", "top", container.id, "-o", "args"], capture_output=True,
+    """Whether the container runs a script's ``sleep`` (SLEEPER's), cold or warm."""
+    top = subprocess.run(["docker", "top", container.id, "-o", "pid,args"], capture_output=True,
                          text=True, check=False)  # fmt: skip
-    return "sleeper.py" in top.stdout
+    commands = [line.strip().partition(" ")[2].strip() for line in top.stdout.splitlines()[1:]]
+    return any(command.startswith("sleep ") for command in commands)
 
 
 def _doomed_workers(raylet: int) -> list[int]:
@@ -323,7 +321,7 @@ def test_ctrl_c_on_runner_batch_removes_every_sandbox(
 
 
 def _running(engine: DockerEngine) -> list[Any]:
-    """The project's containers running a script (cold: labelled with its run; warm: handed)."""
+    """The project's containers running a script (a warm slot carries no run's label)."""
     return [
         c for c in engine.containers(f"{LABEL}=1") if LABEL_RUN in c.labels or _running_script(c)
     ]
