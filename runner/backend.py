@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,7 +41,13 @@ from runner.settings import ExperimentDefaults
 from runner.sizes import parse_size
 from runner.support import ensure_support
 from runner.telemetry import CgroupTelemetry
-from runner.transfer import TRANSFERS, Transfer, copy_to_engine, engine_sees_local_files
+from runner.transfer import (
+    TRANSFERS,
+    Transfer,
+    copy_to_engine,
+    engine_sees_local_files,
+    unpack_here,
+)
 from runner.tree import TreeExpired, TreeRefused
 
 __all__ = ["Backend", "DockerBackend", "RunRequest", "fits_pool"]
@@ -361,14 +367,10 @@ class DockerBackend:
         copied: tuple[tuple[Path, Path], ...] = ()
         if self._copies(request):
             try:
-                files = copy_to_engine(
-                    engine, image_id, request.mounts, labels, packed=request.packed
-                )
+                bound, copied = (), self._copy(engine, image_id, request, labels, resources)
             except BaseException:
                 resources.release()
                 raise
-            resources.extra.append(lambda: engine.remove_volume(files.volume))
-            bound, copied = (), files.binds()
         run = Run(
             command=self_limited(
                 [self.python_executable, str(request.script), *request.args],
@@ -396,6 +398,28 @@ class DockerBackend:
             return sandbox.run(
                 request.timeout, request.output_limit, on_output, outputs=request.outputs
             )
+
+    def _copy(
+        self,
+        engine: Engine,
+        image_id: str,
+        request: RunRequest,
+        labels: Mapping[str, str],
+        resources: Resources,
+    ) -> tuple[tuple[Path, Path], ...]:
+        """The request's files put where the engine binds them from; removed on release.
+
+        Packed files (from another machine) are unpacked here when the engine sees
+        this machine's files and copies are not asked for: no volume, no helper.
+        """
+        if request.packed and self._shares_files and self.transfer != "copy":
+            unpacked = unpack_here(request.packed, request.mounts)
+            if unpacked is not None:
+                resources.extra.append(unpacked.remove)
+                return unpacked.binds()
+        files = copy_to_engine(engine, image_id, request.mounts, labels, packed=request.packed)
+        resources.extra.append(lambda: engine.remove_volume(files.volume))
+        return files.binds()
 
     def _execute_warm(
         self,

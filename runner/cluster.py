@@ -700,9 +700,10 @@ def node_backend(policy: SandboxPolicy, python_executable: str, node: str) -> Do
     """The node's backend, made once per Ray worker process (workers run task after task).
 
     Its engine is the node's own (``DOCKER_HOST`` as the node has it); files
-    always arrive packed, so they are copied into a volume there.
+    always arrive packed: unpacked on the node and bound where its engine sees
+    the node's files, else copied into a volume there.
     """
-    return DockerBackend(policy, python_executable=python_executable, transfer="copy", node=node)
+    return DockerBackend(policy, python_executable=python_executable, transfer="auto", node=node)
 
 
 def run_on_node(job: NodeJob, *packed: bytes) -> NodeOutcome:
@@ -745,7 +746,7 @@ class NodePool:
             policy,
             engine=engine,
             python_executable=python_executable,
-            transfer="copy",
+            transfer="auto",
             node=node,
             pool_root=pool.pool_root,
             preload=pool.preload,

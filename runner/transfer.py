@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -212,6 +213,47 @@ def reroot(packed: bytes, root: Path) -> bytes:
             member.name = str(name.relative_to(prefix))
             tar.addfile(member, source.extractfile(member) if member.isfile() else None)
     return out.getvalue()
+
+
+@dataclass(frozen=True)
+class UnpackedFiles:
+    """A run's packed files unpacked in a private directory of this machine, for an
+    engine that sees its files: each path bound from below ``base``."""
+
+    base: Path
+    paths: tuple[Path, ...]
+
+    def binds(self) -> tuple[tuple[Path, Path], ...]:
+        """(source here, container target) pairs: each path at its own place."""
+        return tuple((Path(str(self.base) + str(path)), path) for path in self.paths)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def unpack_here(packed: Sequence[bytes], paths: Sequence[Path]) -> UnpackedFiles | None:
+    """Unpack archives made by ``pack`` (on another machine) into a new private directory.
+
+    tar's ``data`` filter keeps every entry inside it (no absolute path, no
+    ``..``, no link out, no device, no set-ID bit). None where that filter is
+    missing (Python before 3.11.4) or refuses an entry (say, a symlink to an
+    absolute path): then the files go through the engine, as a copy does,
+    where such a link only points inside the sandbox.
+    """
+    if not hasattr(tarfile, "data_filter"):
+        return None
+    base = Path(tempfile.mkdtemp(prefix="runner-unpacked-"))  # 0700: no other user enters
+    try:
+        for data in packed:
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                tar.extractall(base, filter="data")
+    except tarfile.FilterError:
+        shutil.rmtree(base, ignore_errors=True)
+        return None
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    return UnpackedFiles(base, tuple(paths))
 
 
 def copy_to_engine(

@@ -50,8 +50,8 @@ def job_for(script: Path, *, run_id: str = "run1", outputs: OutputLimits | None 
     )
 
 
-def node_backend(engine: FakeEngine) -> DockerBackend:
-    return DockerBackend(POLICY, engine=engine, transfer="copy", node="node-a")
+def node_backend(engine: FakeEngine, transfer: str = "copy") -> DockerBackend:
+    return DockerBackend(POLICY, engine=engine, transfer=transfer, node="node-a")  # type: ignore[arg-type]
 
 
 def test_a_task_copies_its_packed_files_into_a_volume_and_labels_its_run(script: Path) -> None:
@@ -70,6 +70,35 @@ def test_a_task_copies_its_packed_files_into_a_volume_and_labels_its_run(script:
     assert sandbox["labels"][LABEL_RUN] == "run1"
     assert volume.labels[LABEL_RUN] == "run1"
     assert sandbox["command"][-3:] == [str(script), "--seed", "1"]
+
+
+def test_a_node_whose_engine_sees_its_files_unpacks_and_binds_them(
+    script: Path, tmp_path: Path
+) -> None:
+    """No volume: the archive is unpacked in a private directory, bound read-only, removed."""
+    engine = FakeEngine()
+    outcome = run_job(job_for(script), [pack([script.parent])], node_backend(engine, "auto"))
+    assert outcome.error is None and outcome.execution is not None
+    assert engine.volumes_made == [] and engine.archives == {}
+    ((source, target, read_only),) = [
+        (m["Source"], m["Target"], m["ReadOnly"]) for m in file_mounts(engine.created[-1])
+    ]
+    assert (target, read_only) == (str(script.parent), True)
+    base = Path(source.removesuffix(str(script.parent)))
+    assert base.name.startswith("runner-unpacked-")
+    assert not base.exists()  # removed with the sandbox
+
+
+def test_a_link_out_of_the_unpacked_directory_goes_through_the_engine(script: Path) -> None:
+    """A symlink to an absolute path is refused by the unpacking filter: copied instead."""
+    (script.parent / "passwd").symlink_to("/etc/passwd")
+    engine = FakeEngine()
+    outcome = run_job(job_for(script), [pack([script.parent])], node_backend(engine, "auto"))
+    assert outcome.error is None
+    (volume,) = engine.volumes_made
+    assert [m["Source"] for m in file_mounts(engine.created[-1])] == [
+        volume.mountpoint + str(script.parent)
+    ]
 
 
 def test_a_retried_task_first_removes_what_its_dead_attempt_left(script: Path) -> None:
@@ -215,9 +244,10 @@ def test_an_address_where_nothing_listens_fails_fast_with_a_hint(script: Path) -
     assert info.value.hint is not None and "ray start" in info.value.hint
 
 
-def test_a_node_pool_runs_packed_files_in_a_warm_slot(script: Path, tmp_path: Path) -> None:
-    """On a node, a warm slot takes packed files through its volume, placed below its root."""
-    engine = FakeEngine()
+def test_a_node_pool_runs_packed_files_in_a_warm_slot_through_its_volume(script: Path) -> None:
+    """On a node whose engine is elsewhere, a warm slot takes packed files through its
+    volume, placed below its root."""
+    engine = FakeEngine(remote=True)
     request = PoolRequest(1, 5, None, script.parent.parent, True, ())
     pool = NodePool(POLICY, "python", "node-a", 1, request, engine)
     assert pool.started() == "node-a"
@@ -230,6 +260,27 @@ def test_a_node_pool_runs_packed_files_in_a_warm_slot(script: Path, tmp_path: Pa
         names = tar.getnames()
     assert names[0] == script.parent.name  # below the pool root, not from /
     assert f"{script.parent.name}/{script.name}" in names
+    pool.close()
+
+
+def test_a_node_pool_unpacks_into_a_slot_directory_where_its_engine_sees_it(
+    script: Path, tmp_path: Path
+) -> None:
+    """Where the node's engine sees its files, the slot's own directory takes them."""
+    seen: list[bytes] = []
+    engine = FakeEngine()
+    request = PoolRequest(1, 5, None, script.parent.parent, True, ())
+    pool = NodePool(POLICY, "python", "node-a", 1, request, engine)
+    assert pool.wait_ready(10)
+    slot = engine.created[-1]
+    (source,) = [m["Source"] for m in slot["mounts"] if m["Target"] == str(script.parent.parent)]
+    engine.on_wait = lambda: seen.append(
+        (Path(source) / script.parent.name / script.name).read_bytes()
+    )
+    outcome = pool.run(job_for(script), pack([script.parent]))
+    assert outcome.error is None and outcome.execution is not None and outcome.execution.warm
+    assert seen == [script.read_bytes()]  # there while the script ran
+    assert engine.archives == {}
     pool.close()
 
 
