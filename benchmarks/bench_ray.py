@@ -21,13 +21,11 @@ ratios to bare and to local cold; then the per-task overhead of Ray: a one-line
 script run one at a time, ``--runs`` times each way, interleaved (medians):
 locally with the files bind-mounted, locally with them copied through the
 engine's API (what a Ray task does on a node whose engine does not see its
-files), and on the cluster. The sandboxes run on a
-private Docker-in-Docker engine (``tests/engines.py``) that sees one directory of
-this machine, so nothing touches the machine's own engine (whose test suites
-remove every container of the project): local runs bind-mount the scripts from
-there; Ray tasks carry them through the object store, and each node unpacks them
-there too (its workers' ``TMPDIR``) and binds them, as a node whose engine sees
-its files does.
+files), and on the cluster. The sandboxes run on this machine's engine (the
+nodes share it; each node unpacks a run's files where the engine sees them and
+binds them): do not run this beside the test suites, which remove every
+container of the project. ``--dind`` runs them on a private Docker-in-Docker
+engine (``tests/engines.py``) that sees one directory of this machine instead.
 """
 
 from __future__ import annotations
@@ -66,6 +64,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument(
+        "--dind", action="store_true",
+        help="sandboxes on a private Docker-in-Docker engine, not this machine's (for running "
+        "beside the test suites, which remove the machine's engine's project containers)",
+    )  # fmt: skip
     args = parser.parse_args()
     python = host_venv(ExperimentDefaults().cache_dir)
     # Not below /tmp (the engine's container has a tmpfs of its own there): beside this checkout.
@@ -79,8 +82,10 @@ def main() -> None:
         root = shared / "experiments"
         batch = [(write(root / f"b{i}", "short.py", SHORT), SPEC, i) for i in range(args.batch)]
         one = write(root / "one", "one_line.py", ONE_LINE)
-        with dind_engine(shared=shared) as docker_host:
-            os.environ["DOCKER_HOST"] = docker_host  # the Ray workers inherit it
+        engine = dind_engine(shared=shared) if args.dind else contextlib.nullcontext(None)
+        with engine as docker_host:
+            if docker_host is not None:
+                os.environ["DOCKER_HOST"] = docker_host  # the Ray workers inherit it
             settings = ExperimentDefaults(cache_dir=shared / "cache")
             local = ExperimentRunner(timeout=120, pool_root=root, settings=settings)
             copied = ExperimentRunner(timeout=120, transfer="copy", settings=settings)
