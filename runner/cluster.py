@@ -340,15 +340,13 @@ class RayBackend:
         self, ray: ModuleType, nodes: Sequence[NodeCapacity], pool: PoolRequest
     ) -> None:
         """One ``NodePool`` actor on each node, booking the node's sandboxes."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         actor = ray.remote(NodePool)
         memory = parse_size(self.policy.memory_limit)
         pools = {
             node.node_id: actor.options(
                 num_cpus=node.sandboxes * self.policy.cpu_limit,
                 memory=node.sandboxes * memory,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+                scheduling_strategy=_pinned(node),
                 # Its runs, and room to be told to abort or close while they go on.
                 max_concurrency=node.sandboxes + 4,
                 max_restarts=0,
@@ -585,11 +583,14 @@ def _end_pools(pools: dict[str, Any]) -> None:
 
 def _on(ray: ModuleType, task: Any, node: NodeCapacity) -> Any:
     """``task`` as a Ray remote function pinned to ``node``, taking no CPU."""
+    return ray.remote(task).options(num_cpus=0, scheduling_strategy=_pinned(node))
+
+
+def _pinned(node: NodeCapacity) -> Any:
+    """Ray's strategy that places a task or actor on ``node`` and nowhere else."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(task).options(
-        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)
-    )
+    return NodeAffinitySchedulingStrategy(node.node_id, soft=False)
 
 
 def _received(outcome: NodeOutcome, request: RunRequest) -> Execution:

@@ -25,11 +25,9 @@ warm; ``pool_root_for`` says where, and ``may_be_pool_root`` where never.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import stat
-import tarfile
 import threading
 import uuid
 from collections.abc import Sequence
@@ -46,7 +44,7 @@ from runner.identity import lease_uid
 from runner.lifecycle import Resources, Sandbox
 from runner.sandbox import Run, SandboxPolicy, SupportFiles, self_limited
 from runner.telemetry import CgroupTelemetry
-from runner.transfer import FileDrop, copy_budget, reroot
+from runner.transfer import FileDrop, copy_budget, reroot, unpack
 from runner.tree import Budget, Entry, TreeRefused, read_chunks, walk
 
 #: Top-level directories of the image (``lib*`` too) a pool root may neither be nor
@@ -165,14 +163,7 @@ class LinkedFiles:
             stage(path, root, self.source, budget=budget, readable=readable)
 
     def put_packed(self, archives: Sequence[bytes], root: Path) -> None:
-        if not hasattr(tarfile, "data_filter"):
-            raise TreeRefused("unpacking safely here needs Python 3.11.4 or later")
-        try:
-            for packed in archives:
-                with tarfile.open(fileobj=io.BytesIO(reroot(packed, root))) as tar:
-                    tar.extractall(self.source, filter="data")
-        except tarfile.FilterError as e:
-            raise TreeRefused(str(e)) from e
+        unpack((reroot(packed, root) for packed in archives), self.source)
 
     def remove(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)

@@ -18,7 +18,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Literal
@@ -49,7 +49,12 @@ class CopiedFiles:
 
     def binds(self) -> tuple[tuple[Path, Path], ...]:
         """(engine-side source, container target) pairs: each path at its own place."""
-        return tuple((Path(self.mountpoint + str(path)), path) for path in self.paths)
+        return _binds(self.mountpoint, self.paths)
+
+
+def _binds(base: str, paths: Sequence[Path]) -> tuple[tuple[Path, Path], ...]:
+    """Each of ``paths`` bound from its place below ``base``."""
+    return tuple((Path(base + str(path)), path) for path in paths)
 
 
 def archive(
@@ -225,29 +230,38 @@ class UnpackedFiles:
 
     def binds(self) -> tuple[tuple[Path, Path], ...]:
         """(source here, container target) pairs: each path at its own place."""
-        return tuple((Path(str(self.base) + str(path)), path) for path in self.paths)
+        return _binds(str(self.base), self.paths)
 
     def remove(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def unpack_here(packed: Sequence[bytes], paths: Sequence[Path]) -> UnpackedFiles | None:
-    """Unpack archives made by ``pack`` (on another machine) into a new private directory.
+def unpack(packed: Iterable[bytes], into: Path) -> None:
+    """Unpack archives made by ``pack`` (on another machine) below ``into``.
 
     tar's ``data`` filter keeps every entry inside it (no absolute path, no
-    ``..``, no link out, no device, no set-ID bit). None where that filter is
-    missing (Python before 3.11.4) or refuses an entry (say, a symlink to an
-    absolute path): then the files go through the engine, as a copy does,
-    where such a link only points inside the sandbox.
+    ``..``, no link out, no device, no set-ID bit). Raises ``TreeRefused`` where
+    that filter is missing (Python before 3.11.4) or refuses an entry (say, a
+    symlink to an absolute path, which only a copy through the engine keeps as
+    it is: pointing inside the sandbox).
     """
     if not hasattr(tarfile, "data_filter"):
-        return None
-    base = Path(tempfile.mkdtemp(prefix="runner-unpacked-"))  # 0700: no other user enters
+        raise TreeRefused("unpacking safely here needs Python 3.11.4 or later")
     try:
         for data in packed:
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                tar.extractall(base, filter="data")
-    except tarfile.FilterError:
+                tar.extractall(into, filter="data")
+    except tarfile.FilterError as e:
+        raise TreeRefused(str(e)) from e
+
+
+def unpack_here(packed: Sequence[bytes], paths: Sequence[Path]) -> UnpackedFiles | None:
+    """Unpack archives made by ``pack`` into a new private directory (``unpack``); None
+    where they cannot be unpacked safely: then they go through the engine, as a copy."""
+    base = Path(tempfile.mkdtemp(prefix="runner-unpacked-"))  # 0700: no other user enters
+    try:
+        unpack(packed, base)
+    except TreeRefused:
         shutil.rmtree(base, ignore_errors=True)
         return None
     except BaseException:
