@@ -262,11 +262,23 @@ def test_a_node_killed_mid_batch_has_its_jobs_run_once_elsewhere(
 
 
 def _running_script(container: Any) -> bool:
-    """Whether the container runs a script's ``sleep`` (SLEEPER's), cold or warm."""
-    top = subprocess.run(["docker", "top", container.id, "-o", "pid,args"], capture_output=True,
-                         text=True, check=False)  # fmt: skip
-    commands = [line.strip().partition(" ")[2].strip() for line in top.stdout.splitlines()[1:]]
-    return any(command.startswith("sleep ") for command in commands)
+    """Whether the container runs a script's ``sleep`` (SLEEPER's), cold or warm.
+
+    Read from this machine's /proc (the engines of the suite, Docker-in-Docker
+    too, run their containers on this kernel): a ``sleep`` process in the
+    container's cgroup. ``docker top`` would need ``ps`` on the engine's machine.
+    """
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "cmdline").read_bytes().startswith(b"sleep\0") and (
+                container.id in (proc / "cgroup").read_text()
+            ):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _doomed_workers(raylet: int) -> list[int]:
