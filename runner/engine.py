@@ -23,6 +23,13 @@ ENGINE_HINT = (
     "and starts one) or point DOCKER_HOST at a running one."
 )
 IMAGE_HINT = "build it with `runner image build`."
+#: For an error the engine answered with: it runs, so starting one is no advice.
+ANSWERED_HINT = (
+    "the engine runs but refused the request; its log says why (an engine that "
+    "`bash scripts/setup.sh` started logs to /var/log/dockerd.log)."
+)
+#: How a runtime's failure to set up or start a sandbox reads in the engine's answer.
+RUNTIME_FAILURES = ("OCI runtime start failed", "OCI runtime create failed")
 
 #: Which product answers the Docker API: Docker itself, or Podman's compatible service.
 EngineKind = Literal["docker", "podman"]
@@ -290,7 +297,7 @@ class DockerEngine:
         try:
             self._api.start(container_id)
         except APIError as e:
-            if "OCI runtime start failed" in str(e.explanation):
+            if any(failure in str(e.explanation) for failure in RUNTIME_FAILURES):
                 raise SandboxStartError(
                     f"The runtime could not start the sandbox: {e.explanation}",
                     hint="`runner doctor` checks each runtime; see /var/log/dockerd.log.",
@@ -494,4 +501,6 @@ class DockerEngine:
 
 
 def _engine_error(e: Exception) -> ExperimentExecutionError:
-    return ExperimentExecutionError(f"Docker engine error: {e}", hint=ENGINE_HINT)
+    # An API error is an answer: the engine runs. Anything else may mean it does not.
+    hint = ANSWERED_HINT if isinstance(e, APIError) else ENGINE_HINT
+    return ExperimentExecutionError(f"Docker engine error: {e}", hint=hint)

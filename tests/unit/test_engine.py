@@ -6,7 +6,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from runner import ExperimentExecutionError
-from runner.engine import DockerEngine
+from runner.engine import DockerEngine, SandboxStartError
 
 DOCKER_VERSION = {"Version": "20.10.24", "Components": [{"Name": "Engine"}]}
 PODMAN_VERSION = {"Version": "4.3.1", "Components": [{"Name": "Podman Engine"}]}
@@ -137,3 +137,29 @@ def test_podman_inspect_adds_what_only_its_own_api_tells() -> None:
     assert inspected["OCIRuntime"] == "runc"
     assert "EffectiveCaps" in inspected
     assert inspected["HostConfig"] == {"Runtime": "oci"}
+
+
+def test_an_error_the_engine_answered_does_not_say_start_an_engine() -> None:
+    """A running engine's refusal points at its log; only an unreachable one at starting one."""
+    api = mock.Mock()
+    api.remove_volume.side_effect = APIError("boom", response=mock.Mock(status_code=500))
+    with pytest.raises(ExperimentExecutionError) as answered:
+        engine_with(api).remove_volume("v")
+    assert "its log says why" in str(answered.value)
+    assert "start a Docker engine" not in str(answered.value)
+    api.volumes.side_effect = requests.ConnectionError("refused")
+    with pytest.raises(ExperimentExecutionError, match="start a Docker engine"):
+        engine_with(api).volumes("label")
+
+
+def test_a_runtime_that_cannot_create_the_sandbox_is_a_start_failure() -> None:
+    """'OCI runtime create failed' (crun on hybrid cgroups, say) is a failure to start."""
+    api = mock.Mock()
+    api.start.side_effect = APIError(
+        "500",
+        response=mock.Mock(status_code=500),
+        explanation="failed to create shim task: OCI runtime create failed: cgroups in "
+        "hybrid mode not supported, drop all controllers from cgroupv2: unknown",
+    )
+    with pytest.raises(SandboxStartError, match="runner doctor"):
+        engine_with(api).start("c")
