@@ -17,7 +17,12 @@ Everything runs on this machine's cores, side by side in one run:
 The ways take turns, ``--rounds`` times (each pool full and the cluster's
 workers started before a way is timed), so that a machine busy with other work
 weighs on all of them alike. Prints the median experiments per second and the
-ratios to bare and to local cold; then the per-task overhead of Ray: a one-line
+ratios to bare and to local cold, and the machine's CPU time (all cores, from
+/proc/stat) per experiment each way; then what one fresh container costs the
+engine and its runtime at the least (create, start, wait and remove ``true``,
+no network, no other option: ``--floor`` of them), and the throughput a batch
+of fresh containers could reach at best when the cores are the limit (bare CPU
+per experiment over bare plus that floor); then the per-task overhead of Ray: a one-line
 script run one at a time, ``--runs`` times each way, interleaved (medians):
 locally with the files bind-mounted, locally with them copied through the
 engine's API (what a Ray task does on a node whose engine does not see its
@@ -39,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,10 +58,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_sandbox import ONE_LINE, SHORT, SPEC, bare_env, host_venv, write
 
 from runner import ExperimentRunner
+from runner.cleanup import LABEL
+from runner.engine import DockerEngine
 from runner.settings import ExperimentDefaults
 from tests.engines import dind_engine
 
 LOOPBACK = "127.0.0.1"
+#: The issue's target for a local batch, as a share of bare throughput.
+TARGET_LOCAL = 0.95
 
 
 def main() -> None:
@@ -64,6 +73,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument("--floor", type=int, default=20, help="minimal containers timed")
     parser.add_argument(
         "--dind", action="store_true",
         help="sandboxes on a private Docker-in-Docker engine, not this machine's (for running "
@@ -94,6 +104,13 @@ def main() -> None:
                   f"at once, {len(os.sched_getaffinity(0))} cores, 1 CPU and 2g each, "
                   f"{args.rounds} rounds")  # fmt: skip
             rates: dict[str, list[float]] = {}
+            cpu: dict[str, list[float]] = {}
+
+            def timed(way: str, measure: Callable[[], float]) -> None:
+                before = busy_seconds()
+                rates.setdefault(way, []).append(measure())
+                cpu.setdefault(way, []).append((busy_seconds() - before) / len(batch))
+
             with (
                 ExperimentRunner(
                     timeout=120, pool_root=root, settings=settings, warm_pool=workers
@@ -104,19 +121,26 @@ def main() -> None:
                 assert on_ray.default_workers() == workers
                 batched(on_ray, batch[:workers])  # each node's worker processes start
                 for _ in range(args.rounds):
-                    rates.setdefault("bare", []).append(bare(python, batch, workers))
-                    rates.setdefault("local cold", []).append(batched(local, batch))
+                    timed("bare", lambda: bare(python, batch, workers))
+                    timed("local cold", lambda: batched(local, batch))
                     warm.wait_for_warm(120)
-                    rates.setdefault("local warm", []).append(batched(warm, batch))
-                    rates.setdefault("Ray cold", []).append(batched(on_ray, batch))
+                    timed("local warm", lambda: batched(warm, batch))
+                    timed("Ray cold", lambda: batched(on_ray, batch))
                     with ExperimentRunner(
                         timeout=120, cluster=cluster.address, warm_pool=workers, pool_root=root
                     ) as ray_warm:
                         ray_warm.wait_for_warm(120)
-                        rates.setdefault("Ray warm", []).append(batched(ray_warm, batch))
+                        timed("Ray warm", lambda: batched(ray_warm, batch))
                 ways = {"local, bind": local, "local, copy": copied, "Ray": on_ray}
                 overhead = one_at_a_time(ways, one, args.runs)
-        report({way: statistics.median(r) for way, r in rates.items()}, overhead, args.runs)
+                floor = container_floor(DockerEngine(), settings.image, args.floor)
+        report(
+            {way: statistics.median(r) for way, r in rates.items()},
+            {way: statistics.median(c) for way, c in cpu.items()},
+            floor,
+            overhead,
+            args.runs,
+        )
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 
@@ -165,6 +189,35 @@ def two_nodes(sandboxes: int) -> Iterator[Cluster]:
             cluster.shutdown()
 
 
+def busy_seconds() -> float:
+    """CPU seconds all of this machine's cores have spent busy (``/proc/stat``)."""
+    with Path("/proc/stat").open() as stat:
+        # user nice system idle iowait irq softirq steal (guest time is in user already)
+        ticks = [int(field) for field in stat.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def container_floor(engine: DockerEngine, image: str, runs: int) -> float:
+    """Machine CPU seconds of the least a fresh container costs: ``true``, no options.
+
+    Create, start, wait and remove, one at a time, with no network (as the
+    sandboxes) and none of the runner's limits, mounts, checks or streams: what
+    the engine, its shim and the runtime spend on any container. Median of runs.
+    """
+    spent = []
+    for _ in range(runs + 2):  # the first two warm the engine's caches
+        before = busy_seconds()
+        container = engine.create(image, ["true"], network_mode="none", network_disabled=True,
+                                  labels={LABEL: "true"})  # fmt: skip
+        try:
+            engine.start(container)
+            engine.wait(container, 60)
+        finally:
+            engine.remove(container)
+        spent.append(busy_seconds() - before)
+    return statistics.median(spent[2:])
+
+
 def one_at_a_time(ways: dict[str, ExperimentRunner], script: Path, runs: int) -> dict[str, float]:
     """Median seconds of one one-line run, each way (interleaved)."""
     spent: dict[str, list[float]] = {way: [] for way in ways}
@@ -177,13 +230,31 @@ def one_at_a_time(ways: dict[str, ExperimentRunner], script: Path, runs: int) ->
     return {way: statistics.median(values) for way, values in spent.items()}
 
 
-def report(rates: dict[str, float], overhead: dict[str, float], runs: int) -> None:
-    print(f"{'way':<16}{'experiments/s':>14}{'vs bare':>10}{'vs local cold':>15}")
+def report(
+    rates: dict[str, float],
+    cpu: dict[str, float],
+    floor: float,
+    overhead: dict[str, float],
+    runs: int,
+) -> None:
+    print(f"{'way':<16}{'experiments/s':>14}{'vs bare':>10}{'vs local cold':>15}"
+          f"{'CPU s/experiment':>18}")  # fmt: skip
     for way, rate in rates.items():
         print(f"{way:<16}{rate:>14.2f}{rate / rates['bare']:>10.2f}"
-              f"{rate / rates['local cold']:>15.2f}")  # fmt: skip
-    print(f"\ntargets: local cold (the default) / bare {rates['local cold'] / rates['bare']:.2f} "
-          f"(>= 0.95); Ray cold / local cold {rates['Ray cold'] / rates['local cold']:.2f} "
+              f"{rate / rates['local cold']:>15.2f}{cpu[way]:>18.3f}")  # fmt: skip
+    ceiling = cpu["bare"] / (cpu["bare"] + floor)
+    allowed = cpu["bare"] * (1 / TARGET_LOCAL - 1)
+    print(f"\n(warm ways: a pool refills during the batch; its last refills fall after it)\n"
+          f"engine floor: a minimal fresh container costs {floor * 1000:.0f} ms of this "
+          f"machine's CPU (engine, shim, runtime); the runner's cold runs cost "
+          f"{(cpu['local cold'] - cpu['bare']) * 1000:.0f} ms an experiment over bare (the "
+          f"image's Python may run the script a little faster than the host venv).\n"
+          f"With the cores the limit, experiments of {cpu['bare']:.2f} s of CPU plus that floor "
+          f"run at {ceiling:.2f}x bare; {TARGET_LOCAL}x would allow {allowed * 1000:.0f} ms "
+          f"a container")  # fmt: skip
+    local, on_ray_cold = rates["local cold"], rates["Ray cold"]
+    print(f"\ntargets: local cold (the default) / bare {local / rates['bare']:.2f} "
+          f"(>= {TARGET_LOCAL}); Ray cold / local cold {on_ray_cold / local:.2f} "
           f"(>= 0.85)")  # fmt: skip
     bind, copy, on_ray = overhead["local, bind"], overhead["local, copy"], overhead["Ray"]
     print(f"\none-line script one at a time, {runs} runs each, medians: local {bind:.3f} s "
