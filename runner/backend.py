@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from runner.artifacts import COLLECT_SECONDS, OutputLimits, Outputs
 from runner.bootstrap import DEFAULT_PRELOAD, SOURCE, hand_over_line
 from runner.cleanup import build_labels, cleanup, deadline_after
-from runner.engine import DockerEngine, Engine, SandboxStartError
+from runner.engine import DockerEngine, Engine, SandboxRefused, SandboxStartError
 from runner.exceptions import ExperimentExecutionError
 from runner.identity import lease_uid
 from runner.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
@@ -39,7 +39,7 @@ from runner.pool import (
 from runner.sandbox import Run, SandboxPolicy, SupportFiles, self_limited
 from runner.settings import ExperimentDefaults
 from runner.sizes import parse_size
-from runner.support import ensure_support
+from runner.support import ensure_support, support_gone
 from runner.telemetry import CgroupTelemetry
 from runner.transfer import (
     TRANSFERS,
@@ -135,6 +135,9 @@ class DockerBackend:
         self._engine_memory = 0
         self._active = ActiveRuns()
         self._support: SupportFiles | None = None
+        #: Counts the times the support volume was made again (see ``_support_back``).
+        self._support_remade = 0
+        self._support_lock = threading.Lock()
         self._podman = False
         self._pool: WarmPool | None = None
         self._pool_outputs: OutputLimits | None = None
@@ -297,6 +300,7 @@ class DockerBackend:
                 pass  # run cold instead
         image_id = self.engine.image_id(self.policy.image)
         for attempt in (1, 2):
+            remade = self._support_remade
             try:
                 return self._execute_cold(image_id, request, on_output, token)
             except SandboxStartError:
@@ -304,7 +308,30 @@ class DockerBackend:
                 # to set one up, so one fresh attempt is safe and worth it.
                 if attempt == 2:
                     raise
+            except SandboxRefused:
+                # Nothing ran either. If the support volume went (`runner cleanup --all`
+                # under this runner), it is made again and the run tried once more.
+                if attempt == 2 or not self._support_back(image_id, remade):
+                    raise
         raise AssertionError("unreachable")
+
+    def _support_back(self, image_id: str, remade: int) -> bool:
+        """After a refused sandbox: True if the support volume was gone and is back
+        (made again here, or by another run since ``remade`` was read)."""
+        support = self._support
+        if support is None:
+            return False
+        with self._support_lock:
+            if self._support_remade != remade:
+                return True
+            if not support_gone(self.engine, support):
+                return False  # refused for another reason: the error stands
+            # Same name, same content: the same paths on the engine's machine (the warm
+            # pool's slot maker keeps them), so slots work again too.
+            helper_labels = build_labels(deadline_after(60))
+            self._support = ensure_support(self.engine, image_id, helper_labels)
+            self._support_remade += 1
+            return True
 
     def _warm_slot(self, request: RunRequest) -> Slot | None:
         """A ready slot that can show the request's files, if any.

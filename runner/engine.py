@@ -45,6 +45,11 @@ class SandboxStartError(ExperimentExecutionError):
     """The runtime failed to start the sandbox; nothing of the script ran."""
 
 
+class SandboxRefused(ExperimentExecutionError):
+    """The engine refused to create the sandbox (say, a bind source is missing);
+    nothing of the script ran."""
+
+
 class OutputStream(Protocol):
     """Frames of a container's output as ``(stdout, stderr)`` pairs, one side None."""
 
@@ -268,7 +273,7 @@ class DockerEngine:
                     "check that the runtime and limits are supported by this engine "
                     "(`docker info`, `runner doctor`)."
                 )
-            raise ExperimentExecutionError(
+            raise SandboxRefused(
                 f"The Docker engine refused the sandbox: {explanation}", hint=hint
             ) from e
         except DockerException as e:

@@ -410,6 +410,7 @@ class WarmPool:
         self._starting = 0
         self._lock = threading.Condition()
         self._closed = False
+        #: Why the last attempt to start a slot failed, until the pool tries again.
         self.error: ExperimentExecutionError | None = None
         self._threads: list[threading.Thread] = []
         self._refill()
@@ -467,6 +468,8 @@ class WarmPool:
             missing = self.size - len(self._ready) - self._starting
             self._starting += max(missing, 0)
             self._threads = [t for t in self._threads if t.is_alive()]
+            if missing > 0:
+                self.error = None  # these attempts say anew whether slots start
             for _ in range(max(missing, 0)):
                 thread = threading.Thread(target=self._start_one, name="runner-pool", daemon=True)
                 self._threads.append(thread)

@@ -63,6 +63,13 @@ def ensure_support(engine: Engine, image_id: str, helper_labels: Mapping[str, st
     return SupportFiles.at(volume.name, volume.mountpoint)
 
 
+def support_gone(engine: Engine, support: SupportFiles) -> bool:
+    """Whether the support volume has gone since it was made (``runner cleanup --all``
+    removes it, even under a runner that still uses it)."""
+    ((key, value),) = SUPPORT_LABELS.items()
+    return support.volume not in {volume.name for volume in engine.volumes(f"{key}={value}")}
+
+
 def _support_files() -> list[tuple[str, bytes]]:
     return [
         ("seccomp.json", profile().encode()),

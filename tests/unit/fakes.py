@@ -16,6 +16,7 @@ from runner.engine import (
     Engine,
     EngineKind,
     OutputStream,
+    SandboxRefused,
     VolumeInfo,
 )
 from runner.exceptions import ExperimentExecutionError
@@ -61,6 +62,7 @@ class FakeEngine:
     finished: set[str] = field(default_factory=set)
     volumes_made: list[VolumeInfo] = field(default_factory=list)
     volumes_removed: list[str] = field(default_factory=list)
+    volumes_remade: list[str] = field(default_factory=list)
     archives: dict[tuple[str, str], bytes] = field(default_factory=dict)
     #: An engine on another machine: a bind mount never shows this machine's files.
     remote: bool = False
@@ -108,6 +110,16 @@ class FakeEngine:
             return f"s{len(self.support_helpers)}"
         if self.create_error is not None:
             raise self.create_error
+        for mount in config.get("mounts", []):
+            gone = [v for v in self.support_volumes if v.name in self.volumes_removed]
+            if mount["Type"] == "bind" and any(
+                mount["Source"].startswith(v.mountpoint + "/") for v in gone
+            ):
+                # As Docker answers: the volume's directory went with it.
+                raise SandboxRefused(
+                    "The Docker engine refused the sandbox: invalid mount config for type "
+                    f'"bind": bind source path does not exist: {mount["Source"]}'
+                )
         self.created.append({"image": image, "command": command, **config})
         self.calls.append("create")
         return f"c{len(self.created)}"
@@ -209,6 +221,11 @@ class FakeEngine:
         for volume in [*self.volumes_made, *self.support_volumes]:
             if volume.name == name and name not in self.volumes_removed:
                 return volume
+        if name is not None and name in self.volumes_removed:
+            # Made again after its removal: the same name, so the same mountpoint.
+            self.volumes_remade.append(name)
+            self.volumes_removed.remove(name)
+            return next(v for v in [*self.volumes_made, *self.support_volumes] if v.name == name)
         name = name or f"v{len(self.volumes_made) + 1}"
         volume = VolumeInfo(name, f"/var/lib/fake/volumes/{name}/_data", dict(labels))
         if name.startswith(SUPPORT_VOLUME):

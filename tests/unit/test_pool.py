@@ -668,7 +668,7 @@ def test_an_unexpected_error_starting_a_slot_is_reported_and_the_slot_replaced(
     pool._refill()
     assert not pool.wait_ready(10)
     assert pool.error is not None and "OSError: disk full" in str(pool.error)
-    pool.error = None
     assert pool.take() is None  # nothing ready yet; the take starts a replacement
-    assert pool.wait_ready(10)
+    assert pool.wait_ready(10)  # which is waited for: the old failure no longer stands
+    assert pool.error is None
     pool.close()

@@ -8,7 +8,7 @@ import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
 from runner.cleanup import cleanup
-from runner.engine import EngineKind
+from runner.engine import EngineKind, SandboxRefused
 from runner.support import HOSTS, RESOLV_CONF, SUPPORT_AT
 from tests.unit.fakes import FakeEngine
 
@@ -107,3 +107,33 @@ def _as_read_back(archive: bytes) -> bytes:
             member.name = "support/" + member.name
             tar.addfile(member, data)
     return out.getvalue()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_support_volume_removed_under_a_live_runner_is_made_again(
+    script: Path, kind: EngineKind
+) -> None:
+    """`runner cleanup --all` between two runs: the next run makes the volume again and runs."""
+    engine = FakeEngine(engine_kind=kind, wait_results=[0, 0, 0])
+    runner = ExperimentRunner(timeout=5, engine=engine)
+    assert runner.run(script, SPEC, 0).success
+    (volume,) = engine.support_volumes
+    cleanup(engine, everything=True)
+    assert volume.name in engine.volumes_removed
+
+    result = runner.run(script, SPEC, 1)
+
+    assert result.success, result.error_message
+    assert engine.volumes_remade == [volume.name]
+    assert len(engine.support_archives) == 2  # filled again
+    assert runner.run(script, SPEC, 2).success
+    assert engine.volumes_remade == [volume.name]  # once
+
+
+def test_a_sandbox_refused_for_another_reason_is_not_retried(script: Path) -> None:
+    """With the support volume in place, the engine's refusal stands: one attempt, its error."""
+    engine = FakeEngine(create_error=SandboxRefused("The Docker engine refused the sandbox: no"))
+    runner = ExperimentRunner(timeout=5, engine=engine)
+    with pytest.raises(SandboxRefused, match="refused the sandbox: no"):
+        runner.run(script, SPEC, 0)
+    assert engine.volumes_remade == [] and "create" not in engine.calls
