@@ -303,15 +303,13 @@ class DockerBackend:
             remade = self._support_remade
             try:
                 return self._execute_cold(image_id, request, on_output, token)
-            except SandboxStartError:
-                # A sandbox that failed to start ran nothing; gVisor occasionally fails
-                # to set one up, so one fresh attempt is safe and worth it.
-                if attempt == 2:
-                    raise
-            except SandboxRefused:
-                # Nothing ran either. If the support volume went (`runner cleanup --all`
-                # under this runner), it is made again and the run tried once more.
-                if attempt == 2 or not self._support_back(image_id, remade):
+            except (SandboxStartError, SandboxRefused) as e:
+                # Nothing ran, so one fresh attempt is safe: worth it when the support
+                # volume went (`runner cleanup --all` under this runner; it is made
+                # again), and after any failure to start (gVisor occasionally fails to
+                # set a sandbox up). A refusal for another reason stands.
+                back = self._support_back(image_id, remade)
+                if attempt == 2 or not (back or isinstance(e, SandboxStartError)):
                     raise
         raise AssertionError("unreachable")
 

@@ -123,3 +123,19 @@ def test_orphan_stops_itself_and_the_next_runner_removes_it(
     assert state.exit_code == 137
     ExperimentRunner(timeout=30, engine=engine).run_script_directly(write_script("pass\n", "n.py"))
     assert engine.containers(f"{LABEL}=1") == []
+
+
+def test_cleanup_all_under_a_live_runner_costs_its_next_run_nothing(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """`runner cleanup --all` removes the shared support volume; a live runner makes it again."""
+    runner = ExperimentRunner(timeout=30, engine=engine)
+    script = write_script("import json\nprint(json.dumps({'success': True}))\n")
+    assert runner.run(script, SPEC, 0).success
+    cleanup(engine, everything=True)
+    assert engine.volumes(f"{LABEL}=support") == []
+
+    result = runner.run(script, SPEC, 1)
+
+    assert result.success, result.error_message
+    assert len(engine.volumes(f"{LABEL}=support")) == 1
