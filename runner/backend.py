@@ -284,7 +284,10 @@ class DockerBackend:
         self, request: RunRequest, on_output: OutputCallback | None, token: object
     ) -> Execution:
         """Run the request in a warm slot if one fits and is ready, else in a cold container."""
-        execution = self._execute(request, on_output, token)
+        try:
+            execution = self._execute(request, on_output, token)
+        finally:
+            self._active.forget(token)
         return dataclasses.replace(execution, node=self.node)
 
     def _execute(
@@ -308,21 +311,29 @@ class DockerBackend:
                 # volume went (`runner cleanup --all` under this runner; it is made
                 # again), and after any failure to start (gVisor occasionally fails to
                 # set a sandbox up). A refusal for another reason stands.
-                back = self._support_back(image_id, remade)
-                if attempt == 2 or not (back or isinstance(e, SandboxStartError)):
+                if attempt == 2 or self._active.aborted(token):
+                    raise  # a cancelled run is never tried again
+                back = self._support_back(image_id, remade, e)
+                if not (back or isinstance(e, SandboxStartError)):
                     raise
         raise AssertionError("unreachable")
 
-    def _support_back(self, image_id: str, remade: int) -> bool:
-        """After a refused sandbox: True if the support volume was gone and is back
-        (made again here, or by another run since ``remade`` was read)."""
+    def _support_back(self, image_id: str, remade: int, error: Exception) -> bool:
+        """After a sandbox that was refused or failed to start: True if it may have
+        been for want of the support volume, which is now made again (here, or by
+        another run of this backend since ``remade`` was read).
+
+        Another runner of the engine may be making it again at the same time: then
+        the volume is there, but the error names one of its files, and filling it
+        once more is harmless (it is rewritten only when its content differs).
+        """
         support = self._support
         if support is None:
             return False
         with self._support_lock:
             if self._support_remade != remade:
                 return True
-            if not support_gone(self.engine, support):
+            if support.mountpoint not in str(error) and not support_gone(self.engine, support):
                 return False  # refused for another reason: the error stands
             # Same name, same content: the same paths on the engine's machine (the warm
             # pool's slot maker keeps them), so slots work again too.

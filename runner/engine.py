@@ -266,7 +266,9 @@ class DockerEngine:
                 hint = (
                     "the engine does not see this machine's files (a remote or "
                     "Docker-in-Docker engine): use transfer='auto' or 'copy' "
-                    "(RUNNER_TRANSFER, runner run --transfer)."
+                    "(RUNNER_TRANSFER, runner run --transfer); or a volume the path "
+                    "lies in was removed (`runner cleanup --all`): a cold run makes "
+                    "the runner's own again."
                 )
             else:
                 hint = (
@@ -299,10 +301,17 @@ class DockerEngine:
             sock.close()
 
     def start(self, container_id: str) -> None:
+        """Start the container. ``SandboxStartError`` when the runtime failed to set it
+        up (worth one fresh attempt); not when the container was removed meanwhile,
+        which is a run being cancelled (its sweep removes containers by label)."""
         try:
             self._api.start(container_id)
         except APIError as e:
             if any(failure in str(e.explanation) for failure in RUNTIME_FAILURES):
+                if not self._still_there(container_id):
+                    raise ExperimentExecutionError(
+                        "The sandbox was removed while it started (its run was cancelled)."
+                    ) from e
                 raise SandboxStartError(
                     f"The runtime could not start the sandbox: {e.explanation}",
                     hint="`runner doctor` checks each runtime; see /var/log/dockerd.log.",
@@ -310,6 +319,15 @@ class DockerEngine:
             raise _engine_error(e) from e
         except DockerException as e:
             raise _engine_error(e) from e
+
+    def _still_there(self, container_id: str) -> bool:
+        try:
+            self._api.inspect_container(container_id)
+        except NotFound:
+            return False
+        except DockerException:
+            return True  # not known to be gone
+        return True
 
     def wait(self, container_id: str, timeout: float) -> int | None:
         """Wait up to ``timeout`` seconds; the exit code, or None if still running."""

@@ -79,8 +79,17 @@ class ActiveRuns:
             return True
 
     def release(self, token: object) -> None:
+        """The token's container is gone; an abort still stands (see ``forget``)."""
         with self._lock:
             self._containers.pop(token, None)
+
+    def aborted(self, token: object) -> bool:
+        with self._lock:
+            return token in self._aborted
+
+    def forget(self, token: object) -> None:
+        """The token's run is over, every attempt of it: its abort no longer matters."""
+        with self._lock:
             self._aborted.discard(token)
 
     def abort(self, tokens: Iterable[object]) -> list[str]:

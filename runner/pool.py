@@ -412,6 +412,8 @@ class WarmPool:
         self._closed = False
         #: Why the last attempt to start a slot failed, until the pool tries again.
         self.error: ExperimentExecutionError | None = None
+        #: Counts the refills that started attempts: an older attempt's failure is stale.
+        self._round = 0
         self._threads: list[threading.Thread] = []
         self._refill()
 
@@ -470,13 +472,17 @@ class WarmPool:
             self._threads = [t for t in self._threads if t.is_alive()]
             if missing > 0:
                 self.error = None  # these attempts say anew whether slots start
+                self._round += 1
             for _ in range(max(missing, 0)):
-                thread = threading.Thread(target=self._start_one, name="runner-pool", daemon=True)
+                thread = threading.Thread(
+                    target=self._start_one, args=(self._round,), name="runner-pool", daemon=True
+                )
                 self._threads.append(thread)
                 thread.start()
 
-    def _start_one(self) -> None:
+    def _start_one(self, round_: int) -> None:
         slot: Slot | None = None
+        error: ExperimentExecutionError | None = None
         root = self.root
         if root is None:
             raise AssertionError("a slot is started only once the pool has a root")
@@ -485,14 +491,16 @@ class WarmPool:
             ok = wait_ready(slot)
         except ExperimentExecutionError as e:
             ok = False
-            self.error = e
+            error = e
         except Exception as e:  # noqa: BLE001 - a background thread: say why, keep the count
             ok = False
-            self.error = ExperimentExecutionError(
+            error = ExperimentExecutionError(
                 f"A warm pool container could not be started: {type(e).__name__}: {e}",
                 hint="runs are cold meanwhile; `runner doctor` checks the engine.",
             )
         with self._lock:
+            if error is not None and round_ == self._round:
+                self.error = error
             self._starting -= 1
             moved = self._root != root  # retargeted while this one started
             keep = ok and slot is not None and not self._closed and not moved

@@ -80,6 +80,7 @@ class SupportFiles:
     see ``runner.support``)."""
 
     volume: str
+    mountpoint: str
     seccomp: str
     resolv_conf: str
     hosts: str
@@ -88,6 +89,7 @@ class SupportFiles:
     def at(cls, volume: str, mountpoint: str) -> SupportFiles:
         return cls(
             volume=volume,
+            mountpoint=mountpoint,
             seccomp=f"{mountpoint}/seccomp.json",
             resolv_conf=f"{mountpoint}/resolv.conf",
             hosts=f"{mountpoint}/hosts",

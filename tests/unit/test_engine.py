@@ -163,3 +163,17 @@ def test_a_runtime_that_cannot_create_the_sandbox_is_a_start_failure() -> None:
     )
     with pytest.raises(SandboxStartError, match="runner doctor"):
         engine_with(api).start("c")
+
+
+def test_a_sandbox_removed_while_it_starts_is_cancelled_not_a_start_failure() -> None:
+    """A cancel's sweep removes the container mid-start: no retry, for nothing is to run."""
+    api = mock.Mock()
+    api.start.side_effect = APIError(
+        "500",
+        response=mock.Mock(status_code=500),
+        explanation="failed to create shim task: OCI runtime create failed: container gone",
+    )
+    api.inspect_container.side_effect = NotFound("no such container")
+    with pytest.raises(ExperimentExecutionError, match="removed while it started") as info:
+        engine_with(api).start("c")
+    assert not isinstance(info.value, SandboxStartError)

@@ -90,6 +90,25 @@ def test_a_sandbox_that_fails_to_start_is_retried_once(script: Path) -> None:
     assert broken.removed == ["c1", "c2"]
 
 
+def test_a_cancelled_run_whose_sandbox_fails_to_start_is_not_tried_again(script: Path) -> None:
+    """Cancelling removes the container; its failed start must not bring a fresh one."""
+    from runner.engine import SandboxStartError
+
+    class CancelledWhileStarting(FakeEngine):
+        def start(self, container_id: str) -> None:
+            backend = runner._backend  # as run_many's Ctrl-C does, for the run in flight
+            backend.abort(list(backend._active._containers))
+            raise SandboxStartError("OCI runtime start failed")
+
+    engine = CancelledWhileStarting()
+    runner = make(engine)
+    with pytest.raises(ExperimentExecutionError):
+        runner.run(script, SPEC, 0)
+    assert len(engine.created) == 1
+    assert not runner._backend._active.aborted(object())
+    assert not runner._backend._active._aborted  # the run is over: nothing kept
+
+
 def test_timeout_kills_and_reports(script: Path) -> None:
     """When the wait runs out the container is killed, removed, and the result says so."""
     engine = FakeEngine(wait_results=[None, 137])

@@ -137,3 +137,25 @@ def test_a_sandbox_refused_for_another_reason_is_not_retried(script: Path) -> No
     with pytest.raises(SandboxRefused, match="refused the sandbox: no"):
         runner.run(script, SPEC, 0)
     assert engine.volumes_remade == [] and "create" not in engine.calls
+
+
+def test_a_refusal_naming_a_support_file_fills_the_volume_again(script: Path) -> None:
+    """Another runner may be making the volume again: it is there, but the refusal names one
+    of its files. The volume is filled once more and the run tried again."""
+    engine = FakeEngine(wait_results=[0, 0])
+    runner = ExperimentRunner(timeout=5, engine=engine)
+    assert runner.run(script, SPEC, 0).success
+    (volume,) = engine.support_volumes
+    create = engine.create
+    refused: list[str] = []
+
+    def once(image: str, command: list[str], **config: object) -> str:
+        if not refused and not any(m["Target"] == SUPPORT_AT for m in config["mounts"]):  # type: ignore[attr-defined]
+            refused.append(image)
+            raise SandboxRefused(f"bind source path does not exist: {volume.mountpoint}/hosts")
+        return create(image, command, **config)
+
+    engine.create = once  # type: ignore[method-assign]
+    result = runner.run(script, SPEC, 1)
+    assert result.success, result.error_message
+    assert refused and len(engine.support_archives) == 2
