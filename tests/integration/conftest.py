@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,21 @@ from runner.cleanup import LABEL
 from runner.engine import DockerEngine
 from runner.settings import ExperimentDefaults
 from tests.conftest import TEST_ENGINE
+
+#: Run first in a caller the tests interrupt: SIGINT raises KeyboardInterrupt again. A
+#: shell that started the test run in the background (no job control) leaves SIGINT
+#: ignored, every child inherits that, and Python keeps an inherited SIG_IGN.
+INTERRUPTIBLE = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
+def interruptible_cli(*args: str) -> list[str]:
+    """The command line of ``python -m runner ARGS`` that Ctrl-C interrupts (``INTERRUPTIBLE``)."""
+    code = (
+        INTERRUPTIBLE
+        + "import runpy\nrunpy.run_module('runner', run_name='__main__', alter_sys=True)\n"
+    )
+    return [sys.executable, "-c", code, *args]
+
 
 #: The runtime this session of the suite runs under (RUNNER_RUNTIME picks it).
 RUNTIME = ExperimentDefaults().runtime or "runc"

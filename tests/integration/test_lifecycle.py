@@ -14,7 +14,7 @@ from pathlib import Path
 from runner import ExperimentRunner, cleanup
 from runner.cleanup import LABEL
 from runner.engine import ContainerInfo, DockerEngine
-from tests.integration.conftest import SPEC
+from tests.integration.conftest import INTERRUPTIBLE, SPEC
 
 
 def wait_for_container(engine: DockerEngine, timeout: float = 30) -> ContainerInfo:
@@ -33,9 +33,8 @@ def spawn(code: str) -> subprocess.Popen[str]:
     SIGINT is set back to raising KeyboardInterrupt: a shell that started the test
     run in the background leaves it ignored, and Python keeps an inherited SIG_IGN.
     """
-    prologue = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
     return subprocess.Popen(
-        [sys.executable, "-c", prologue + textwrap.dedent(code)],
+        [sys.executable, "-c", INTERRUPTIBLE + textwrap.dedent(code)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

@@ -28,7 +28,7 @@ from runner.cleanup import LABEL, cleanup
 from runner.cluster import LABEL_RUN
 from runner.engine import DockerEngine
 from tests.conftest import TEST_ENGINE
-from tests.integration.conftest import RUNTIME, run_once
+from tests.integration.conftest import RUNTIME, interruptible_cli, run_once
 
 # Before Ray is imported: no usage statistics, and Ray's own addresses stay on the
 # loopback (without this switch a driver swaps 127.0.0.1 for the machine's address).
@@ -313,8 +313,8 @@ def test_ctrl_c_on_runner_batch_removes_every_sandbox(
     """SIGINT to `runner batch --ray` cancels its runs and removes their containers (and the
     nodes' warm pools): exit 130."""
     scripts = [write_script(SLEEPER.replace("1.5", "60"), f"long{i}.py") for i in range(3)]
-    command = [sys.executable, "-m", "runner", "batch", *map(str, scripts), "--ray",
-               cluster.address, "--cpus", "1", "--memory", "1g", "--no-record", *warm]  # fmt: skip
+    command = interruptible_cli("batch", *map(str, scripts), "--ray", cluster.address,
+                                "--cpus", "1", "--memory", "1g", "--no-record", *warm)  # fmt: skip
     caller = subprocess.Popen(command, env={**os.environ, **RAY_ENVIRONMENT},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
