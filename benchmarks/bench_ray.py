@@ -20,9 +20,10 @@ weighs on all of them alike. Prints the median experiments per second and the
 ratios to bare and to local cold, and the machine's CPU time (all cores, from
 /proc/stat) per experiment each way; then what one fresh container costs the
 engine and its runtime at the least (create, start, wait and remove ``true``,
-no network, no other option: ``--floor`` of them), and the throughput a batch
-of fresh containers could reach at best when the cores are the limit (bare CPU
-per experiment over bare plus that floor); then the per-task overhead of Ray: a one-line
+no network, no other option: ``--floor`` of them, after the cluster and pools
+are gone, interleaved with the runner's cold one-line runs), and the throughput
+experiments of bare's CPU plus that floor reach when the cores are the limit;
+then the per-task overhead of Ray: a one-line
 script run one at a time, ``--runs`` times each way, interleaved (medians):
 locally with the files bind-mounted, locally with them copied through the
 engine's API (what a Ray task does on a node whose engine does not see its
@@ -73,7 +74,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=11)
-    parser.add_argument("--floor", type=int, default=20, help="minimal containers timed")
+    parser.add_argument(
+        "--floor", type=int, default=20, help="minimal containers (and one-line runs) timed"
+    )
     parser.add_argument(
         "--dind", action="store_true",
         help="sandboxes on a private Docker-in-Docker engine, not this machine's (for running "
@@ -133,7 +136,8 @@ def main() -> None:
                         timed("Ray warm", lambda: batched(ray_warm, batch))
                 ways = {"local, bind": local, "local, copy": copied, "Ray": on_ray}
                 overhead = one_at_a_time(ways, one, args.runs)
-                floor = container_floor(DockerEngine(), settings.image, args.floor)
+            # With the cluster and the pools gone: their idle CPU would count here.
+            floor = container_floor(DockerEngine(), settings.image, local, one, args.floor)
         report(
             {way: statistics.median(r) for way, r in rates.items()},
             {way: statistics.median(c) for way, c in cpu.items()},
@@ -192,20 +196,25 @@ def two_nodes(sandboxes: int) -> Iterator[Cluster]:
 def busy_seconds() -> float:
     """CPU seconds all of this machine's cores have spent busy (``/proc/stat``)."""
     with Path("/proc/stat").open() as stat:
-        # user nice system idle iowait irq softirq steal (guest time is in user already)
+        # user nice system idle iowait irq softirq steal (guest time is in user already);
+        # stolen time is another guest's, not this machine's work
         ticks = [int(field) for field in stat.readline().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / os.sysconf("SC_CLK_TCK")
 
 
-def container_floor(engine: DockerEngine, image: str, runs: int) -> float:
-    """Machine CPU seconds of the least a fresh container costs: ``true``, no options.
+def container_floor(
+    engine: DockerEngine, image: str, runner: ExperimentRunner, script: Path, runs: int
+) -> tuple[float, float]:
+    """Machine CPU seconds of the least a fresh container costs, and of a one-line run.
 
-    Create, start, wait and remove, one at a time, with no network (as the
-    sandboxes) and none of the runner's limits, mounts, checks or streams: what
-    the engine, its shim and the runtime spend on any container. Median of runs.
+    The least: ``true`` created, started, waited for and removed, one at a time,
+    with no network (as the sandboxes) and none of the runner's limits, mounts,
+    checks or streams: what the engine, its shim and the runtime spend on any
+    container. Interleaved with the runner's cold run of a one-line script
+    (``script``), whose difference is what the runner adds. Medians of ``runs``.
     """
-    spent = []
-    for _ in range(runs + 2):  # the first two warm the engine's caches
+    floor, one_line = [], []
+    for index in range(runs + 2):  # the first two warm the engine's caches
         before = busy_seconds()
         container = engine.create(image, ["true"], network_mode="none", network_disabled=True,
                                   labels={LABEL: "true"})  # fmt: skip
@@ -214,8 +223,12 @@ def container_floor(engine: DockerEngine, image: str, runs: int) -> float:
             engine.wait(container, 60)
         finally:
             engine.remove(container)
-        spent.append(busy_seconds() - before)
-    return statistics.median(spent[2:])
+        between = busy_seconds()
+        assert runner.run(script, SPEC, index).success
+        if index >= 2:
+            floor.append(between - before)
+            one_line.append(busy_seconds() - between)
+    return statistics.median(floor), statistics.median(one_line)
 
 
 def one_at_a_time(ways: dict[str, ExperimentRunner], script: Path, runs: int) -> dict[str, float]:
@@ -233,7 +246,7 @@ def one_at_a_time(ways: dict[str, ExperimentRunner], script: Path, runs: int) ->
 def report(
     rates: dict[str, float],
     cpu: dict[str, float],
-    floor: float,
+    floor: tuple[float, float],
     overhead: dict[str, float],
     runs: int,
 ) -> None:
@@ -242,14 +255,15 @@ def report(
     for way, rate in rates.items():
         print(f"{way:<16}{rate:>14.2f}{rate / rates['bare']:>10.2f}"
               f"{rate / rates['local cold']:>15.2f}{cpu[way]:>18.3f}")  # fmt: skip
-    ceiling = cpu["bare"] / (cpu["bare"] + floor)
+    least, one_line = floor
+    ceiling = cpu["bare"] / (cpu["bare"] + least)
     allowed = cpu["bare"] * (1 / TARGET_LOCAL - 1)
     print(f"\n(warm ways: a pool refills during the batch; its last refills fall after it)\n"
-          f"engine floor: a minimal fresh container costs {floor * 1000:.0f} ms of this "
-          f"machine's CPU (engine, shim, runtime); the runner's cold runs cost "
-          f"{(cpu['local cold'] - cpu['bare']) * 1000:.0f} ms an experiment over bare (the "
-          f"image's Python may run the script a little faster than the host venv).\n"
-          f"With the cores the limit, experiments of {cpu['bare']:.2f} s of CPU plus that floor "
+          f"engine floor: a minimal fresh container costs {least * 1000:.0f} ms of this "
+          f"machine's CPU (engine, shim, runtime); a cold one-line run through the runner "
+          f"{one_line * 1000:.0f} ms (its Python, checks and streams added); a short "
+          f"experiment's cold run {(cpu['local cold'] - cpu['bare']) * 1000:.0f} ms over bare.\n"
+          f"With the cores the limit, experiments of {cpu['bare']:.2f} s of CPU plus the floor "
           f"run at {ceiling:.2f}x bare; {TARGET_LOCAL}x would allow {allowed * 1000:.0f} ms "
           f"a container")  # fmt: skip
     local, on_ray_cold = rates["local cold"], rates["Ray cold"]
