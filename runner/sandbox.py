@@ -80,20 +80,20 @@ class SupportFiles:
     see ``runner.support``)."""
 
     volume: str
+    #: Where the volume's files are on the engine's machine.
     mountpoint: str
-    seccomp: str
-    resolv_conf: str
-    hosts: str
 
-    @classmethod
-    def at(cls, volume: str, mountpoint: str) -> SupportFiles:
-        return cls(
-            volume=volume,
-            mountpoint=mountpoint,
-            seccomp=f"{mountpoint}/seccomp.json",
-            resolv_conf=f"{mountpoint}/resolv.conf",
-            hosts=f"{mountpoint}/hosts",
-        )
+    @property
+    def seccomp(self) -> str:
+        return f"{self.mountpoint}/seccomp.json"
+
+    @property
+    def resolv_conf(self) -> str:
+        return f"{self.mountpoint}/resolv.conf"
+
+    @property
+    def hosts(self) -> str:
+        return f"{self.mountpoint}/hosts"
 
 
 #: Extra seconds the in-container deadline allows beyond the runner's own.

@@ -60,7 +60,7 @@ def ensure_support(engine: Engine, image_id: str, helper_labels: Mapping[str, st
             engine.put_archive(helper, SUPPORT_AT, _archive(files))
     finally:
         engine.remove(helper)
-    return SupportFiles.at(volume.name, volume.mountpoint)
+    return SupportFiles(volume.name, volume.mountpoint)
 
 
 def support_gone(engine: Engine, support: SupportFiles) -> bool:

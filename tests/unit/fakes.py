@@ -110,8 +110,8 @@ class FakeEngine:
             return f"s{len(self.support_helpers)}"
         if self.create_error is not None:
             raise self.create_error
+        gone = [v for v in self.support_volumes if v.name in self.volumes_removed]
         for mount in config.get("mounts", []):
-            gone = [v for v in self.support_volumes if v.name in self.volumes_removed]
             if mount["Type"] == "bind" and any(
                 mount["Source"].startswith(v.mountpoint + "/") for v in gone
             ):

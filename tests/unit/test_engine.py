@@ -152,14 +152,20 @@ def test_an_error_the_engine_answered_does_not_say_start_an_engine() -> None:
         engine_with(api).volumes("label")
 
 
-def test_a_runtime_that_cannot_create_the_sandbox_is_a_start_failure() -> None:
-    """'OCI runtime create failed' (crun on hybrid cgroups, say) is a failure to start."""
+def start_failing_with(explanation: str) -> mock.Mock:
+    """An API whose start answers 500 with ``explanation``, as Docker's does."""
     api = mock.Mock()
     api.start.side_effect = APIError(
-        "500",
-        response=mock.Mock(status_code=500),
-        explanation="failed to create shim task: OCI runtime create failed: cgroups in "
-        "hybrid mode not supported, drop all controllers from cgroupv2: unknown",
+        "500", response=mock.Mock(status_code=500), explanation=explanation
+    )
+    return api
+
+
+def test_a_runtime_that_cannot_create_the_sandbox_is_a_start_failure() -> None:
+    """'OCI runtime create failed' (crun on hybrid cgroups, say) is a failure to start."""
+    api = start_failing_with(
+        "failed to create shim task: OCI runtime create failed: cgroups in "
+        "hybrid mode not supported, drop all controllers from cgroupv2: unknown"
     )
     with pytest.raises(SandboxStartError, match="runner doctor"):
         engine_with(api).start("c")
@@ -167,11 +173,8 @@ def test_a_runtime_that_cannot_create_the_sandbox_is_a_start_failure() -> None:
 
 def test_a_sandbox_removed_while_it_starts_is_cancelled_not_a_start_failure() -> None:
     """A cancel's sweep removes the container mid-start: no retry, for nothing is to run."""
-    api = mock.Mock()
-    api.start.side_effect = APIError(
-        "500",
-        response=mock.Mock(status_code=500),
-        explanation="failed to create shim task: OCI runtime create failed: container gone",
+    api = start_failing_with(
+        "failed to create shim task: OCI runtime create failed: container gone"
     )
     api.inspect_container.side_effect = NotFound("no such container")
     with pytest.raises(ExperimentExecutionError, match="removed while it started") as info:

@@ -15,7 +15,7 @@ from runner.telemetry import Usage
 from tests.unit.fakes import FakeEngine
 
 SPEC = ExperimentSpec(experiment_name="podman", model_type="SVC")
-SUPPORT = SupportFiles.at("support", "/var/lib/containers/storage/volumes/support/_data")
+SUPPORT = SupportFiles("support", "/var/lib/containers/storage/volumes/support/_data")
 
 
 def podman_run(**changes: Any) -> Run:
