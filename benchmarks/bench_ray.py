@@ -49,10 +49,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# Before Ray is imported: no usage statistics, and addresses on the loopback only.
-os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+from runner.cluster import LOCAL_RAY_ENVIRONMENT, local_cluster
 
-import ray
+# Before Ray is imported: no usage statistics, and addresses on the loopback only.
+os.environ.update(LOCAL_RAY_ENVIRONMENT)
+
 from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -64,7 +65,6 @@ from runner.engine import DockerEngine
 from runner.settings import ExperimentDefaults
 from tests.engines import dind_engine
 
-LOOPBACK = "127.0.0.1"
 #: The issue's target for a local batch, as a share of bare throughput.
 TARGET_LOCAL = 0.95
 
@@ -90,7 +90,6 @@ def main() -> None:
     tempfile.tempdir = str(shared)  # the engine's probe file must be where it can see it
     # The Ray workers' too: a node unpacks a run's files there, where the engine sees them.
     os.environ["TMPDIR"] = str(shared)
-    (shared / "ray").mkdir()  # where Ray notes the address of the cluster it started
     try:
         root = shared / "experiments"
         batch = [(write(root / f"b{i}", "short.py", SHORT), SPEC, i) for i in range(args.batch)]
@@ -177,20 +176,8 @@ def batched(runner: ExperimentRunner, batch: list[tuple[Path, object, int]]) -> 
 def two_nodes(sandboxes: int) -> Iterator[Cluster]:
     """A local cluster of two nodes sharing this machine's sandbox capacity."""
     half = max(1, sandboxes // 2)
-    node = {"num_cpus": half, "memory": half * 2 * 1024**3 + 1024**3,
-            "node_ip_address": LOOPBACK, "object_store_memory": 150 * 1024**2}  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={**node, "include_dashboard": False, "temp_dir": temp_dir},
-        )
-        try:
-            cluster.add_node(**node)
-            ray.init(address=cluster.address, _node_ip_address=LOOPBACK, log_to_driver=False)
-            yield cluster
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
+    with local_cluster(2, num_cpus=half, memory=half * 2 * 1024**3 + 1024**3) as cluster:
+        yield cluster
 
 
 def busy_seconds() -> float:

@@ -35,6 +35,7 @@ import io
 import logging
 import os
 import secrets
+import shutil
 import socket
 import sys
 import tarfile
@@ -74,6 +75,20 @@ CANCEL_WAIT = 15.0
 CONNECT_TIMEOUT = 5.0
 
 
+#: A cluster on this machine alone: no usage statistics, and a driver keeps the loopback
+#: addresses (without the second, it swaps 127.0.0.1 for the machine's own address when
+#: it connects, where a cluster bound to the loopback does not listen). Ray reads both
+#: when it is imported.
+LOCAL_RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOOPBACK = "127.0.0.1"
+#: Each node of ``local_cluster``, unless told otherwise (``Cluster.add_node``'s arguments).
+LOCAL_NODE: dict[str, Any] = {
+    "num_cpus": 2,
+    "memory": 8 * 1024**3,
+    "object_store_memory": 150 * 1024**2,
+}
+
+
 def _ray() -> ModuleType:
     """Ray, imported on first use: it is an optional extra."""
     # Nothing of this process's data leaves for Ray's usage statistics.
@@ -83,6 +98,60 @@ def _ray() -> ModuleType:
     except ImportError as e:
         raise ExperimentExecutionError("The Ray backend needs Ray.", hint=RAY_HINT) from e
     return ray
+
+
+def ray_default_temp_dir() -> Path:
+    """Where Ray keeps what it shares between sessions on this machine: ``RAY_TMPDIR``,
+    else ``TMPDIR``, else ``/tmp``, then ``ray`` (as ``ray._common.utils`` finds it)."""
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"  # noqa: S108
+    return Path(base) / "ray"
+
+
+@contextlib.contextmanager
+def local_cluster(nodes: int = 2, **node: Any) -> Iterator[Any]:
+    """A Ray cluster of ``nodes`` nodes on this machine, each bound to 127.0.0.1, with
+    this process connected as its driver; yields ``ray.cluster_utils.Cluster``.
+
+    ``node`` holds each node's arguments of ``Cluster.add_node`` (by default
+    ``LOCAL_NODE``'s: 2 CPUs, 8 GiB of Ray's memory resource); the address is
+    always the loopback.
+
+    For trying the Ray backend, and for its tests: no dashboard, no usage
+    statistics (``LOCAL_RAY_ENVIRONMENT``, set unless already set). It needs
+    nothing an earlier run left behind: the session's files go to a directory of
+    its own (under ``/tmp``: Ray's socket paths must stay short), removed
+    afterwards, and the directory where ``Cluster`` notes the head's address
+    (``ray_default_temp_dir()``; Ray writes there but never makes it) is made
+    when missing and removed again if this call made it.
+    """
+    if nodes < 1:
+        raise ValueError("a cluster needs at least one node")
+    for name, value in LOCAL_RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    ray = _ray()
+    from ray.cluster_utils import Cluster
+
+    node = {**LOCAL_NODE, **node, "node_ip_address": LOOPBACK}
+    shared = ray_default_temp_dir()
+    made = not shared.exists()
+    shared.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as session:
+            cluster: Any = Cluster(
+                initialize_head=True,
+                head_node_args={**node, "include_dashboard": False, "temp_dir": session},
+            )
+            try:
+                for _ in range(nodes - 1):
+                    cluster.add_node(**node)
+                ray.init(address=cluster.address, _node_ip_address=LOOPBACK, log_to_driver=False)
+                yield cluster
+            finally:
+                ray.shutdown()
+                cluster.shutdown()
+    finally:
+        if made:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 @dataclass(frozen=True)

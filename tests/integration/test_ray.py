@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +24,13 @@ import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
 from runner.cleanup import LABEL, cleanup
-from runner.cluster import LABEL_RUN
+from runner.cluster import LABEL_RUN, LOOPBACK, local_cluster
+from runner.cluster import LOCAL_RAY_ENVIRONMENT as RAY_ENVIRONMENT
 from runner.engine import DockerEngine
 from tests.conftest import TEST_ENGINE
 from tests.integration.conftest import RUNTIME, interruptible_cli, run_once
 
-# Before Ray is imported: no usage statistics, and Ray's own addresses stay on the
-# loopback (without this switch a driver swaps 127.0.0.1 for the machine's address).
-RAY_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Before Ray is imported: no usage statistics, and Ray's own addresses stay on the loopback.
 os.environ.update(RAY_ENVIRONMENT)
 
 ray = pytest.importorskip("ray")
@@ -44,7 +42,6 @@ pytestmark = pytest.mark.skipif(
     "against Podman cover; the cluster is tested on Docker and Docker-in-Docker, under runc",
 )
 
-LOOPBACK = "127.0.0.1"
 #: Two CPUs and 8 GiB a node: two sandboxes of 1 CPU and 1 GiB at once each.
 NODE = {
     "num_cpus": 2,
@@ -64,18 +61,8 @@ print(json.dumps({"success": True, "metrics": {"start": start, "end": time.time(
 @pytest.fixture(scope="module")
 def cluster(engine: DockerEngine) -> Iterator[Cluster]:
     """A head and one more node on 127.0.0.1, started after the engine (workers inherit it)."""
-    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={**NODE, "include_dashboard": False, "temp_dir": temp_dir},
-        )
-        try:
-            cluster.add_node(**NODE)
-            ray.init(address=cluster.address, _node_ip_address=LOOPBACK, log_to_driver=False)
-            yield cluster
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
+    with local_cluster(2, **NODE) as cluster:
+        yield cluster
 
 
 @pytest.fixture
