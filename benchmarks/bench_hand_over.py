@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from runner import ExperimentRunner, ExperimentSpec
-from runner.engine import DockerEngine
-from runner.pool import LinkedFiles, VolumeFiles
-from runner.settings import ExperimentDefaults
+from runner.backends.pool import LinkedFiles, VolumeFiles
+from runner.core.settings import ExperimentDefaults
+from runner.sandbox.engine import DockerEngine
 from tests.engines import dind_engine
 
 ONE_LINE = "print('{\"success\": true}')\n"

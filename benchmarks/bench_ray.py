@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runner.cluster import LOCAL_RAY_ENVIRONMENT, local_cluster
+from runner.backends.ray.backend import LOCAL_RAY_ENVIRONMENT, local_cluster
 
 # Before Ray is imported: no usage statistics, and addresses on the loopback only.
 os.environ.update(LOCAL_RAY_ENVIRONMENT)
@@ -60,9 +60,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_sandbox import ONE_LINE, SHORT, SPEC, bare_env, host_venv, write
 
 from runner import ExperimentRunner
-from runner.cleanup import LABEL
-from runner.engine import DockerEngine
-from runner.settings import ExperimentDefaults
+from runner.core.settings import ExperimentDefaults
+from runner.sandbox.cleanup import LABEL
+from runner.sandbox.engine import DockerEngine
 from tests.engines import dind_engine
 
 #: The issue's target for a local batch, as a share of bare throughput.

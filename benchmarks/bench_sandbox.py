@@ -32,9 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import ExperimentRunner, ExperimentSpec
-from runner.engine import DockerEngine
-from runner.image import download_wheels, image_dir
-from runner.settings import ExperimentDefaults
+from runner.core.settings import ExperimentDefaults
+from runner.image.build import download_wheels, image_dir
+from runner.sandbox.engine import DockerEngine
 
 RF_SCRIPT = """\
 import json

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from runner import ExperimentRunner, ExperimentSpec
-from runner.demo import demo_data
+from runner.cli.demo import demo_data
 
 SCRIPT = textwrap.dedent(
     """

@@ -1,12 +1,15 @@
 """Run machine-generated scikit-learn experiments in hardened, single-use containers."""
 
-from runner.cleanup import cleanup
-from runner.codegen import CodeGenerator
-from runner.exceptions import ExperimentExecutionError
-from runner.experiment_runner import ExperimentRunner
-from runner.history import ResultsHistory
-from runner.models import ExperimentResult, ExperimentSpec, PreprocessingConfig
-from runner.settings import ExperimentDefaults
+from runner import _moved
+from runner.core.exceptions import ExperimentExecutionError
+from runner.core.models import ExperimentResult, ExperimentSpec, PreprocessingConfig
+from runner.core.settings import ExperimentDefaults
+from runner.experiment.codegen import CodeGenerator
+from runner.experiment.runner import ExperimentRunner
+from runner.results.history import ResultsHistory
+from runner.sandbox.cleanup import cleanup
+
+_moved.install()
 
 __all__ = [
     "CodeGenerator",

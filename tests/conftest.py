@@ -12,8 +12,8 @@ import pytest
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from runner import ExperimentExecutionError
-from runner.engine import DockerEngine
-from runner.settings import ExperimentDefaults
+from runner.core.settings import ExperimentDefaults
+from runner.sandbox.engine import DockerEngine
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: The engine the integration and adversarial suites run against: "local" (default),

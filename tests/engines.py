@@ -32,7 +32,7 @@ import docker
 from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.models.images import Image
 
-from runner.settings import DEFAULT_BASE_IMAGE, DEFAULT_IMAGE
+from runner.core.settings import DEFAULT_BASE_IMAGE, DEFAULT_IMAGE
 
 # The Ryuk reaper image cannot be pulled here (no registry); these helpers clean up themselves.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from runner import ExperimentResult, ExperimentRunner
-from runner.engine import DockerEngine
+from runner.sandbox.engine import DockerEngine
 from tests.integration.conftest import (  # noqa: F401 - fixtures shared with this suite
     SPEC,
     no_leftover_containers,

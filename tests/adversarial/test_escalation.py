@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.identity import UID_COUNT, UID_FIRST
-from runner.sandbox import sandbox_environment
+from runner.sandbox.identity import UID_COUNT, UID_FIRST
+from runner.sandbox.policy import sandbox_environment
 from tests.adversarial.conftest import Hostile, report
 from tests.integration.conftest import ENGINE_ENVIRONMENT, INIT_COMMANDS, RUNTIME
 

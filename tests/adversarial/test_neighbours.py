@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import ExperimentRunner
-from runner.engine import DockerEngine
+from runner.sandbox.engine import DockerEngine
 from tests.adversarial.conftest import report
 from tests.integration.conftest import SPEC
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import ExperimentRunner
-from runner.engine import DockerEngine
+from runner.sandbox.engine import DockerEngine
 from tests.adversarial.conftest import Hostile, report
 from tests.integration.conftest import LOCAL_ENGINE, RUNTIME, SPEC
 

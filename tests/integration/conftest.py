@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner, ExperimentSpec
-from runner.cleanup import LABEL
-from runner.engine import DockerEngine
-from runner.settings import ExperimentDefaults
+from runner.core.settings import ExperimentDefaults
+from runner.sandbox.cleanup import LABEL
+from runner.sandbox.engine import DockerEngine
 from tests.conftest import TEST_ENGINE
 
 #: Run first in a caller the tests interrupt: SIGINT raises KeyboardInterrupt again. A

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner
-from runner.engine import DockerEngine
+from runner.sandbox.engine import DockerEngine
 from tests.integration.conftest import SPEC
 
 #: What a shell, a quoting bug or a line-based protocol would mangle.

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import CodeGenerator, ExperimentRunner, ExperimentSpec
-from runner.demo import demo_data
-from runner.engine import DockerEngine
-from runner.settings import ExperimentDefaults
+from runner.cli.demo import demo_data
+from runner.core.settings import ExperimentDefaults
+from runner.sandbox.engine import DockerEngine
 from tests.integration.conftest import RUNTIME, SPEC, needs_local_engine
 
 #: A million tiny files; gVisor's tmpfs ignores its inode cap, and that many would

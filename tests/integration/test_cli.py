@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import ExperimentResult
-from runner.history import ResultsHistory
+from runner.results.history import ResultsHistory
 from tests.conftest import TEST_ENGINE
 
 

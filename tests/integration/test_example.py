@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runner.demo import demo_data
+from runner.cli.demo import demo_data
 from tests.integration.conftest import run_once
 
 #: Tests what is built on the sandbox, not the engine or runtime: once, in the runc pass.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner
-from runner.engine import DockerEngine
+from runner.sandbox.engine import DockerEngine
 from tests.integration.conftest import run_once
 
 GALLERY = Path(__file__).parent.parent / "data" / "gallery"

@@ -12,8 +12,8 @@ from docker.types import Ulimit
 from testcontainers.core.container import DockerContainer
 
 from runner import ExperimentExecutionError, ExperimentRunner
-from runner.engine import DockerEngine
-from runner.image import (
+from runner.core.settings import ExperimentDefaults
+from runner.image.build import (
     IMAGE_LISTING,
     LABEL_ADDED,
     LABEL_LOCK,
@@ -26,8 +26,8 @@ from runner.image import (
     run_listing,
     verify_image,
 )
-from runner.lock import check_lock
-from runner.settings import ExperimentDefaults
+from runner.image.python_lock import check_lock
+from runner.sandbox.engine import DockerEngine
 from tests.integration.conftest import SPEC, run_once
 
 INSPECT = (

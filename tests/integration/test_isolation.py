@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner
-from runner.cleanup import LABEL
-from runner.engine import DockerEngine
-from runner.identity import UID_COUNT, UID_FIRST
-from runner.sandbox import host_pids_limit, sandbox_environment
+from runner.sandbox.cleanup import LABEL
+from runner.sandbox.engine import DockerEngine
+from runner.sandbox.identity import UID_COUNT, UID_FIRST
+from runner.sandbox.policy import host_pids_limit, sandbox_environment
 from tests.conftest import IN_CI
 from tests.integration.conftest import ENGINE_ENVIRONMENT, RUNTIME, SPEC, needs_local_engine
 from tests.integration.test_lifecycle import wait_for_container

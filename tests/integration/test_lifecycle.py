@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import ExperimentRunner, cleanup
-from runner.cleanup import LABEL
-from runner.engine import ContainerInfo, DockerEngine
+from runner.sandbox.cleanup import LABEL
+from runner.sandbox.engine import ContainerInfo, DockerEngine
 from tests.integration.conftest import INTERRUPTIBLE, SPEC
 
 

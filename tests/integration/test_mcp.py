@@ -11,8 +11,8 @@ from pathlib import Path
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, ImageContent, TextContent
 
-from runner.demo import TARGET, demo_data
-from runner.engine import DockerEngine
+from runner.cli.demo import TARGET, demo_data
+from runner.sandbox.engine import DockerEngine
 from tests.integration.conftest import run_once
 
 #: Tests what is built on the sandbox, not the engine or runtime: once, in the runc pass.

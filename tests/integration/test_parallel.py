@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner, ExperimentSpec
-from runner.cleanup import LABEL
-from runner.engine import DockerEngine
+from runner.sandbox.cleanup import LABEL
+from runner.sandbox.engine import DockerEngine
 from tests.integration.conftest import SPEC
 from tests.integration.test_lifecycle import spawn, wait_for_container
 

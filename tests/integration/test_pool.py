@@ -21,10 +21,10 @@ import docker
 import pytest
 
 from runner import ExperimentResult, ExperimentRunner
-from runner.cleanup import LABEL
-from runner.engine import DockerEngine
-from runner.identity import UID_COUNT, UID_FIRST
-from runner.settings import ExperimentDefaults
+from runner.core.settings import ExperimentDefaults
+from runner.sandbox.cleanup import LABEL
+from runner.sandbox.engine import DockerEngine
+from runner.sandbox.identity import UID_COUNT, UID_FIRST
 from tests.integration.conftest import SPEC, needs_local_engine
 from tests.integration.test_args_and_hints import AWKWARD_ARGS
 from tests.integration.test_lifecycle import spawn, wait_for_container

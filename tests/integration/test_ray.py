@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.cleanup import LABEL, cleanup
-from runner.cluster import LABEL_RUN, LOOPBACK, local_cluster
-from runner.cluster import LOCAL_RAY_ENVIRONMENT as RAY_ENVIRONMENT
-from runner.engine import DockerEngine
+from runner.backends.ray.backend import LABEL_RUN, LOOPBACK, local_cluster
+from runner.backends.ray.backend import LOCAL_RAY_ENVIRONMENT as RAY_ENVIRONMENT
+from runner.sandbox.cleanup import LABEL, cleanup
+from runner.sandbox.engine import DockerEngine
 from tests.conftest import TEST_ENGINE
 from tests.integration.conftest import RUNTIME, interruptible_cli, run_once
 

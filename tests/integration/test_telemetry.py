@@ -11,7 +11,7 @@ import docker
 import pytest
 
 from runner import ExperimentResult, ExperimentRunner
-from runner.engine import DockerEngine
+from runner.sandbox.engine import DockerEngine
 from tests.integration.conftest import LOCAL_ENGINE, SPEC, needs_local_engine
 from tests.integration.test_lifecycle import wait_for_container
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner
-from runner.engine import DockerEngine
+from runner.sandbox.engine import DockerEngine
 from tests.integration.conftest import SPEC, needs_local_engine
 
 PROBE = """

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner
-from runner.settings import ExperimentDefaults
+from runner.core.settings import ExperimentDefaults
 from tests.unit.fakes import FakeEngine
 
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from runner.bootstrap import READY
-from runner.engine import (
+from runner.backends.bootstrap import READY
+from runner.core.exceptions import ExperimentExecutionError
+from runner.core.sizes import parse_size
+from runner.sandbox.engine import (
     ContainerInfo,
     ContainerState,
     Engine,
@@ -19,10 +21,8 @@ from runner.engine import (
     SandboxRefused,
     VolumeInfo,
 )
-from runner.exceptions import ExperimentExecutionError
-from runner.sandbox import EXIT_MARKER
-from runner.sizes import parse_size
-from runner.support import SUPPORT_AT, SUPPORT_VOLUME
+from runner.sandbox.policy import EXIT_MARKER
+from runner.sandbox.support import SUPPORT_AT, SUPPORT_VOLUME
 
 
 class FakeStream:
@@ -39,7 +39,7 @@ class FakeStream:
 
 @dataclass
 class FakeEngine:
-    """Stands in for ``DockerEngine`` (it satisfies ``runner.engine.Engine``).
+    """Stands in for ``DockerEngine`` (it satisfies ``runner.sandbox.engine.Engine``).
 
     Each container prints ``stdout`` and ``stderr``; ``wait_results`` are
     returned in turn. A container created with ``stdin_open`` (a warm slot)
@@ -75,7 +75,7 @@ class FakeEngine:
     volume_options: dict[str, Mapping[str, str] | None] = field(default_factory=dict)
     #: Containers the engine lists (by label) besides none: ones other callers left.
     listed: list[ContainerInfo] = field(default_factory=list)
-    #: The engine's support volume (``runner.support``), its filling helpers and what they
+    #: The engine's support volume (``runner.sandbox.support``), its filling helpers and what they
     #: wrote: kept apart, so that ``created``, ``calls`` and ``volumes_made`` are the runs'.
     support_volumes: list[VolumeInfo] = field(default_factory=list)
     support_helpers: list[dict[str, Any]] = field(default_factory=list)

@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.arguments import MAX_ARGS, MAX_ARGS_BYTES, check_args
-from runner.bootstrap import hand_over_line
+from runner.backends.bootstrap import hand_over_line
+from runner.experiment.checks import MAX_ARGS, MAX_ARGS_BYTES, check_args
 from tests.unit.fakes import FakeEngine
 
 SPEC = ExperimentSpec(experiment_name="args", model_type="SVC")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runner import ExperimentRunner, ExperimentSpec
-from runner.artifacts import (
+from runner.sandbox.artifacts import (
     ARTIFACTS_MARKER,
     SKIPPED_KEY,
     ArtifactSink,
@@ -22,7 +22,7 @@ from runner.artifacts import (
     check_name,
     extract,
 )
-from runner.output import OutputCollector
+from runner.sandbox.streams import OutputCollector
 from tests.unit.fakes import FakeEngine, FakeStream
 
 LIMITS = OutputLimits(max_bytes=10_000, max_files=5, max_file_size=4_000)
@@ -350,7 +350,7 @@ def test_an_outputs_tmpfs_without_outputs_stops_the_run(script: Path) -> None:
 
 def test_limits_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """RUNNER_OUTPUTS_* set the limits; the tmpfs is as big as the byte limit."""
-    from runner.settings import ExperimentDefaults
+    from runner.core.settings import ExperimentDefaults
 
     monkeypatch.setenv("RUNNER_OUTPUTS_MAX_BYTES", "1m")
     monkeypatch.setenv("RUNNER_OUTPUTS_MAX_FILES", "7")
@@ -363,7 +363,7 @@ def test_limits_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_pool_made_with_outputs_serves_runs_with_outputs_only(tmp_path: Path) -> None:
     """Slots of a runner with outputs have /outputs; a run with other outputs goes cold."""
-    from runner.settings import ExperimentDefaults
+    from runner.core.settings import ExperimentDefaults
 
     stream = ARTIFACTS_MARKER + tar_of(file("plot.png"))
     engine = FakeEngine(wait_results=[0, 0, 0], stdout=b"{}\n" + stream)
@@ -393,7 +393,7 @@ def test_a_pool_made_with_outputs_serves_runs_with_outputs_only(tmp_path: Path) 
 
 def test_artifacts_are_recorded_in_the_history(script: Path, tmp_path: Path) -> None:
     """The history keeps each result's artifacts and message; run_many gives each job a dir."""
-    from runner.history import ResultsHistory
+    from runner.results.history import ResultsHistory
 
     stream = ARTIFACTS_MARKER + tar_of(file("model.pkl", b"m"))
     engine = FakeEngine(wait_results=[0, 0], stdout=b"{}\n" + stream)

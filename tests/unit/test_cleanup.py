@@ -3,7 +3,7 @@ import socket
 import time
 from pathlib import Path
 
-from runner.cleanup import (
+from runner.sandbox.cleanup import (
     LABEL_DEADLINE,
     LABEL_OWNER,
     is_abandoned,

@@ -9,11 +9,11 @@ from typing import Any, ClassVar
 import pytest
 from rich.console import Console
 
-from runner import cli
-from runner.cli import main
-from runner.exceptions import ExperimentExecutionError
-from runner.history import ResultsHistory
-from runner.models import ExperimentResult
+from runner.cli import main as cli
+from runner.cli.main import main
+from runner.core.exceptions import ExperimentExecutionError
+from runner.core.models import ExperimentResult
+from runner.results.history import ResultsHistory
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:

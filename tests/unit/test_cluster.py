@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.artifacts import ARTIFACTS_MARKER, OutputLimits, Outputs
-from runner.backend import DockerBackend, RunRequest
-from runner.cluster import (
+from runner.backends.local import DockerBackend, RunRequest
+from runner.backends.ray.backend import (
     LABEL_RUN,
     NodeJob,
     NodePool,
@@ -25,11 +24,12 @@ from runner.cluster import (
     fingerprint,
     run_job,
 )
-from runner.engine import ContainerInfo
-from runner.lifecycle import Execution
-from runner.sandbox import SandboxPolicy
-from runner.transfer import pack, reroot
-from runner.tree import TreeRefused
+from runner.sandbox.artifacts import ARTIFACTS_MARKER, OutputLimits, Outputs
+from runner.sandbox.engine import ContainerInfo
+from runner.sandbox.files.transfer import pack, reroot
+from runner.sandbox.files.tree import TreeRefused
+from runner.sandbox.lifecycle import Execution
+from runner.sandbox.policy import SandboxPolicy
 from tests.unit.fakes import FakeEngine, file_mounts
 
 POLICY = SandboxPolicy(image="img", cpu_limit=1.0, memory_limit="1g")

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from runner import CodeGenerator, ExperimentSpec, PreprocessingConfig
-from runner.codegen import ESTIMATORS, SCRIPT_NAME
-from runner.demo import demo_data
+from runner.cli.demo import demo_data
+from runner.experiment.codegen import ESTIMATORS, SCRIPT_NAME
 
 
 def spec(model_type: str = "LogisticRegression", **params: object) -> ExperimentSpec:

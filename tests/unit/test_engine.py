@@ -6,7 +6,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from runner import ExperimentExecutionError
-from runner.engine import DockerEngine, SandboxStartError
+from runner.sandbox.engine import DockerEngine, SandboxStartError
 
 DOCKER_VERSION = {"Version": "20.10.24", "Components": [{"Name": "Engine"}]}
 PODMAN_VERSION = {"Version": "4.3.1", "Components": [{"Name": "Podman Engine"}]}
@@ -111,7 +111,7 @@ def test_podman_removal_is_retried_while_the_container_exits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Podman's 500 on removing a container that is just exiting is retried, then it goes."""
-    monkeypatch.setattr("runner.engine.time.sleep", lambda _: None)
+    monkeypatch.setattr("runner.sandbox.engine.time.sleep", lambda _: None)
     api = mock.Mock()
     busy = APIError("busy", response=mock.Mock(status_code=500))
     api.remove_container.side_effect = [busy, busy, None]

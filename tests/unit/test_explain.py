@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner, ExperimentSpec
-from runner.explain import Context, Evidence, explain
-from runner.parsing import Ending
+from runner.experiment.hints import Context, Evidence, explain
+from runner.experiment.verdict import Ending
 from tests.unit.fakes import FakeEngine
 
 CONTEXT = Context(image="sklearn:pinned", visible=(Path("/work/exp"), Path("/data/in.csv")))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentResult
-from runner.history import ResultsHistory, best_first, ranking_metric
+from runner.results.history import ResultsHistory, best_first, ranking_metric
 
 
 def result(name: str = "x", success: bool = True, minutes: int = 0, **metrics: float):

@@ -1,7 +1,7 @@
 import os
 from pathlib import Path
 
-from runner.identity import UID_COUNT, UID_FIRST, lease_uid, release_stale
+from runner.sandbox.identity import UID_COUNT, UID_FIRST, lease_uid, release_stale
 
 
 def test_live_leases_never_share_a_uid(tmp_path: Path) -> None:
@@ -17,7 +17,7 @@ def test_live_leases_never_share_a_uid(tmp_path: Path) -> None:
 def test_a_held_uid_is_skipped_and_a_released_one_freed(tmp_path: Path, monkeypatch) -> None:
     """A user ID another holder has locked is not handed out again until released."""
     draws = iter([UID_FIRST + 1, UID_FIRST + 1, UID_FIRST + 2, UID_FIRST + 1])
-    monkeypatch.setattr("runner.identity._draw", lambda: next(draws))
+    monkeypatch.setattr("runner.sandbox.identity._draw", lambda: next(draws))
     first = lease_uid(tmp_path)
     second = lease_uid(tmp_path)
     assert (first.uid, second.uid) == (UID_FIRST + 1, UID_FIRST + 2)

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from runner import ExperimentDefaults, ExperimentExecutionError
-from runner import image as image_module
-from runner import lock as lock_module
-from runner.cli import main
-from runner.image import (
+from runner.cli.main import main
+from runner.core.settings import DEFAULT_IMAGE
+from runner.image import build as image_module
+from runner.image import python_lock as lock_module
+from runner.image.build import (
     DEFINITION_FILES,
     LABEL_DEBIAN,
     LABEL_LOCK,
@@ -25,8 +26,7 @@ from runner.image import (
     parse_listing,
     verify_image,
 )
-from runner.lock import check_lock, compile_lock, locked_packages
-from runner.settings import DEFAULT_IMAGE
+from runner.image.python_lock import check_lock, compile_lock, locked_packages
 
 REPO = Path(__file__).resolve().parents[2]
 SHA = "0" * 64
@@ -282,7 +282,7 @@ def test_cli_info_and_verify_take_an_image_name(monkeypatch: pytest.MonkeyPatch)
             asked.append(ref)
             return {**super().image_inspect(ref), "Size": 1e9}
 
-    monkeypatch.setattr("runner.cli.DockerEngine", lambda: Engine(LABELS))
+    monkeypatch.setattr("runner.cli.main.DockerEngine", lambda: Engine(LABELS))
     monkeypatch.setattr(image_module, "run_listing", lambda engine, image, code: listing())
     assert main(["image", "info", "mine:1"]) == 0
     assert main(["image", "verify", "mine:1"]) == 0
@@ -300,7 +300,7 @@ def test_cli_run_takes_an_image(monkeypatch: pytest.MonkeyPatch, script: Path) -
         seen.update(kwargs)
         raise Stop
 
-    monkeypatch.setattr("runner.cli.ExperimentRunner", fake_runner)
+    monkeypatch.setattr("runner.cli.main.ExperimentRunner", fake_runner)
     with pytest.raises(Stop):
         main(["run", str(script), "--image", "mine:1"])
     assert seen["image"] == "mine:1"

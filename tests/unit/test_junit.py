@@ -1,8 +1,8 @@
 from datetime import UTC, datetime
 from xml.etree import ElementTree as ET
 
-from runner.junit import junit_report
-from runner.models import ExperimentResult
+from runner.core.models import ExperimentResult
+from runner.results.junit import junit_report
 
 
 def result(name: str, **fields: object) -> ExperimentResult:

@@ -13,16 +13,16 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult, ImageContent, TextContent
 
-from runner.artifacts import ARTIFACTS_MARKER
-from runner.exceptions import ExperimentExecutionError
-from runner.mcp_server import (
+from runner.core.exceptions import ExperimentExecutionError
+from runner.core.settings import ExperimentDefaults
+from runner.core.sizes import parse_size
+from runner.mcp.service import (
     SandboxService,
     ServerPolicy,
     build_server,
     data_sets,
 )
-from runner.settings import ExperimentDefaults
-from runner.sizes import parse_size
+from runner.sandbox.artifacts import ARTIFACTS_MARKER
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_artifacts import file, tar_of
 
@@ -272,7 +272,7 @@ def test_streamable_http_serves_on_loopback_by_default(tmp_path: Path) -> None:
     """`runner mcp --http` binds 127.0.0.1 unless told otherwise; a client calls a tool there."""
     import socket
 
-    from runner.cli import _parser
+    from runner.cli.main import _parser
 
     args = _parser().parse_args(["mcp", "--http"])
     assert (args.host, args.http) == ("127.0.0.1", True)

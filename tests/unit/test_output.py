@@ -1,7 +1,7 @@
 import pytest
 
-from runner.output import OutputCollector, TailBuffer
-from runner.sandbox import EXIT_MARKER
+from runner.sandbox.policy import EXIT_MARKER
+from runner.sandbox.streams import OutputCollector, TailBuffer
 from tests.unit.fakes import FakeStream
 
 

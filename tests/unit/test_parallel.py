@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner, ExperimentSpec
-from runner.output import MAX_LINE, LineSplitter
+from runner.sandbox.streams import MAX_LINE, LineSplitter
 from tests.unit.fakes import FakeEngine
 
 SPEC = ExperimentSpec(experiment_name="job", model_type="SVC")

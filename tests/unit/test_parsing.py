@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from runner.parsing import Ending, find_result_line, interpret, printable
+from runner.experiment.verdict import Ending, find_result_line, interpret, printable
 
 
 def judge(stdout: str = "", stderr: str = "", exit_code: int | None = 0, **ending: bool):

@@ -6,7 +6,14 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.parsing import Ending, Verdict, find_result_line, interpret, json_error, parse_metrics
+from runner.experiment.verdict import (
+    Ending,
+    Verdict,
+    find_result_line,
+    interpret,
+    json_error,
+    parse_metrics,
+)
 
 # Fast enough for every run of the unit tests (a few seconds in all).
 fuzz = settings(max_examples=300, deadline=None)

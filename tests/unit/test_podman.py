@@ -6,12 +6,12 @@ from typing import Any
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.identity import lease_uid
-from runner.lifecycle import Resources, Sandbox
-from runner.podman import adapt, tmpfs_volume_options
-from runner.sandbox import Run, SandboxPolicy, SupportFiles, container_config
-from runner.seccomp import profile
-from runner.telemetry import Usage
+from runner.sandbox.identity import lease_uid
+from runner.sandbox.lifecycle import Resources, Sandbox
+from runner.sandbox.podman import adapt, tmpfs_volume_options
+from runner.sandbox.policy import Run, SandboxPolicy, SupportFiles, container_config
+from runner.sandbox.seccomp import profile
+from runner.sandbox.telemetry import Usage
 from tests.unit.fakes import FakeEngine
 
 SPEC = ExperimentSpec(experiment_name="podman", model_type="SVC")

@@ -15,13 +15,20 @@ from typing import Any
 import pytest
 
 from runner import ExperimentDefaults, ExperimentExecutionError, ExperimentRunner
-from runner.backend import fits_pool
-from runner.bootstrap import READY, SOURCE, hand_over_line
-from runner.cleanup import LABEL, LABEL_DEADLINE, LABEL_OWNER
-from runner.models import ExperimentSpec
-from runner.pool import SlotMaker, WarmPool, may_be_pool_root, outermost, pool_root_for, stage
-from runner.sandbox import SandboxPolicy
-from runner.tree import Budget, TreeExpired, TreeRefused
+from runner.backends.bootstrap import READY, SOURCE, hand_over_line
+from runner.backends.local import fits_pool
+from runner.backends.pool import (
+    SlotMaker,
+    WarmPool,
+    may_be_pool_root,
+    outermost,
+    pool_root_for,
+    stage,
+)
+from runner.core.models import ExperimentSpec
+from runner.sandbox.cleanup import LABEL, LABEL_DEADLINE, LABEL_OWNER
+from runner.sandbox.files.tree import Budget, TreeExpired, TreeRefused
+from runner.sandbox.policy import SandboxPolicy
 from tests.unit.fakes import FakeEngine, file_mounts
 
 SPEC = ExperimentSpec(experiment_name="warm", model_type="SVC")

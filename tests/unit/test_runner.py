@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.cleanup import LABEL
+from runner.sandbox.cleanup import LABEL
 from tests.unit.fakes import FakeEngine, file_mounts
 
 SPEC = ExperimentSpec(
@@ -69,7 +69,7 @@ def test_inputs_from_constructor_and_run_are_mounted(script: Path, tmp_path: Pat
 
 def test_a_sandbox_that_fails_to_start_is_retried_once(script: Path) -> None:
     """A runtime start failure gets one fresh container; a second failure raises."""
-    from runner.engine import SandboxStartError
+    from runner.sandbox.engine import SandboxStartError
 
     class Flaky(FakeEngine):
         failures = 1
@@ -92,7 +92,7 @@ def test_a_sandbox_that_fails_to_start_is_retried_once(script: Path) -> None:
 
 def test_a_cancelled_run_whose_sandbox_fails_to_start_is_not_tried_again(script: Path) -> None:
     """Cancelling removes the container; its failed start must not bring a fresh one."""
-    from runner.engine import SandboxStartError
+    from runner.sandbox.engine import SandboxStartError
 
     class CancelledWhileStarting(FakeEngine):
         def start(self, container_id: str) -> None:

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.cleanup import LABEL, build_labels
-from runner.sandbox import (
+from runner.sandbox.cleanup import LABEL, build_labels
+from runner.sandbox.policy import (
     Run,
     SandboxPolicy,
     container_config,
@@ -11,7 +11,7 @@ from runner.sandbox import (
     sandbox_environment,
     unreadable,
 )
-from runner.seccomp import profile
+from runner.sandbox.seccomp import profile
 
 
 def config(**policy: object) -> dict:

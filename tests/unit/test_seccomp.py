@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from runner.cleanup import build_labels
-from runner.sandbox import Run, SandboxPolicy, container_config
-from runner.seccomp import profile
+from runner.sandbox.cleanup import build_labels
+from runner.sandbox.policy import Run, SandboxPolicy, container_config
+from runner.sandbox.seccomp import profile
 
 #: The engine's own default: moby v20.10.24, profiles/seccomp/default.json, unmodified.
 UPSTREAM = json.loads((Path(__file__).parent / "data" / "docker-20.10.24-seccomp.json").read_text())

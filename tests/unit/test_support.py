@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.cleanup import cleanup
-from runner.engine import EngineKind, SandboxRefused
-from runner.support import HOSTS, RESOLV_CONF, SUPPORT_AT
+from runner.sandbox.cleanup import cleanup
+from runner.sandbox.engine import EngineKind, SandboxRefused
+from runner.sandbox.support import HOSTS, RESOLV_CONF, SUPPORT_AT
 from tests.unit.fakes import FakeEngine
 
 SPEC = ExperimentSpec(experiment_name="support", model_type="SVC")

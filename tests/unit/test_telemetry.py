@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import telemetry
-from runner.telemetry import CgroupTelemetry
+from runner.sandbox import telemetry
+from runner.sandbox.telemetry import CgroupTelemetry
 
 
 def test_a_run_cgroup_still_busy_is_released_once_it_empties(

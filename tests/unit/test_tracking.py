@@ -19,11 +19,12 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec, cli
-from runner.artifacts import ARTIFACTS_MARKER
-from runner.cli import main
-from runner.history import ResultsHistory
-from runner.tracking import MlflowTracker
+from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
+from runner.cli import main as cli
+from runner.cli.main import main
+from runner.results.history import ResultsHistory
+from runner.results.mlflow import MlflowTracker
+from runner.sandbox.artifacts import ARTIFACTS_MARKER
 from tests.unit.fakes import FakeEngine
 from tests.unit.test_artifacts import file, tar_of
 

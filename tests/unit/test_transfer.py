@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.transfer import archive, engine_sees_local_files
-from runner.tree import Budget, TreeRefused
+from runner.sandbox.files.transfer import archive, engine_sees_local_files
+from runner.sandbox.files.tree import Budget, TreeRefused
 from tests.unit.fakes import FakeEngine, file_mounts
 
 SPEC = ExperimentSpec(experiment_name="copy", model_type="SVC")

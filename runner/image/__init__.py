@@ -1,0 +1,5 @@
+"""The sandbox images: built offline from locked Debian and Python packages, and verified."""
+
+from runner.image.build import BuiltImage, build_image, build_user_image, verify_image
+
+__all__ = ["BuiltImage", "build_image", "build_user_image", "verify_image"]

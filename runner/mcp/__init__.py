@@ -1,0 +1,1 @@
+"""``runner mcp``: the sandbox as Model Context Protocol tools."""

@@ -1,0 +1,529 @@
+"""The Docker seam: every docker-py call of the project passes through here.
+
+Docker's exceptions are caught here and re-raised as ``ExperimentExecutionError``
+with a hint, ``from`` the original. Unit tests replace this one object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol
+
+import docker
+import requests
+from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
+
+from runner.core.exceptions import ExperimentExecutionError
+
+ENGINE_HINT = (
+    "start a Docker engine (as root on Debian or Ubuntu, `bash scripts/setup.sh` installs "
+    "and starts one) or point DOCKER_HOST at a running one."
+)
+IMAGE_HINT = "build it with `runner image build`."
+#: For an error the engine answered with: it runs, so starting one is no advice.
+ANSWERED_HINT = (
+    "the engine runs but refused the request; its log says why (an engine that "
+    "`bash scripts/setup.sh` started logs to /var/log/dockerd.log)."
+)
+#: How a runtime's failure to set up or start a sandbox reads in the engine's answer.
+RUNTIME_FAILURES = ("OCI runtime start failed", "OCI runtime create failed")
+
+#: Which product answers the Docker API: Docker itself, or Podman's compatible service.
+EngineKind = Literal["docker", "podman"]
+PODMAN_PRODUCT = "Podman Engine"
+#: How often Podman's own wait endpoint checks the container (its compatible one spins).
+PODMAN_WAIT_INTERVAL = "100ms"
+#: Podman may answer 500 to removing a container that is just exiting; it works soon after.
+REMOVE_ATTEMPTS = 4
+REMOVE_RETRY_DELAY = 0.25
+
+
+class SandboxStartError(ExperimentExecutionError):
+    """The runtime failed to start the sandbox; nothing of the script ran."""
+
+
+class SandboxRefused(ExperimentExecutionError):
+    """The engine refused to create the sandbox (say, a bind source is missing);
+    nothing of the script ran."""
+
+
+class OutputStream(Protocol):
+    """Frames of a container's output as ``(stdout, stderr)`` pairs, one side None."""
+
+    def __iter__(self) -> Iterator[tuple[bytes | None, bytes | None]]: ...
+
+    def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """The typed interface of the Docker seam: ``DockerEngine`` and the tests' fake."""
+
+    def info(self) -> dict[str, Any]: ...
+
+    def image_id(self, ref: str) -> str: ...
+
+    def create(self, image: str, command: list[str], **config: Any) -> str: ...
+
+    def attach(self, container_id: str) -> OutputStream: ...
+
+    def send_stdin(self, container_id: str, data: bytes) -> None: ...
+
+    def start(self, container_id: str) -> None: ...
+
+    def wait(self, container_id: str, timeout: float) -> int | None: ...
+
+    def kill(self, container_id: str, signal: str = "SIGKILL") -> None: ...
+
+    def state(self, container_id: str) -> ContainerState: ...
+
+    def remove(self, container_id: str) -> None: ...
+
+    def containers(self, label: str) -> list[ContainerInfo]: ...
+
+    def inspect(self, container_id: str) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
+    def kind(self) -> EngineKind: ...
+
+    def create_volume(
+        self,
+        labels: Mapping[str, str],
+        driver_opts: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> VolumeInfo: ...
+
+    def remove_volume(self, name: str) -> None: ...
+
+    def volumes(self, label: str) -> list[VolumeInfo]: ...
+
+    def put_archive(self, container_id: str, path: str, data: bytes | BinaryIO) -> None: ...
+
+    def get_archive(self, container_id: str, path: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """How a container ended, as the engine saw it."""
+
+    running: bool
+    exit_code: int
+    oom_killed: bool
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A container found by label."""
+
+    id: str
+    name: str
+    status: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A named volume: its name, the engine's own path to its files, its labels."""
+
+    name: str
+    mountpoint: str
+    labels: Mapping[str, str]
+
+
+class DockerEngine:
+    """A thin, typed wrapper around ``docker.DockerClient``."""
+
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        if client is None:
+            try:
+                # Parallel runs each hold an attach stream and a wait request.
+                client = docker.from_env(max_pool_size=64)
+            except DockerException as e:
+                raise ExperimentExecutionError(
+                    f"Cannot reach a Docker engine: {e}", hint=ENGINE_HINT
+                ) from e
+        self._client = client
+        self._api = client.api
+        self._description: str | None = None
+        self._version: dict[str, Any] | None = None
+
+    # engine ---------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """The engine's ``docker info``."""
+        return dict(self._call(self._client.info))
+
+    def runtimes(self) -> set[str]:
+        """Names of the OCI runtimes registered with the engine."""
+        return set(self.info().get("Runtimes") or {})
+
+    # images ---------------------------------------------------------------
+
+    def image_id(self, ref: str) -> str:
+        """The immutable ID of image ``ref``; raises when it is not there."""
+        return str(self.image_inspect(ref)["Id"])
+
+    def image_exists(self, ref: str) -> bool:
+        try:
+            self._api.inspect_image(ref)
+        except ImageNotFound:
+            return False
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return True
+
+    def image_inspect(self, ref: str) -> dict[str, Any]:
+        try:
+            return dict(self._api.inspect_image(ref))
+        except ImageNotFound as e:
+            raise ExperimentExecutionError(f"Image {ref!r} not found.", hint=IMAGE_HINT) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+
+    def pull(self, ref: str) -> str:
+        """Pull ``ref`` (which should carry a digest) and return its image ID."""
+        try:
+            image = self._client.images.pull(ref)
+        except DockerException as e:
+            raise ExperimentExecutionError(
+                f"Could not pull {ref!r}: {e}",
+                hint="unset RUNNER_BASE_IMAGE_DIGEST to build the base with debootstrap.",
+            ) from e
+        return str(image.id)
+
+    def import_tarball(self, tarball: Path, repository: str, tag: str, changes: list[str]) -> str:
+        """Import a root filesystem tarball as ``repository:tag``; return its ID."""
+        try:
+            self._api.import_image_from_file(
+                str(tarball), repository=repository, tag=tag, changes=changes
+            )
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return self.image_id(f"{repository}:{tag}")
+
+    def build(
+        self, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str]
+    ) -> str:
+        """Build ``context`` with no network and return the image ID."""
+        try:
+            image, _ = self._client.images.build(
+                path=str(context),
+                tag=tag,
+                buildargs=buildargs,
+                labels=labels,
+                network_mode="none",  # the build must never need the network
+                pull=False,
+                rm=True,
+                forcerm=True,
+                use_config_proxy=False,
+            )
+        except BuildError as e:
+            tail = "".join(str(chunk.get("stream", "")) for chunk in e.build_log)[-3000:]
+            raise ExperimentExecutionError(
+                f"Building {tag} failed: {e.msg}\n{tail}",
+                hint="read the build log above; the lock file and the wheels must match.",
+            ) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return str(image.id)
+
+    def remove_image(self, ref: str) -> None:
+        """Untag ``ref`` and remove its layers no other image uses; gone already is fine."""
+        try:
+            self._api.remove_image(ref)
+        except ImageNotFound:
+            return
+        except DockerException as e:
+            raise _engine_error(e) from e
+
+    def prune_dangling(self, label: str) -> None:
+        """Remove untagged images carrying ``label`` (old builds, build stages).
+
+        A prune already running (another build's, 409) does the same: left to it.
+        """
+        try:
+            self._client.images.prune(filters={"dangling": True, "label": label})
+        except APIError as e:
+            if e.status_code != 409:
+                raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise _engine_error(e) from e
+
+    # containers -------------------------------------------------------------
+
+    def create(self, image: str, command: list[str], **config: Any) -> str:
+        """Create (not start) a container and return its ID."""
+        try:
+            container = self._client.containers.create(image, command, **config)
+        except ImageNotFound as e:
+            raise ExperimentExecutionError(f"Image {image!r} not found.", hint=IMAGE_HINT) from e
+        except APIError as e:
+            explanation = str(e.explanation or e)
+            if "bind source path does not exist" in explanation:
+                hint = (
+                    "the engine does not see this machine's files (a remote or "
+                    "Docker-in-Docker engine): use transfer='auto' or 'copy' "
+                    "(RUNNER_TRANSFER, runner run --transfer); or a volume the path "
+                    "lies in was removed (`runner cleanup --all`): a cold run makes "
+                    "the runner's own again."
+                )
+            else:
+                hint = (
+                    "check that the runtime and limits are supported by this engine "
+                    "(`docker info`, `runner doctor`)."
+                )
+            raise SandboxRefused(
+                f"The Docker engine refused the sandbox: {explanation}", hint=hint
+            ) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return str(container.id)
+
+    def attach(self, container_id: str) -> OutputStream:
+        """Stream stdout and stderr separately; call before ``start`` to miss nothing."""
+        stream = self._call(
+            self._api.attach, container_id, stdout=True, stderr=True, stream=True, demux=True
+        )
+        return stream  # type: ignore[no-any-return]
+
+    def send_stdin(self, container_id: str, data: bytes) -> None:
+        """Write ``data`` to a running container's stdin (it must be created stdin_open)."""
+        sock = self._call(self._api.attach_socket, container_id, params={"stdin": 1, "stream": 1})
+        try:
+            raw = getattr(sock, "_sock", sock)
+            raw.sendall(data)
+        except OSError as e:
+            raise _engine_error(e) from e
+        finally:
+            sock.close()
+
+    def start(self, container_id: str) -> None:
+        """Start the container. ``SandboxStartError`` when the runtime failed to set it
+        up (worth one fresh attempt); not when the container was removed meanwhile,
+        which is a run being cancelled (its sweep removes containers by label)."""
+        try:
+            self._api.start(container_id)
+        except APIError as e:
+            if any(failure in str(e.explanation) for failure in RUNTIME_FAILURES):
+                if not self._still_there(container_id):
+                    raise ExperimentExecutionError(
+                        "The sandbox was removed while it started (its run was cancelled)."
+                    ) from e
+                raise SandboxStartError(
+                    f"The runtime could not start the sandbox: {e.explanation}",
+                    hint="`runner doctor` checks each runtime; see /var/log/dockerd.log.",
+                ) from e
+            raise _engine_error(e) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+
+    def _still_there(self, container_id: str) -> bool:
+        try:
+            self._api.inspect_container(container_id)
+        except NotFound:
+            return False
+        except DockerException:
+            return True  # not known to be gone
+        return True
+
+    def wait(self, container_id: str, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds; the exit code, or None if still running."""
+        try:
+            if self.kind() == "podman":
+                return self._podman_wait(container_id, max(timeout, 0.001))
+            status = self._api.wait(container_id, timeout=max(timeout, 0.001))
+        except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
+            # docker-py reports a wait that ran out of time as a connection error.
+            return None
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return int(status["StatusCode"])
+
+    def _podman_wait(self, container_id: str, timeout: float) -> int:
+        """Podman's own wait, which sleeps between checks (its compatible one busy-loops)."""
+        api = self._api
+        response = api._post(
+            api._url("/libpod/containers/{0}/wait", container_id),
+            params={"condition": "exited", "interval": PODMAN_WAIT_INTERVAL},
+            timeout=timeout,
+        )
+        return int(api._result(response, json=True))
+
+    def kill(self, container_id: str, signal: str = "SIGKILL") -> None:
+        """Signal the container's init (SIGKILL: all of it); one already stopped is fine."""
+        try:
+            self._api.kill(container_id, signal=signal)
+        except NotFound:
+            return
+        except APIError as e:
+            if e.status_code == 409:  # not running any more
+                return
+            raise _engine_error(e) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        """The engine's full record of a container (``docker inspect``).
+
+        From Podman, with what only its own API tells: the OCI runtime really
+        used (the compatible answer says "oci"), the capability sets, and mounts
+        with their options.
+        """
+        data = dict(self._call(self._api.inspect_container, container_id))
+        if self.kind() == "podman":
+            api = self._api
+            own = self._call(
+                lambda: api._result(
+                    api._get(api._url("/libpod/containers/{0}/json", container_id)),
+                    json=True,
+                )
+            )
+            for key in ("OCIRuntime", "EffectiveCaps", "BoundingCaps", "Mounts"):
+                data[key] = own.get(key)
+        return data
+
+    def describe(self) -> str:
+        """Which engine this is, for messages: product, version and address."""
+        if self._description is None:
+            version = self._engine_version()
+            product = "Podman Engine" if self.kind() == "podman" else "Docker Engine"
+            self._description = f"{product} {version.get('Version', '?')} at {self._api.base_url}"
+        return self._description
+
+    def kind(self) -> EngineKind:
+        """Whether Docker or Podman answers (they differ in what they apply; see podman.py)."""
+        components = self._engine_version().get("Components") or []
+        return "podman" if any(c.get("Name") == PODMAN_PRODUCT for c in components) else "docker"
+
+    def _engine_version(self) -> dict[str, Any]:
+        if self._version is None:
+            self._version = dict(self._call(self._api.version))
+        return self._version
+
+    def state(self, container_id: str) -> ContainerState:
+        data = self._call(self._api.inspect_container, container_id)
+        state = data["State"]
+        return ContainerState(
+            running=bool(state.get("Running")),
+            exit_code=int(state.get("ExitCode", -1)),
+            oom_killed=bool(state.get("OOMKilled")),
+        )
+
+    def remove(self, container_id: str) -> None:
+        """Remove the container, killing it if it still runs; gone already is fine."""
+        for attempt in range(1, REMOVE_ATTEMPTS + 1):
+            try:
+                self._api.remove_container(container_id, force=True, v=True)
+                return
+            except NotFound:
+                return
+            except APIError as e:
+                if e.status_code == 409 and "already in progress" in str(e.explanation):
+                    return
+                if e.status_code == 500 and attempt < REMOVE_ATTEMPTS and self.kind() == "podman":
+                    time.sleep(REMOVE_RETRY_DELAY * attempt)
+                    continue
+                raise _engine_error(e) from e
+            except DockerException as e:
+                raise _engine_error(e) from e
+
+    # files over the API ----------------------------------------------------
+
+    def create_volume(
+        self,
+        labels: Mapping[str, str],
+        driver_opts: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> VolumeInfo:
+        """A new volume carrying ``labels``; its name and where the engine keeps it.
+
+        ``driver_opts`` go to the local driver (say, a tmpfs with its options).
+        With a ``name`` that exists already, that volume is returned.
+        """
+        try:
+            data = self._api.create_volume(
+                name=name,
+                labels=dict(labels),
+                driver_opts=dict(driver_opts) if driver_opts else None,
+            )
+        except APIError as e:
+            if name is None or "already exists" not in str(e.explanation):
+                raise _engine_error(e) from e
+            data = self._call(self._api.inspect_volume, name)  # Podman refuses a second create
+        except DockerException as e:
+            raise _engine_error(e) from e
+        return VolumeInfo(
+            name=str(data["Name"]),
+            mountpoint=str(data.get("Mountpoint") or ""),
+            labels=dict(data.get("Labels") or {}),
+        )
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume; gone already is fine."""
+        try:
+            self._api.remove_volume(name, force=True)
+        except NotFound:
+            return
+        except DockerException as e:
+            raise _engine_error(e) from e
+
+    def volumes(self, label: str) -> list[VolumeInfo]:
+        """All volumes that carry ``label``."""
+        data = self._call(self._api.volumes, filters={"label": label})
+        return [
+            VolumeInfo(
+                name=str(row["Name"]),
+                mountpoint=str(row.get("Mountpoint") or ""),
+                labels=dict(row.get("Labels") or {}),
+            )
+            for row in (data or {}).get("Volumes") or []
+        ]
+
+    def put_archive(self, container_id: str, path: str, data: bytes | BinaryIO) -> None:
+        """Unpack the tar ``data`` at ``path`` in a (created, not necessarily started) container."""
+        ok = self._call(self._api.put_archive, container_id, path, data)
+        if not ok:
+            raise ExperimentExecutionError(
+                f"The engine refused the files for {path}.",
+                hint="check the engine's log; the files go in through its archive API.",
+            )
+
+    def get_archive(self, container_id: str, path: str) -> bytes:
+        """The tar of ``path`` in a container (which may never have been started)."""
+        stream, _ = self._call(self._api.get_archive, container_id, path)
+        return b"".join(stream)
+
+    def containers(self, label: str) -> list[ContainerInfo]:
+        """All containers, running or not, that carry ``label``."""
+        rows = self._call(self._api.containers, all=True, filters={"label": label})
+        return [
+            ContainerInfo(
+                id=str(row["Id"]),
+                name=str((row.get("Names") or ["?"])[0]).lstrip("/"),
+                status=str(row.get("Status", "")),
+                labels=dict(row.get("Labels") or {}),
+            )
+            for row in rows
+        ]
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NotFound as e:
+            raise ExperimentExecutionError(
+                f"Docker object not found: {e.explanation or e}",
+                hint="it may have been removed by `runner cleanup` or another process.",
+            ) from e
+        except DockerException as e:
+            raise _engine_error(e) from e
+        except requests.exceptions.RequestException as e:
+            raise _engine_error(e) from e
+
+
+def _engine_error(e: Exception) -> ExperimentExecutionError:
+    # An API error is an answer: the engine runs. Anything else may mean it does not.
+    hint = ANSWERED_HINT if isinstance(e, APIError) else ENGINE_HINT
+    return ExperimentExecutionError(f"Docker engine error: {e}", hint=hint)

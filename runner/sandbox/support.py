@@ -1,0 +1,104 @@
+"""The support volume: files every sandbox reads from the engine's own machine.
+
+A sandbox gets its own ``/etc/hosts`` (``localhost`` and its host name) and
+``/etc/resolv.conf`` (a nameserver on its own loopback, where nothing listens),
+bound read-only from one labelled volume of the engine; on Podman, which reads
+a seccomp profile only from a file on its machine, the profile too. The files
+are written through the archive API (``runner.sandbox.files.transfer.unstarted``), so this
+works on an engine that cannot see this machine's files.
+
+On Docker this lets the engine make no network at all for a sandbox
+(``network_disabled``): the runtime gives the container a fresh network
+namespace of its own with only ``lo``, as ``network_mode="none"`` does, but
+without the engine's own network set-up (on Docker 20.10 a re-executed
+``dockerd`` per container, about 95 ms of CPU), and then nobody writes the
+container's ``hosts`` and ``resolv.conf``: these are they.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import time
+from collections.abc import Mapping
+
+from docker.types import Mount
+
+from runner.core.exceptions import ExperimentExecutionError
+from runner.sandbox.cleanup import LABEL
+from runner.sandbox.engine import Engine
+from runner.sandbox.files.transfer import unstarted
+from runner.sandbox.policy import SupportFiles
+from runner.sandbox.seccomp import profile
+
+#: Where the filling helper mounts the volume.
+SUPPORT_AT = "/support"
+#: The support volume's name (a digest of its content follows) and labels: it is shared
+#: by every runner of the engine, so it has no owner; `runner cleanup --all` removes it.
+SUPPORT_VOLUME = "experiment-runner-support"
+SUPPORT_LABELS = {LABEL: "support"}
+RESOLV_CONF = "nameserver 127.0.0.1\n"
+HOSTS = "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+def ensure_support(engine: Engine, image_id: str, helper_labels: Mapping[str, str]) -> SupportFiles:
+    """The engine's support volume, created and filled if missing or not as expected.
+
+    One volume per engine and content (its name carries the content's digest),
+    shared by every runner: runs only read it. It is written only when what is
+    there differs, so a runner never rewrites a file another is reading.
+    """
+    files = _support_files()
+    digest = hashlib.sha256(b"".join(name.encode() + data for name, data in files)).hexdigest()
+    volume = engine.create_volume(SUPPORT_LABELS, name=f"{SUPPORT_VOLUME}-{digest[:16]}")
+    helper = unstarted(
+        engine, image_id, helper_labels, Mount(target=SUPPORT_AT, source=volume.name, type="volume")
+    )
+    try:
+        if _read_back(engine, helper) != dict(files):
+            engine.put_archive(helper, SUPPORT_AT, _archive(files))
+    finally:
+        engine.remove(helper)
+    return SupportFiles(volume.name, volume.mountpoint)
+
+
+def support_gone(engine: Engine, support: SupportFiles) -> bool:
+    """Whether the support volume has gone since it was made (``runner cleanup --all``
+    removes it, even under a runner that still uses it)."""
+    ((key, value),) = SUPPORT_LABELS.items()
+    return support.volume not in {volume.name for volume in engine.volumes(f"{key}={value}")}
+
+
+def _support_files() -> list[tuple[str, bytes]]:
+    return [
+        ("seccomp.json", profile().encode()),
+        ("resolv.conf", RESOLV_CONF.encode()),
+        ("hosts", HOSTS.encode()),
+    ]
+
+
+def _read_back(engine: Engine, helper: str) -> dict[str, bytes]:
+    """The files now in the support volume (none, if it is new)."""
+    try:
+        data = engine.get_archive(helper, SUPPORT_AT)
+    except ExperimentExecutionError:
+        return {}
+    found = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            extracted = tar.extractfile(member) if member.isfile() else None
+            if extracted is not None:
+                found[member.name.removeprefix(SUPPORT_AT.strip("/") + "/")] = extracted.read()
+    return found
+
+
+def _archive(files: list[tuple[str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o444, now
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
