@@ -49,7 +49,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from runner.backends.ray.backend import LOCAL_RAY_ENVIRONMENT, local_cluster
+from runner.backends.ray.local import local_cluster
+from runner.backends.ray.placement import LOCAL_RAY_ENVIRONMENT
 
 # Before Ray is imported: no usage statistics, and addresses on the loopback only.
 os.environ.update(LOCAL_RAY_ENVIRONMENT)

@@ -29,22 +29,25 @@ import os
 import shutil
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from runner.backends.bootstrap import READY
+from runner.backends.bootstrap import READY, hand_over_line
 from runner.core.exceptions import ExperimentExecutionError
 from runner.sandbox.artifacts import OutputLimits
 from runner.sandbox.cleanup import LABEL_SLOT, build_labels, deadline_after
 from runner.sandbox.engine import Engine
 from runner.sandbox.files.transfer import FileDrop, copy_budget, reroot, unpack
-from runner.sandbox.files.tree import Budget, Entry, TreeRefused, read_chunks, walk
+from runner.sandbox.files.tree import Budget, Entry, TreeExpired, TreeRefused, read_chunks, walk
 from runner.sandbox.identity import lease_uid
-from runner.sandbox.lifecycle import Resources, Sandbox
+from runner.sandbox.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
 from runner.sandbox.policy import Run, SandboxPolicy, SupportFiles, self_limited
+from runner.sandbox.request import RunRequest
+from runner.sandbox.streams import OutputCallback
 from runner.sandbox.telemetry import CgroupTelemetry
 
 #: Top-level directories of the image (``lib*`` too) a pool root may neither be nor
@@ -519,3 +522,68 @@ def new_slot_dir(base: Path) -> Path:
     directory.mkdir(parents=True, mode=0o700)
     directory.chmod(0o700)
     return directory
+
+
+class SlotUnusable(Exception):
+    """A pool slot could not take its script; the run goes cold instead."""
+
+
+def run_in_slot(
+    slot: Slot,
+    request: RunRequest,
+    on_output: OutputCallback | None,
+    token: object,
+    active: ActiveRuns,
+    *,
+    readable: bool,
+) -> Execution:
+    """Hand ``request`` to a started slot and see it through; the slot goes with it.
+
+    ``readable``: the sandbox user could not read the files in place (they arrive
+    readable, as a cold run's copied files do). ``SlotUnusable`` when the slot
+    cannot show the files exactly as a cold run would, or died while it waited.
+    """
+    sandbox = slot.sandbox
+    with sandbox, registered(active, token, sandbox):
+        if not sandbox.running:
+            raise SlotUnusable  # it died while waiting (say, its idle deadline passed)
+        # The hand-over counts against the run's deadline.
+        started = time.monotonic()
+        try:
+            if request.packed:  # files from another machine (a Ray task's)
+                slot.files.put_packed(request.packed, slot.root)
+            else:
+                slot.files.put(
+                    request.mounts, slot.root, started + request.timeout, readable=readable
+                )
+        except (TreeRefused, ExperimentExecutionError) as e:
+            # A cold run shows these files exactly, or says why it cannot.
+            raise SlotUnusable from e
+        except TreeExpired:
+            return _expired_in_hand_over(sandbox, time.monotonic() - started)
+        cpu_before = sandbox.resources.usage().cpu_seconds or 0.0
+        return sandbox.run(
+            request.timeout,
+            request.output_limit,
+            on_output,
+            hand_over=hand_over_line(str(request.script), request.args),
+            started=started,
+            cpu_before=cpu_before,
+            outputs=request.outputs,
+        )
+
+
+def _expired_in_hand_over(sandbox: Sandbox, duration: float) -> Execution:
+    """The record of a run whose deadline passed before its script was handed over."""
+    return Execution(
+        exit_code=None,
+        timed_out=True,
+        oom_killed=False,
+        stdout="",
+        stderr="[runner] the deadline passed while the script's directory was handed over\n",
+        stdout_truncated=False,
+        stderr_truncated=False,
+        execution_time=duration,
+        image_id=sandbox.image_id,
+        warm_start=True,
+    )

@@ -19,9 +19,9 @@ from runner.cli.demo import demo_jobs
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import ExperimentResult, ExperimentSpec
 from runner.core.settings import ExperimentDefaults
+from runner.core.text import printable
 from runner.experiment.codegen import CodeGenerator
 from runner.experiment.runner import ExperimentRunner, Job
-from runner.experiment.verdict import printable
 from runner.image.build import (
     LABEL_ADDED,
     LABEL_DEBIAN,

@@ -37,48 +37,39 @@ class ExperimentSpec(BaseModel):
     reasoning: str = ""
 
 
-class Artifact(BaseModel):
-    """A file the script wrote, copied back to the host after the run."""
+class ArtifactInfo(BaseModel):
+    """A file the script wrote: its name (relative to the outputs, "/" between parts),
+    size and SHA-256."""
 
     model_config = ConfigDict(frozen=True)
 
-    #: The path relative to the outputs directory, with "/" between parts.
     name: str
-    #: Where it is on the host (inside the outputs directory).
-    path: str
     size: int
     sha256: str
 
 
-class ExperimentResult(BaseModel):
-    """What one run produced and exactly how it ended.
+class Artifact(ArtifactInfo):
+    """A file the script wrote, copied back to the host after the run."""
 
-    Every field of the reference document, plus what a sandboxed run adds: the
-    exit code, whether the deadline or the memory cap ended it, the captured
-    (capped) output, and the immutable ID of the image that ran it.
+    #: Where it is on the host (inside the outputs directory).
+    path: str
+
+
+class RunOutcome(BaseModel):
+    """How one sandboxed run ended, what it printed and what it used.
+
+    What the sandbox saw, whoever reports the run: the lifecycle's record
+    (``Execution``), ``ExperimentResult`` and the MCP server's report share these.
     """
-
-    model_config = ConfigDict(protected_namespaces=())
-
-    experiment_name: str
-    iteration: int
-    model_type: str
-    model_params: dict[str, Any] = Field(default_factory=dict)
-    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
-    metrics: dict[str, float] = Field(default_factory=dict)
-    hypothesis: str = ""
-    reasoning: str = ""
-    execution_time: float
-    success: bool
-    error_message: str | None = None
-    code_path: str
-    timestamp: datetime
 
     exit_code: int | None = None
     timed_out: bool = False
     oom_killed: bool = False
+    #: Seconds from the start of the run (the hand-over, when warm) to its end.
+    execution_time: float
     stdout: str = ""
     stderr: str = ""
+    #: True when only the tail of the stream was kept (``output_limit``).
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     image_id: str | None = None
@@ -88,19 +79,68 @@ class ExperimentResult(BaseModel):
     cpu_seconds: float | None = None
     #: True when the script ran in a container from the warm pool.
     warm_start: bool = False
-    #: Files the script wrote to its working directory (or $OUTPUT_DIR), copied back
-    #: to the outputs directory; empty when outputs are off.
-    artifacts: list[Artifact] = Field(default_factory=list)
-    #: What was not copied back and why (a limit hit, a symlink refused, ...); None if nothing.
+    #: What of the script's outputs was not copied back and why (a limit hit, a
+    #: symlink refused, ...); None if nothing.
     artifacts_message: str | None = None
+    #: Where it ran: this machine's host name, or the Ray node ID on a cluster.
+    node: str | None = None
+
+
+class Verdict(BaseModel):
+    """What the runner made of a run: success, the metrics, or why it failed."""
+
+    success: bool
+    error_message: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class Tracking(BaseModel):
+    """Where a result was logged besides the history."""
+
     #: The MLflow run this result was logged to, with tracking on; None otherwise.
     mlflow_run_id: str | None = None
     #: Why the result could not be logged to MLflow (the server was down, ...); None if
     #: it was, or tracking is off. The result itself is complete either way.
     tracking_error: str | None = None
-    #: Where it ran: this machine's host name, or the Ray node ID on a cluster.
-    node: str | None = None
+
+
+class ExperimentRecord(BaseModel):
+    """What was asked: the experiment (the spec's fields), its script and when."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    experiment_name: str
+    iteration: int
+    model_type: str
+    model_params: dict[str, Any] = Field(default_factory=dict)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    hypothesis: str = ""
+    reasoning: str = ""
+    code_path: str
+    timestamp: datetime
+
+
+class ExperimentResult(Tracking, RunOutcome, Verdict, ExperimentRecord):
+    """What one run produced and exactly how it ended.
+
+    Every field of the reference document (``ExperimentRecord``, ``Verdict``),
+    plus what a sandboxed run adds (``RunOutcome``): the exit code, whether the
+    deadline or the memory cap ended it, the captured (capped) output, the
+    immutable ID of the image that ran it, what it used; and where the result
+    was logged (``Tracking``).
+    """
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    #: Files the script wrote to its working directory (or $OUTPUT_DIR), copied back
+    #: to the outputs directory; empty when outputs are off.
+    artifacts: list[Artifact] = Field(default_factory=list)
 
     def get_primary_metric(self, name: str) -> float | None:
         """The metric called ``name``, or None when the run did not report it."""
         return self.metrics.get(name)
+
+
+def fields_of(model: BaseModel, kind: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s values of the fields ``kind`` declares (a part of it), as they are."""
+    return {name: getattr(model, name) for name in kind.model_fields}

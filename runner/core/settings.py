@@ -13,6 +13,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_IMAGE = "experiment-runner/sklearn:1.9.1-mpl3.11.2-py3.11"
 #: The tag of the Python base the pinned image is built on.
 DEFAULT_BASE_IMAGE = "experiment-runner/base:bookworm"
+#: How a run's files reach the sandbox: "bind" (mounted in place: a local engine),
+#: "copy" (through the engine's API into a volume), or "auto" (bind where the engine
+#: sees this machine's files and the sandbox user may read them, else copy).
+Transfer = Literal["auto", "bind", "copy"]
+TRANSFERS: tuple[Transfer, ...] = ("auto", "bind", "copy")
 
 
 class ExperimentDefaults(BaseSettings):
@@ -30,10 +35,8 @@ class ExperimentDefaults(BaseSettings):
     cpu_limit: float = Field(default=1.0, gt=0)
     pids_limit: int = Field(default=256, gt=0)
     runtime: str | None = None
-    #: How a run's files reach the sandbox: "bind" (mounted in place: a local engine),
-    #: "copy" (through the engine's API into a volume), or "auto" (bind where the
-    #: engine sees this machine's files and the sandbox user may read them, else copy).
-    transfer: Literal["auto", "bind", "copy"] = "auto"
+    #: How a run's files reach the sandbox (``Transfer``).
+    transfer: Transfer = "auto"
     #: Bytes of stdout and of stderr kept per run (the tail is kept).
     output_limit: int = Field(default=1024 * 1024, gt=0)
     #: Size of the writable, non-executable ``/tmp`` inside the sandbox.

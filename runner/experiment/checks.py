@@ -1,14 +1,20 @@
-"""Command-line arguments for a script: checked once, then passed as they are.
+"""What the caller asks for one run, checked before any container: the script, its
+inputs, its arguments and where its outputs go; the result is a ``RunRequest``.
 
-They reach the script's ``sys.argv[1:]`` exactly, cold or warm: no shell sees
-them (the container's command is a list, and its wrapper passes ``"$@"``).
+Arguments reach the script's ``sys.argv[1:]`` exactly, cold or warm: no shell
+sees them (the container's command is a list, and its wrapper passes ``"$@"``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from runner.core.exceptions import ExperimentExecutionError
+from runner.sandbox.artifacts import OUTPUTS_PATH, OutputLimits, Outputs
+from runner.sandbox.policy import unreadable
+from runner.sandbox.request import RunRequest
 
 #: Far below the kernel's limits (128 KiB per string, a few MiB in all), and
 #: far above what a command line for an experiment needs.
@@ -65,3 +71,78 @@ def check_args(args: Iterable[str] | None) -> tuple[str, ...]:
             hint="pass large inputs as a file with inputs= instead.",
         )
     return tuple(str(arg) for arg in checked)  # plain str, even from a subclass
+
+
+@dataclass(frozen=True)
+class RunChecks:
+    """What every run of one runner is checked against, and the bounds it gets."""
+
+    timeout: float
+    output_limit: int
+    #: Inputs every run sees besides its own.
+    inputs: tuple[Path, ...] = ()
+    #: Where outputs come back unless a run says otherwise (None: off).
+    outputs_dir: Path | None = None
+    output_limits: OutputLimits | None = None
+
+    def outputs(self, outputs_dir: Path | str | None) -> Path | None:
+        """Where a run's outputs go: its own directory, else the runner's, else nowhere."""
+        if outputs_dir is not None:
+            return Path(outputs_dir).expanduser().resolve()
+        return self.outputs_dir
+
+    def request(
+        self,
+        script_path: Path,
+        *,
+        inputs: Iterable[str | Path] = (),
+        args: Sequence[str] = (),
+        outputs_dir: Path | str | None = None,
+    ) -> RunRequest:
+        """The checked request for one run; ``ExperimentExecutionError`` says what is wrong."""
+        checked = check_args(args)
+        script, mounts = self._mounts(script_path, inputs)
+        destination = self.outputs(outputs_dir)
+        outputs = None
+        if destination is not None:
+            if any(path.is_relative_to(OUTPUTS_PATH) for path in mounts):
+                raise ExperimentExecutionError(
+                    f"With outputs on, the sandbox's working directory is {OUTPUTS_PATH}: "
+                    "a script or input there would be hidden.",
+                    hint=f"move the script and inputs out of {OUTPUTS_PATH}, or run without "
+                    "outputs_dir.",
+                )
+            limits = self.output_limits
+            if limits is None:
+                raise ValueError("outputs need output_limits")
+            outputs = Outputs(destination, limits, links=script.parent)
+        return RunRequest(
+            script,
+            mounts,
+            self.timeout,
+            self.output_limit,
+            unreadable([*mounts, script]),
+            args=checked,
+            outputs=outputs,
+        )
+
+    def _mounts(
+        self, script_path: Path, inputs: Iterable[str | Path]
+    ) -> tuple[Path, tuple[Path, ...]]:
+        """The script (resolved), and what the sandbox shows: its directory, then inputs."""
+        script = script_path.expanduser().resolve()
+        if not script.is_file():
+            raise ExperimentExecutionError(
+                f"Script not found: {script_path}",
+                hint="pass the path of an existing Python file.",
+            )
+        paths = [script.parent]
+        for raw in (*self.inputs, *inputs):
+            path = Path(raw).expanduser().resolve()
+            if not path.exists():
+                raise ExperimentExecutionError(
+                    f"Input not found: {raw}", hint="inputs must be existing files or directories."
+                )
+            if path not in paths:
+                paths.append(path)
+        return script, tuple(paths)

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from runner.experiment.verdict import Ending, find_result_line, last_line, printable
+from runner.core.text import printable
+from runner.experiment.verdict import Ending, find_result_line, last_line
 
 PREFIX = "Hint: "
 

@@ -7,31 +7,61 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runner.backends.local import DockerBackend, RunRequest
-from runner.backends.pool import WarmPool
-from runner.backends.ray.backend import RayBackend
+from runner.backends.base import Backend, BackendOptions, PoolSpec, open_backend
+from runner.backends.bootstrap import DEFAULT_PRELOAD
 from runner.core.exceptions import ExperimentExecutionError
-from runner.core.models import ExperimentResult, ExperimentSpec
-from runner.core.settings import ExperimentDefaults
-from runner.experiment.checks import check_args
+from runner.core.models import (
+    ExperimentRecord,
+    ExperimentResult,
+    ExperimentSpec,
+    RunOutcome,
+    Verdict,
+    fields_of,
+)
+from runner.core.options import RunnerOptions
+from runner.core.settings import ExperimentDefaults, Transfer
+from runner.core.text import printable
+from runner.experiment.checks import RunChecks
 from runner.experiment.hints import Context, Evidence, explain
-from runner.experiment.verdict import Ending, interpret, printable
+from runner.experiment.verdict import Ending, interpret
 from runner.results.history import ResultsHistory
 from runner.results.mlflow import MlflowTracker, track
-from runner.sandbox.artifacts import OUTPUTS_PATH, OutputLimits, Outputs
+from runner.sandbox.artifacts import OutputLimits
 from runner.sandbox.engine import Engine
-from runner.sandbox.files.transfer import Transfer
 from runner.sandbox.lifecycle import Execution
-from runner.sandbox.policy import SandboxPolicy, unreadable
+from runner.sandbox.policy import SandboxPolicy
+from runner.sandbox.request import RunRequest
 from runner.sandbox.streams import OutputCallback
 
 #: One job of a batch: (script_path, spec, iteration), or with the script's
 #: arguments: (script_path, spec, iteration, args).
 Job = tuple[Path | str, ExperimentSpec, int] | tuple[Path | str, ExperimentSpec, int, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """One run as the caller asked for it, before any check."""
+
+    script: Path
+    spec: ExperimentSpec
+    iteration: int
+    inputs: tuple[str | Path, ...] = ()
+    args: Sequence[str] = ()
+    outputs_dir: Path | str | None = None
+
+    def record(self, timestamp: datetime) -> ExperimentRecord:
+        """The result's fields that come from the request rather than from the run."""
+        return ExperimentRecord(
+            **fields_of(self.spec, ExperimentSpec),
+            iteration=self.iteration,
+            code_path=str(self.script),
+            timestamp=timestamp,
+        )
 
 
 class ExperimentRunner:
@@ -40,6 +70,10 @@ class ExperimentRunner:
     Hardened by default: no network, read-only root filesystem and script
     directory, capped memory (no swap), CPU and PIDs, non-root, no
     capabilities, ``no-new-privileges``, and a deadline that kills.
+
+    Every option is a field of ``RunnerOptions`` (pass ``options=``, or the same
+    names as keyword arguments, which win); what is left unset takes its
+    setting (``RUNNER_*``, ``settings=``), else the default.
 
     With ``warm_pool=N``, N containers with the same controls are started ahead
     with the ``preload`` modules imported; each runs one script and is
@@ -57,26 +91,26 @@ class ExperimentRunner:
     a tracking server that fails only adds ``result.tracking_error``.
 
     With ``cluster`` (a Ray address, or ``auto``), each run is a Ray task that
-    runs the same sandbox on its node's engine (``runner.backends.ray.backend``); a warm pool
-    is then kept on each node, and ``build_missing`` builds the runner's own
-    image on a node that lacks it.
+    runs the same sandbox on its node's engine (``runner.backends.ray``); a warm
+    pool is then kept on each node, and ``build_missing`` builds the runner's
+    own image on a node that lacks it.
     """
 
     def __init__(
         self,
         timeout: int | float | None = None,
-        python_executable: str = "python",
+        python_executable: str | None = None,
         *,
         image: str | None = None,
         memory_limit: str | None = None,
         cpu_limit: float | None = None,
         pids_limit: int | None = None,
         runtime: str | None = None,
-        inputs: Iterable[str | Path] = (),
+        inputs: Iterable[str | Path] | None = None,
         output_limit: int | None = None,
         tmpfs_size: str | None = None,
         history: ResultsHistory | Path | str | None = None,
-        warm_pool: int = 0,
+        warm_pool: int | None = None,
         preload: Sequence[str] | None = None,
         pool_root: Path | str | None = None,
         transfer: Transfer | None = None,
@@ -85,85 +119,71 @@ class ExperimentRunner:
         settings: ExperimentDefaults | None = None,
         engine: Engine | None = None,
         cluster: str | None = None,
-        build_missing: bool = False,
+        build_missing: bool | None = None,
+        options: RunnerOptions | None = None,
     ) -> None:
+        asked = (options or RunnerOptions()).merged(
+            timeout=timeout, python_executable=python_executable, image=image,
+            memory_limit=memory_limit, cpu_limit=cpu_limit, pids_limit=pids_limit,
+            runtime=runtime, inputs=tuple(inputs) if inputs else None,
+            output_limit=output_limit, tmpfs_size=tmpfs_size, warm_pool=warm_pool,
+            preload=tuple(preload) if preload is not None else None, pool_root=pool_root,
+            transfer=transfer, outputs_dir=outputs_dir, tracking_uri=tracking_uri,
+            cluster=cluster, build_missing=build_missing,
+        )  # fmt: skip
         defaults = settings or ExperimentDefaults()
-        outputs = outputs_dir if outputs_dir is not None else defaults.outputs_dir
+        #: What this runner was told (before the settings filled in the rest).
+        self.options = asked
+        self.timeout: float = asked.timeout or defaults.experiment_timeout
+        self.python_executable = asked.python_executable
+        self.policy = _policy(asked, defaults)
+        outputs = asked.outputs_dir or defaults.outputs_dir
         #: Where outputs come back (None: off); ``output_limits`` bound them.
         self.outputs_dir = Path(outputs).expanduser().resolve() if outputs is not None else None
         self.output_limits = OutputLimits.from_settings(defaults)
-        self.timeout: float = timeout if timeout is not None else defaults.experiment_timeout
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be positive, not {timeout!r}")
-        self.python_executable = python_executable
-        self.policy = SandboxPolicy(
-            image=image or defaults.image,
-            memory_limit=memory_limit or defaults.memory_limit,
-            cpu_limit=cpu_limit if cpu_limit is not None else defaults.cpu_limit,
-            pids_limit=pids_limit if pids_limit is not None else defaults.pids_limit,
-            runtime=runtime if runtime is not None else defaults.runtime,
-            tmpfs_size=tmpfs_size or defaults.tmpfs_size,
-        )
-        self.inputs = tuple(Path(p) for p in inputs)
-        self.output_limit = output_limit if output_limit is not None else defaults.output_limit
-        if self.output_limit <= 0:
-            raise ValueError("output_limit must be positive")
+        self.output_limit = asked.output_limit or defaults.output_limit
+        self.inputs = tuple(asked.inputs)
         if history is None or isinstance(history, ResultsHistory):
             self.history = history
         else:
             self.history = ResultsHistory(history)
-        uri = tracking_uri if tracking_uri is not None else defaults.tracking_uri
+        uri = asked.tracking_uri or defaults.tracking_uri
         #: Where each result is logged in MLflow (None: tracking off).
         self.tracker = MlflowTracker(uri) if uri else None
-        if warm_pool < 0:
-            raise ValueError("warm_pool must be 0 (off) or a positive number of containers")
-        #: The Ray cluster runs go to (None: this machine's engine).
-        self.cluster = cluster if cluster is not None else defaults.cluster
-        self._backend: DockerBackend | RayBackend
-        if build_missing and not self.cluster:
-            raise ValueError(
-                "build_missing builds the image on a cluster's nodes; on this machine's "
-                "engine: runner image build"
-            )
-        if self.cluster:
-            if engine is not None:
-                raise ValueError(
-                    "on a Ray cluster each node runs sandboxes on its own engine: "
-                    "engine= is for this machine's engine"
-                )
-            self._backend = RayBackend(
+        #: The Ray cluster runs go to (None or empty: this machine's engine).
+        self.cluster = asked.cluster if asked.cluster is not None else defaults.cluster
+        self._backend: Backend = open_backend(
+            BackendOptions(
                 self.policy,
-                address=self.cluster,
-                python_executable=python_executable,
-                build_missing=build_missing,
+                self.python_executable,
+                transfer=asked.transfer or defaults.transfer,
+                cache_dir=defaults.cache_dir,
                 default_image=defaults.image,
+                pool=self._pool_spec(asked, defaults),
+                engine=engine,
+                cluster=self.cluster or None,
+                build_missing=asked.build_missing,
             )
-            if warm_pool:
-                # Each node keeps its own (at most the sandboxes it holds at once).
-                self._backend.start_pool(
-                    warm_pool,
-                    self.timeout,
-                    outputs=self.output_limits if self.outputs_dir is not None else None,
-                    pool_root=Path(pool_root or defaults.experiments_dir).resolve(),
-                    pool_root_fixed=pool_root is not None,
-                    preload=preload,
-                )
-            return
-        self._backend = DockerBackend(
-            self.policy,
-            engine=engine,
-            python_executable=python_executable,
-            settings=defaults,
-            preload=preload,
-            pool_root=pool_root,
-            transfer=transfer,
         )
-        if warm_pool:
-            self._backend.start_pool(
-                min(warm_pool, self.default_workers()),
-                self.timeout,
-                outputs=self.output_limits if self.outputs_dir is not None else None,
-            )
+
+    @property
+    def checks(self) -> RunChecks:
+        """What each run is checked against, from the runner's bounds as they are now."""
+        return RunChecks(
+            self.timeout, self.output_limit, self.inputs, self.outputs_dir, self.output_limits
+        )
+
+    def _pool_spec(self, asked: RunnerOptions, defaults: ExperimentDefaults) -> PoolSpec | None:
+        if not asked.warm_pool:
+            return None
+        return PoolSpec(
+            size=asked.warm_pool,
+            timeout=self.timeout,
+            outputs=self.output_limits if self.outputs_dir is not None else None,
+            root=Path(asked.pool_root or defaults.experiments_dir).expanduser().resolve(),
+            root_fixed=asked.pool_root is not None,
+            preload=DEFAULT_PRELOAD if asked.preload is None else asked.preload,
+        )
 
     # public API -------------------------------------------------------------
 
@@ -188,17 +208,29 @@ class ExperimentRunner:
         ``history``, the result is also appended to it. ``outputs_dir``
         (default: the runner's) is where the script's outputs come back.
         """
-        result = self._run(
-            script_path,
-            spec,
-            iteration,
-            inputs,
-            on_output,
-            token=object(),
-            args=args,
-            outputs=outputs_dir,
-        )
-        return self._keep(result)
+        asked = _Asked(Path(script_path), spec, iteration, tuple(inputs), args, outputs_dir)
+        return self._keep(self._result(asked, on_output, object()))
+
+    async def arun(
+        self,
+        script_path: Path | str,
+        spec: ExperimentSpec,
+        iteration: int,
+        *,
+        inputs: Iterable[str | Path] = (),
+        on_output: OutputCallback | None = None,
+        args: Sequence[str] = (),
+        outputs_dir: Path | str | None = None,
+    ) -> ExperimentResult:
+        """``run`` for asyncio; cancelling the task removes its container."""
+        asked = _Asked(Path(script_path), spec, iteration, tuple(inputs), args, outputs_dir)
+        token = object()
+        try:
+            result = await asyncio.to_thread(self._result, asked, on_output, token)
+        except asyncio.CancelledError:
+            await asyncio.to_thread(self._backend.abort, [token])
+            raise
+        return await asyncio.to_thread(self._keep, result)
 
     def _keep(self, result: ExperimentResult) -> ExperimentResult:
         """Log ``result`` to MLflow and append it to the history, as configured.
@@ -212,33 +244,30 @@ class ExperimentRunner:
             self.history.append(result)
         return result
 
-    def _run(
-        self,
-        script_path: Path | str,
-        spec: ExperimentSpec,
-        iteration: int,
-        inputs: Iterable[str | Path],
-        on_output: OutputCallback | None,
-        token: object,
-        args: Sequence[str] = (),
-        outputs: Path | str | None = None,
+    def _result(
+        self, asked: _Asked, on_output: OutputCallback | None, token: object
     ) -> ExperimentResult:
-        timestamp = datetime.now(UTC)
-        script = Path(script_path)
-        common = _spec_fields(spec, iteration, script, timestamp)
+        """Check, execute and judge one run; what the caller got wrong raises."""
+        record = asked.record(datetime.now(UTC))
         started = time.monotonic()
         try:
-            request = self.request(script, inputs=inputs, args=args, outputs_dir=outputs)
+            request = self.request(
+                asked.script, inputs=asked.inputs, args=asked.args, outputs_dir=asked.outputs_dir
+            )
             execution = self._backend.execute(request, on_output, token)
         except ExperimentExecutionError:
             raise
         except Exception as e:  # noqa: BLE001 - the document's "unexpected exceptions" case
-            return ExperimentResult(
-                **common,
-                execution_time=time.monotonic() - started,
-                success=False,
-                error_message=str(e) or type(e).__name__,
-            )
+            return _failed(record, str(e) or type(e).__name__, time.monotonic() - started)
+        return ExperimentResult(
+            **fields_of(record, ExperimentRecord),
+            **self._judge(execution, request).model_dump(),
+            **fields_of(execution, RunOutcome),
+            artifacts=list(execution.artifacts),
+        )
+
+    def _judge(self, execution: Execution, request: RunRequest) -> Verdict:
+        """The verdict on a run, with one more line on what to do when the sandbox was why."""
         ending = Ending(
             execution.exit_code,
             execution.timed_out,
@@ -252,36 +281,15 @@ class ExperimentRunner:
             timeout=self.timeout,
             memory_limit=self.policy.memory_limit,
         )
-        error_message = verdict.error_message
-        if error_message is not None:
-            # When the output shows the sandbox was the reason, one more line says what to do.
-            hint = explain(
-                Evidence.of(ending, execution.stdout, execution.stderr),
-                Context(image=self.policy.image, visible=request.mounts),
-            )
-            if hint is not None:
-                error_message = f"{error_message}\n{hint}"
-        return ExperimentResult(
-            **common,
-            metrics=verdict.metrics,
-            execution_time=execution.duration,
-            success=verdict.success,
-            error_message=error_message,
-            exit_code=execution.exit_code,
-            timed_out=execution.timed_out,
-            oom_killed=execution.oom_killed,
-            stdout=execution.stdout,
-            stderr=execution.stderr,
-            stdout_truncated=execution.stdout_truncated,
-            stderr_truncated=execution.stderr_truncated,
-            image_id=execution.image_id,
-            peak_memory_bytes=execution.peak_memory_bytes,
-            cpu_seconds=execution.cpu_seconds,
-            warm_start=execution.warm,
-            artifacts=list(execution.artifacts),
-            artifacts_message=execution.artifacts_message,
-            node=execution.node,
+        if verdict.error_message is None:
+            return verdict
+        hint = explain(
+            Evidence.of(ending, execution.stdout, execution.stderr),
+            Context(image=self.policy.image, visible=request.mounts),
         )
+        if hint is None:
+            return verdict
+        return verdict.model_copy(update={"error_message": f"{verdict.error_message}\n{hint}"})
 
     def run_script_directly(
         self,
@@ -317,7 +325,7 @@ class ExperimentRunner:
                 "artifacts": list(execution.artifacts),
                 "artifacts_message": execution.artifacts_message,
             }
-            if self._outputs(outputs_dir) is not None
+            if self.checks.outputs(outputs_dir) is not None
             else {}
         )
 
@@ -326,35 +334,21 @@ class ExperimentRunner:
     @property
     def preload(self) -> tuple[str, ...]:
         """The modules a warm pool container imports ahead of its script."""
-        return self._backend.preload if isinstance(self._backend, DockerBackend) else ()
+        return self._backend.preload
 
     @property
     def pool_root(self) -> Path | None:
         """Scripts and inputs below this directory can run warm now (None: not yet)."""
-        return self._backend.pool_root if isinstance(self._backend, DockerBackend) else None
+        return self._backend.pool_root
 
     @property
     def warm_pool_size(self) -> int:
         """Containers the warm pool keeps ready (0: no pool); on a cluster, on each node."""
-        if isinstance(self._backend, RayBackend):
-            return self._backend.pool_size
-        pool = self._local_pool()
-        return pool.size if pool is not None else 0
-
-    def _local_pool(self) -> WarmPool | None:
-        return self._backend.pool if isinstance(self._backend, DockerBackend) else None
+        return self._backend.pool_size
 
     def wait_for_warm(self, timeout: float = 60.0) -> bool:
         """Block until every pool slot is ready; False on timeout or without a pool."""
-        if isinstance(self._backend, RayBackend):
-            return self._backend.wait_for_warm(timeout)
-        pool = self._local_pool()
-        if pool is None:
-            return False
-        ready = pool.wait_ready(timeout)
-        if not ready and pool.error is not None:
-            raise pool.error
-        return ready
+        return self._backend.wait_for_warm(timeout)
 
     def close(self) -> None:
         """Remove the warm pool's containers; the runner then runs scripts cold."""
@@ -401,7 +395,7 @@ class ExperimentRunner:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="runner-job")
         try:
             futures: dict[Future[ExperimentResult], int] = {
-                pool.submit(self._run_job, job, token, index): index
+                pool.submit(self._job_result, job, token, index): index
                 for index, (job, token) in enumerate(zip(batch, tokens, strict=True))
             }
             for future in as_completed(futures):
@@ -411,42 +405,12 @@ class ExperimentRunner:
                     on_result(index, result)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
-            self._abort(tokens)
+            self._backend.abort(tokens)
             raise
         pool.shutdown()
         return [result for result in results if result is not None]
 
-    async def arun(
-        self,
-        script_path: Path | str,
-        spec: ExperimentSpec,
-        iteration: int,
-        *,
-        inputs: Iterable[str | Path] = (),
-        on_output: OutputCallback | None = None,
-        args: Sequence[str] = (),
-        outputs_dir: Path | str | None = None,
-    ) -> ExperimentResult:
-        """``run`` for asyncio; cancelling the task removes its container."""
-        token = object()
-        try:
-            result = await asyncio.to_thread(
-                self._run,
-                script_path,
-                spec,
-                iteration,
-                inputs,
-                on_output,
-                token,
-                args,
-                outputs_dir,
-            )
-        except asyncio.CancelledError:
-            await asyncio.to_thread(self._abort, [token])
-            raise
-        return await asyncio.to_thread(self._keep, result)
-
-    def _run_job(self, job: Job, token: object, index: int) -> ExperimentResult:
+    def _job_result(self, job: Job, token: object, index: int) -> ExperimentResult:
         """One job of a batch: whatever goes wrong becomes its failed result, never the batch's."""
         script_path, spec, iteration = job[:3]
         args: Sequence[str] = job[3] if len(job) > 3 else ()
@@ -455,23 +419,14 @@ class ExperimentRunner:
         if self.outputs_dir is not None:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.experiment_name).strip("-.")[:60]
             outputs = self.outputs_dir / f"{index:04d}-{slug or 'job'}"
+        asked = _Asked(Path(script_path), spec, iteration, (), args, outputs)
         try:
-            result = self._run(script_path, spec, iteration, (), None, token, args, outputs)
+            return self._result(asked, None, token)
         except ExperimentExecutionError as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - one job must never sink the batch
             error = f"The runner failed on this job: {type(e).__name__}: {e}"
-        else:
-            return result
-        return ExperimentResult(
-            **_spec_fields(spec, iteration, Path(script_path), datetime.now(UTC)),
-            execution_time=0.0,
-            success=False,
-            error_message=printable(error, limit=2000),
-        )
-
-    def _abort(self, tokens: Iterable[object]) -> None:
-        self._backend.abort(tokens)
+        return _failed(asked.record(datetime.now(UTC)), printable(error, limit=2000), 0.0)
 
     # the steps of one run ---------------------------------------------------
 
@@ -498,86 +453,42 @@ class ExperimentRunner:
         outputs_dir: Path | str | None = None,
     ) -> RunRequest:
         """The checked request for one run; ``ExperimentExecutionError`` says what is wrong."""
-        checked = check_args(args)
-        script, mounts = self._prepare_mounts(script_path, inputs)
-        destination = self._outputs(outputs_dir)
-        outputs = None
-        if destination is not None:
-            if any(path.is_relative_to(OUTPUTS_PATH) for path in mounts):
-                raise ExperimentExecutionError(
-                    f"With outputs on, the sandbox's working directory is {OUTPUTS_PATH}: "
-                    "a script or input there would be hidden.",
-                    hint=f"move the script and inputs out of {OUTPUTS_PATH}, or run without "
-                    "outputs_dir.",
-                )
-            outputs = Outputs(destination, self.output_limits, links=script.parent)
-        return RunRequest(
-            script,
-            mounts,
-            self.timeout,
-            self.output_limit,
-            unreadable([*mounts, script]),
-            args=checked,
-            outputs=outputs,
-        )
-
-    def _outputs(self, outputs_dir: Path | str | None) -> Path | None:
-        """Where a run's outputs go: its own directory, else the runner's, else nowhere."""
-        if outputs_dir is not None:
-            return Path(outputs_dir).expanduser().resolve()
-        return self.outputs_dir
+        return self.checks.request(script_path, inputs=inputs, args=args, outputs_dir=outputs_dir)
 
     @property
-    def backend(self) -> DockerBackend | RayBackend:
+    def backend(self) -> Backend:
         """The execution seam this runner stands on."""
         return self._backend
 
     @property
     def engine(self) -> Engine:
         """The Docker seam, connected on first use (this machine's runs only)."""
-        if isinstance(self._backend, RayBackend):
-            raise ValueError("on a Ray cluster, each node's own engine runs the sandboxes")
         return self._backend.engine
 
-    def _prepare_mounts(
-        self, script_path: Path, inputs: Iterable[str | Path]
-    ) -> tuple[Path, tuple[Path, ...]]:
-        script = script_path.expanduser().resolve()
-        if not script.is_file():
-            raise ExperimentExecutionError(
-                f"Script not found: {script_path}",
-                hint="pass the path of an existing Python file.",
-            )
-        paths = [script.parent]
-        for raw in (*self.inputs, *inputs):
-            path = Path(raw).expanduser().resolve()
-            if not path.exists():
-                raise ExperimentExecutionError(
-                    f"Input not found: {raw}", hint="inputs must be existing files or directories."
-                )
-            if path not in paths:
-                paths.append(path)
-        return script, tuple(paths)
+
+def _policy(asked: RunnerOptions, defaults: ExperimentDefaults) -> SandboxPolicy:
+    """The sandbox's limits and isolation: what was asked, else the settings."""
+    return SandboxPolicy(
+        image=asked.image or defaults.image,
+        memory_limit=asked.memory_limit or defaults.memory_limit,
+        cpu_limit=asked.cpu_limit or defaults.cpu_limit,
+        pids_limit=asked.pids_limit or defaults.pids_limit,
+        runtime=asked.runtime if asked.runtime is not None else defaults.runtime,
+        tmpfs_size=asked.tmpfs_size or defaults.tmpfs_size,
+    )
+
+
+def _failed(record: ExperimentRecord, error: str, duration: float) -> ExperimentResult:
+    """The result of a run that never got to run: what went wrong, in its own words."""
+    return ExperimentResult(
+        **fields_of(record, ExperimentRecord),
+        execution_time=duration,
+        success=False,
+        error_message=error,
+    )
 
 
 def _note(stderr: str, note: str) -> str:
     """``stderr`` with a line of the runner's own at the end."""
     separator = "\n" if stderr and not stderr.endswith("\n") else ""
     return f"{stderr}{separator}[runner] {note}\n"
-
-
-def _spec_fields(
-    spec: ExperimentSpec, iteration: int, script: Path, timestamp: datetime
-) -> dict[str, Any]:
-    """The result fields that come from the request rather than from the run."""
-    return {
-        "experiment_name": spec.experiment_name,
-        "iteration": iteration,
-        "model_type": spec.model_type,
-        "model_params": spec.model_params,
-        "preprocessing": spec.preprocessing,
-        "hypothesis": spec.hypothesis,
-        "reasoning": spec.reasoning,
-        "code_path": str(script),
-        "timestamp": timestamp,
-    }

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from runner.core.models import Verdict
+from runner.core.text import printable
 
 
 @dataclass(frozen=True)
@@ -17,13 +20,6 @@ class Ending:
     oom_killed: bool = False
     #: The sandbox recorded the script's exit; False when the sandbox ended first.
     exit_reported: bool = True
-
-
-@dataclass(frozen=True)
-class Verdict:
-    success: bool
-    metrics: dict[str, float] = field(default_factory=dict)
-    error_message: str | None = None
 
 
 def find_result_line(stdout: str) -> dict[str, Any] | None:
@@ -67,16 +63,6 @@ def _lines(text: str) -> list[str]:
     return [stripped for line in text.split("\n") if (stripped := line.strip())]
 
 
-def printable(text: str, limit: int = 500) -> str:
-    """Script-controlled text made safe for a terminal or a log: escapes and length bounded."""
-    # Python's own escapes (\x9b, \u202e, \U000e0001) name the character unambiguously.
-    escaped = (
-        c if c.isprintable() else c.encode("unicode_escape").decode() for c in text[: limit * 2]
-    )
-    cleaned = "".join(escaped)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
-
-
 def parse_metrics(raw: Any) -> tuple[dict[str, float], str | None]:
     """Metrics as floats, or the reason they are not acceptable."""
     if raw is None:
@@ -107,18 +93,18 @@ def interpret(
     """Decide success, metrics and the error message of one run."""
     if ending.timed_out:
         return Verdict(
-            False, error_message=f"Experiment timed out after {_seconds(timeout)} seconds"
+            success=False, error_message=f"Experiment timed out after {_seconds(timeout)} seconds"
         )
     if ending.oom_killed:
         return Verdict(
-            False,
+            success=False,
             error_message=f"Experiment ran out of memory: killed at the memory limit of "
             f"{memory_limit} (exit code {ending.exit_code})",
         )
     if not ending.exit_reported:
         detail = last_line(stderr)
         return Verdict(
-            False,
+            success=False,
             error_message=f"The sandbox ended before the script did (exit code "
             f"{ending.exit_code}): the script killed its own supervisor, or the sandbox "
             f"itself failed (under gVisor: its kernel)"
@@ -130,22 +116,24 @@ def interpret(
         if payload is not None and payload.get("success") is False and payload.get("error"):
             detail = printable(str(payload["error"]))
         detail = detail or last_line(stderr) or "no output on stderr"
-        return Verdict(False, error_message=f"Script exited with code {ending.exit_code}: {detail}")
+        return Verdict(
+            success=False, error_message=f"Script exited with code {ending.exit_code}: {detail}"
+        )
     if payload is None:
-        return Verdict(False, error_message=json_error(stdout))
+        return Verdict(success=False, error_message=json_error(stdout))
     if payload.get("success") is not True:
         error = payload.get("error")
         if payload.get("success") is False:
             message = printable(str(error)) if error else "Script reported failure"
-            return Verdict(False, error_message=message)
+            return Verdict(success=False, error_message=message)
         return Verdict(
-            False,
+            success=False,
             error_message='Invalid result: the JSON object needs "success": true or false',
         )
     metrics, problem = parse_metrics(payload.get("metrics"))
     if problem is not None:
-        return Verdict(False, error_message=problem)
-    return Verdict(True, metrics=metrics)
+        return Verdict(success=False, error_message=problem)
+    return Verdict(success=True, metrics=metrics)
 
 
 def _seconds(timeout: float) -> str:

@@ -32,14 +32,13 @@ from pydantic import BaseModel, Field, ValidationError
 
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import ExperimentResult, ExperimentSpec, PreprocessingConfig, TaskType
-from runner.core.settings import ExperimentDefaults
+from runner.core.settings import ExperimentDefaults, Transfer
 from runner.core.sizes import parse_size
 from runner.experiment.checks import check_args
 from runner.experiment.codegen import CodeGenerator
 from runner.experiment.runner import ExperimentRunner
 from runner.results.history import ResultsHistory, best_first
 from runner.sandbox.engine import DockerEngine, Engine
-from runner.sandbox.files.transfer import Transfer
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer

@@ -8,7 +8,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from runner.core.models import ExperimentResult
-from runner.experiment.verdict import printable
+from runner.core.text import printable
 
 #: Characters XML 1.0 cannot carry (controls but tab and newline, lone surrogates, U+FFFE/F).
 _NOT_XML = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import ExperimentResult, PreprocessingConfig
-from runner.experiment.verdict import printable
+from runner.core.text import printable
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from pydantic import ConfigDict
+
 from runner.core.exceptions import ExperimentExecutionError
-from runner.core.models import Artifact
+from runner.core.models import Artifact, RunOutcome
 from runner.core.sizes import parse_size
 from runner.sandbox.artifacts import COLLECT_SECONDS, ArtifactSink, Outputs
 from runner.sandbox.controls import gaps
@@ -37,29 +39,16 @@ OOM_SHARE = 0.95
 Frames = Iterator[tuple[bytes | None, bytes | None]]
 
 
-@dataclass(frozen=True)
-class Execution:
-    """A finished container run: how it ended and what it printed."""
+class Execution(RunOutcome):
+    """A finished container run: how it ended, what it printed, what came back."""
 
-    exit_code: int | None
-    timed_out: bool
-    oom_killed: bool
-    stdout: str
-    stderr: str
-    stdout_truncated: bool
-    stderr_truncated: bool
-    duration: float
+    model_config = ConfigDict(frozen=True)
+
     image_id: str
-    peak_memory_bytes: int | None = None
-    cpu_seconds: float | None = None
-    warm: bool = False
     #: False when the sandbox ended before the script's exit was recorded.
     exit_reported: bool = True
-    #: With outputs on: the files copied back, and what was not (None: all were).
+    #: With outputs on: the files copied back (what was not: ``artifacts_message``).
     artifacts: tuple[Artifact, ...] = ()
-    artifacts_message: str | None = None
-    #: The machine (host name) or cluster node (Ray node ID) whose engine ran it.
-    node: str | None = None
 
 
 class ActiveRuns:
@@ -286,11 +275,11 @@ class Sandbox:
             stderr=output.stderr,
             stdout_truncated=output.stdout_truncated,
             stderr_truncated=output.stderr_truncated,
-            duration=duration,
+            execution_time=duration,
             image_id=self.image_id,
             peak_memory_bytes=usage.peak_memory_bytes,
             cpu_seconds=max(cpu - cpu_before, 0.0) if cpu is not None else None,
-            warm=warm,
+            warm_start=warm,
             # A deadline kill or an OOM kill of the whole sandbox also leaves no record.
             exit_reported=output.exit_reported or timed_out or oom_killed,
         )
@@ -341,10 +330,11 @@ class Sandbox:
             if outputs is None:
                 return execution
             collected = outputs.collect(sink)
-            return dataclasses.replace(
-                execution,
-                artifacts=tuple(collected.artifacts),
-                artifacts_message=collected.message(),
+            return execution.model_copy(
+                update={
+                    "artifacts": tuple(collected.artifacts),
+                    "artifacts_message": collected.message(),
+                }
             )
         finally:
             if sink is not None:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import threading
 import time
 from collections.abc import Mapping
 
 from docker.types import Mount
 
 from runner.core.exceptions import ExperimentExecutionError
-from runner.sandbox.cleanup import LABEL
+from runner.sandbox.cleanup import LABEL, build_labels, deadline_after
 from runner.sandbox.engine import Engine
 from runner.sandbox.files.transfer import unstarted
 from runner.sandbox.policy import SupportFiles
@@ -61,6 +62,44 @@ def ensure_support(engine: Engine, image_id: str, helper_labels: Mapping[str, st
     finally:
         engine.remove(helper)
     return SupportFiles(volume.name, volume.mountpoint)
+
+
+class SupportVolume:
+    """The engine's support volume as a runner uses it: made once, and made again when a
+    sandbox was refused for want of it (``runner cleanup --all`` under a live runner).
+
+    Made again, it has the same name and content, so the same paths on the engine's
+    machine: what holds ``files`` (a warm pool's slot maker) stays right.
+    """
+
+    def __init__(self, engine: Engine, image_id: str) -> None:
+        self._engine = engine
+        self._image_id = image_id
+        self.files = ensure_support(engine, image_id, build_labels(deadline_after(60)))
+        #: Counts the times it was made again: a caller notes it before an attempt.
+        self.remade = 0
+        self._lock = threading.Lock()
+
+    def mend(self, remade: int, error: Exception) -> bool:
+        """After a sandbox that was refused or failed to start: True if that may have been
+        for want of this volume, which is now made again (here, or by another run since
+        ``remade`` was read).
+
+        Another runner of the engine may be making it again at the same time: then the
+        volume is there, but the error names one of its files, and filling it once more
+        is harmless (it is rewritten only when its content differs).
+        """
+        with self._lock:
+            if self.remade != remade:
+                return True
+            if self.files.mountpoint not in str(error) and not support_gone(
+                self._engine, self.files
+            ):
+                return False  # refused for another reason: the error stands
+            helper_labels = build_labels(deadline_after(60))
+            self.files = ensure_support(self._engine, self._image_id, helper_labels)
+            self.remade += 1
+            return True
 
 
 def support_gone(engine: Engine, support: SupportFiles) -> bool:

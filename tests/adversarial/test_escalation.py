@@ -10,7 +10,7 @@ import pytest
 from runner.sandbox.identity import UID_COUNT, UID_FIRST
 from runner.sandbox.policy import sandbox_environment
 from tests.adversarial.conftest import Hostile, report
-from tests.integration.conftest import ENGINE_ENVIRONMENT, INIT_COMMANDS, RUNTIME
+from tests.integration.conftest import CHECKOUT, ENGINE_ENVIRONMENT, INIT_COMMANDS, RUNTIME
 
 SYSCALLS = """
 import ctypes, errno, json, os
@@ -114,7 +114,8 @@ def test_caller_environment_and_host_paths_stay_hidden(
     secret = tmp_path / "host-secret"
     secret.write_text("s")
     secret.chmod(0o644)
-    probes = [str(secret), str(Path.home() / ".cache"), "/work", "/etc/docker", "/var/lib/docker"]
+    probes = [str(secret), str(Path.home() / ".cache"), str(CHECKOUT), "/etc/docker"]
+    probes.append("/var/lib/docker")
     seen = report(
         hostile(
             f"""

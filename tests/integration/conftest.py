@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -28,6 +29,18 @@ def interruptible_cli(*args: str) -> list[str]:
         + "import runpy\nrunpy.run_module('runner', run_name='__main__', alter_sys=True)\n"
     )
     return [sys.executable, "-c", code, *args]
+
+
+#: This checkout: the caller's own files, which no sandbox may see (unless it holds the
+#: test's files, which it never does: they are below the temporary directory).
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def ways_down(directory: Path) -> dict[str, list[str]]:
+    """Each directory on the way from ``/`` down to ``directory`` (``/`` left out), and
+    the one entry a sandbox that mounts ``directory`` may see in it: the next step."""
+    steps = [directory, *directory.parents][::-1][1:]
+    return {str(here): [below.name] for here, below in itertools.pairwise(steps)}
 
 
 #: The runtime this session of the suite runs under (RUNNER_RUNTIME picks it).

@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.backends.ray.backend import LABEL_RUN, LOOPBACK, local_cluster
-from runner.backends.ray.backend import LOCAL_RAY_ENVIRONMENT as RAY_ENVIRONMENT
+from runner.backends.ray.local import local_cluster
+from runner.backends.ray.node import LABEL_RUN
+from runner.backends.ray.placement import LOCAL_RAY_ENVIRONMENT as RAY_ENVIRONMENT
+from runner.backends.ray.placement import LOOPBACK
 from runner.sandbox.cleanup import LABEL, cleanup
 from runner.sandbox.engine import DockerEngine
 from tests.conftest import TEST_ENGINE

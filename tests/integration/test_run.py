@@ -10,7 +10,7 @@ import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner
 from runner.sandbox.engine import DockerEngine
-from tests.integration.conftest import SPEC
+from tests.integration.conftest import CHECKOUT, SPEC, ways_down
 
 
 def test_success_after_progress_output(
@@ -140,20 +140,24 @@ def test_tmp_is_writable_but_not_executable(
 def test_no_other_host_path_is_visible(
     runner: ExperimentRunner, tmp_path: Path, write_script: Callable[..., Path]
 ) -> None:
-    """Host paths outside the mounts (the repo, the caller's home, siblings) are absent."""
+    """Host paths outside the mounts (the repo, the caller's home, siblings) are absent, and
+    each directory on the way down to the script's holds nothing but the way down."""
     secret = tmp_path / "secret.txt"
     secret.write_text("s3cret")
     secret.chmod(0o644)
-    probes = [str(secret), str(Path(__file__).resolve()), str(Path.home() / ".cache"), "/work"]
-    probes.append("/var/run/docker.sock")
+    probes = [str(secret), str(Path(__file__).resolve()), str(Path.home() / ".cache")]
+    probes += [str(CHECKOUT), "/var/run/docker.sock"]
+    ways = ways_down(tmp_path / "exp")  # where the workdir fixture writes the script
     script = write_script(
         f"""
         import json, os
-        print(json.dumps({{p: os.path.exists(p) for p in {probes!r}}}))
+        print(json.dumps({{"exists": {{p: os.path.exists(p) for p in {probes!r}}},
+                          "ways": {{p: sorted(os.listdir(p)) for p in {list(ways)!r}}}}}))
         """
     )
     seen = json.loads(runner.run_script_directly(script)["stdout"])
-    assert seen == dict.fromkeys(probes, False)
+    assert seen["exists"] == dict.fromkeys(probes, False)
+    assert seen["ways"] == ways
 
 
 def test_missing_image_raises_with_build_hint(

@@ -11,25 +11,18 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.backends.local import DockerBackend, RunRequest
-from runner.backends.ray.backend import (
-    LABEL_RUN,
-    NodeJob,
-    NodePool,
-    PoolRequest,
-    RayBackend,
-    _Leases,
-    _with_artifacts,
-    cluster_capacity,
-    fingerprint,
-    run_job,
-)
+from runner.backends.base import PoolSpec
+from runner.backends.local import DockerBackend
+from runner.backends.ray.backend import RayBackend, _with_artifacts, fingerprint
+from runner.backends.ray.node import LABEL_RUN, NodeJob, NodePool, run_job
+from runner.backends.ray.placement import Leases, cluster_capacity
 from runner.sandbox.artifacts import ARTIFACTS_MARKER, OutputLimits, Outputs
 from runner.sandbox.engine import ContainerInfo
 from runner.sandbox.files.transfer import pack, reroot
 from runner.sandbox.files.tree import TreeRefused
 from runner.sandbox.lifecycle import Execution
 from runner.sandbox.policy import SandboxPolicy
+from runner.sandbox.request import RunRequest
 from tests.unit.fakes import FakeEngine, file_mounts
 
 POLICY = SandboxPolicy(image="img", cpu_limit=1.0, memory_limit="1g")
@@ -138,7 +131,7 @@ def test_outputs_collected_on_the_node_come_back_as_an_archive(script: Path) -> 
 
 def test_returned_outputs_are_checked_again_where_they_land(tmp_path: Path) -> None:
     """The caller writes the node's files under its outputs directory, refusing bad names."""
-    execution = Execution(0, False, False, "", "", False, False, 1.0, "sha256:x", node="n")
+    execution = Execution(exit_code=0, execution_time=1.0, image_id="sha256:x", node="n")
     outputs = Outputs(tmp_path / "out", LIMITS)
     got = _with_artifacts(execution, _tar({"a/b.txt": b"hi", "../escape": b"no"}), outputs)
     assert [a.name for a in got.artifacts] == ["a/b.txt"]
@@ -201,11 +194,7 @@ def test_a_cluster_runner_refuses_a_local_engine_and_keeps_warm_pools_per_node(
     assert runner.warm_pool_size == 0
     warm = ExperimentRunner(cluster="auto", warm_pool=3, pool_root=tmp_path, preload=["json"])
     assert warm.warm_pool_size == 3
-    request = warm.backend._pool  # type: ignore[union-attr]
-    assert request is not None
-    assert (request.pool_root, request.pool_root_fixed, request.preload) == (
-        tmp_path.resolve(), True, ("json",),
-    )  # fmt: skip
+    assert (warm.pool_root, warm.preload) == (tmp_path.resolve(), ("json",))
 
 
 def test_the_cluster_comes_from_runner_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,13 +237,13 @@ def test_a_node_pool_runs_packed_files_in_a_warm_slot_through_its_volume(script:
     """On a node whose engine is elsewhere, a warm slot takes packed files through its
     volume, placed below its root."""
     engine = FakeEngine(remote=True)
-    request = PoolRequest(1, 5, None, script.parent.parent, True, ())
-    pool = NodePool(POLICY, "python", "node-a", 1, request, engine)
+    request = PoolSpec(1, 5, None, script.parent.parent, True, ())
+    pool = NodePool(POLICY, "python", "node-a", request, engine)
     assert pool.started() == "node-a"
     assert pool.wait_ready(10)
     outcome = pool.run(job_for(script), pack([script.parent]))
     assert outcome.error is None and outcome.execution is not None
-    assert outcome.execution.warm
+    assert outcome.execution.warm_start
     (archive,) = engine.archives.values()
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         names = tar.getnames()
@@ -269,8 +258,8 @@ def test_a_node_pool_unpacks_into_a_slot_directory_where_its_engine_sees_it(
     """Where the node's engine sees its files, the slot's own directory takes them."""
     seen: list[bytes] = []
     engine = FakeEngine()
-    request = PoolRequest(1, 5, None, script.parent.parent, True, ())
-    pool = NodePool(POLICY, "python", "node-a", 1, request, engine)
+    request = PoolSpec(1, 5, None, script.parent.parent, True, ())
+    pool = NodePool(POLICY, "python", "node-a", request, engine)
     assert pool.wait_ready(10)
     slot = engine.created[-1]
     (source,) = [m["Source"] for m in slot["mounts"] if m["Target"] == str(script.parent.parent)]
@@ -278,7 +267,7 @@ def test_a_node_pool_unpacks_into_a_slot_directory_where_its_engine_sees_it(
         (Path(source) / script.parent.name / script.name).read_bytes()
     )
     outcome = pool.run(job_for(script), pack([script.parent]))
-    assert outcome.error is None and outcome.execution is not None and outcome.execution.warm
+    assert outcome.error is None and outcome.execution is not None and outcome.execution.warm_start
     assert seen == [script.read_bytes()]  # there while the script ran
     assert engine.archives == {}
     pool.close()
@@ -286,8 +275,8 @@ def test_a_node_pool_unpacks_into_a_slot_directory_where_its_engine_sees_it(
 
 def test_an_aborted_run_on_a_node_pool_never_starts(script: Path) -> None:
     """A run the caller cancelled before it reached the node's pool is not run there."""
-    request = PoolRequest(1, 5, None, script.parent.parent, True, ())
-    pool = NodePool(POLICY, "python", "node-a", 1, request, FakeEngine())
+    request = PoolSpec(1, 5, None, script.parent.parent, True, ())
+    pool = NodePool(POLICY, "python", "node-a", request, FakeEngine())
     pool.abort(["run1"])
     outcome = pool.run(job_for(script), pack([script.parent]))
     assert outcome.execution is None and outcome.error == "The run was cancelled."
@@ -296,7 +285,7 @@ def test_an_aborted_run_on_a_node_pool_never_starts(script: Path) -> None:
 
 def test_leases_take_the_freest_node_wait_when_full_and_lose_dead_nodes() -> None:
     """No node runs more than it booked; a run waits for a free sandbox; a dead node's go."""
-    leases = _Leases({"a": 2, "b": 1})
+    leases = Leases({"a": 2, "b": 1})
     taken = [leases.take(), leases.take(), leases.take()]
     assert sorted(taken) == ["a", "a", "b"]
     got: list[str] = []

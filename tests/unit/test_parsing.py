@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from runner.experiment.verdict import Ending, find_result_line, interpret, printable
+from runner.core.text import printable
+from runner.experiment.verdict import Ending, find_result_line, interpret
 
 
 def judge(stdout: str = "", stderr: str = "", exit_code: int | None = 0, **ending: bool):

@@ -29,9 +29,6 @@ from runner.core.exceptions import ExperimentExecutionError
 from runner.sandbox.engine import Engine
 from runner.sandbox.files.tree import Budget, TreeRefused, walk
 
-Transfer = Literal["auto", "bind", "copy"]
-TRANSFERS: tuple[Transfer, ...] = ("auto", "bind", "copy")
-
 #: Where the helper container that fills a volume mounts it (it is never started).
 _FILL_AT = "/files"
 #: Bounds of one copy: entries, and bytes of file content.
