@@ -19,7 +19,7 @@ from types import CodeType, ModuleType
 #: Old module name -> the module it is now.
 MOVED = {
     "runner.engine": "runner.sandbox.engine",
-    "runner.mcp_server": "runner.mcp.service",
+    "runner.mcp_server": "runner.mcp",
     "runner.codegen": "runner.experiment.codegen",
     "runner.demo": "runner.cli.demo",
     "runner.lock": "runner.image.python_lock",

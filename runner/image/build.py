@@ -11,8 +11,6 @@ image against those records from inside a sandboxed container.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -20,46 +18,45 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.settings import DEFAULT_BASE_IMAGE, DEFAULT_IMAGE, ExperimentDefaults
-from runner.image.definition import image_dir
+from runner.image.definition import (
+    DEBIAN_SUITE,
+    DEFINITION_FILES,
+    LABEL_ADDED,
+    LABEL_BASE,
+    LABEL_DEBIAN,
+    LABEL_DEFINITION,
+    LABEL_LOCK,
+    LABEL_PACKAGES,
+    LABEL_PYTHON,
+    definition_digest,
+    image_dir,
+    lock_digest,
+)
+from runner.image.listing import debian_packages, listing
 from runner.image.python_lock import (
     PIP_PLATFORMS,
     PYTHON_VERSION,
     check_lock,
     compile_lock,
     locked_packages,
-    normalize,
 )
+from runner.image.verify import Verification, verify_image
 from runner.sandbox.engine import DockerEngine
 
-__all__ = [
-    "BuiltImage",
-    "Verification",
-    "build_image",
-    "build_user_image",
-    "image_dir",
-    "locked_packages",
-    "verify_image",
-]
+__all__ = ["BuiltImage", "Verification", "build_image", "build_user_image", "verify_image"]
 
-LABEL_LOCK = "io.experiment-runner.lock-sha256"
-LABEL_DEFINITION = "io.experiment-runner.definition-sha256"
-LABEL_PACKAGES = "io.experiment-runner.packages"
-LABEL_PYTHON = "io.experiment-runner.python"
-LABEL_BASE = "io.experiment-runner.base"
-#: Every Debian package of the image, ``name=version``, listed from the base by dpkg-query.
-LABEL_DEBIAN = "io.experiment-runner.debian-packages"
-#: A user image's packages that the default image lacks (or has at another version).
-LABEL_ADDED = "io.experiment-runner.added-packages"
-#: Where the image keeps the lock it was installed from.
-LOCK_IN_IMAGE = "/usr/share/experiment-runner/requirements.lock"
-DEBIAN_SUITE = "bookworm"
+
 _Log = Callable[[str], None]
+
+
 _DIGEST_REF = re.compile(r"^[\w./:-]+@sha256:[0-9a-f]{64}$")
+
+
 _PLATFORM_ARGS = [
     "--only-binary=:all:",
     *(arg for platform in PIP_PLATFORMS for arg in ("--platform", platform)),
@@ -75,31 +72,6 @@ class BuiltImage:
     packages: dict[str, str]
     reused: bool
     lock: Path | None = None
-
-
-def lock_digest(lock: Path) -> str:
-    return hashlib.sha256(lock.read_bytes()).hexdigest()
-
-
-#: Everything in the image definition that shapes the image.
-DEFINITION_FILES = (
-    "Dockerfile",
-    "requirements.lock",
-    "_experiment_runner_streams.py",
-    "experiment-runner-streams.pth",
-)
-
-
-def definition_digest(source: Path, lock: Path | None = None) -> str:
-    """Digest of everything that shapes the image: the Dockerfile, the lock and site files.
-
-    ``lock`` stands in for the definition's own ``requirements.lock`` (a user image).
-    """
-    digest = hashlib.sha256()
-    for name in DEFINITION_FILES:
-        path = lock if lock is not None and name == "requirements.lock" else source / name
-        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def build_image(
@@ -147,8 +119,8 @@ def build_image(
             labels={
                 LABEL_LOCK: digest,
                 LABEL_DEFINITION: definition,
-                LABEL_PACKAGES: _listing(packages, "=="),
-                LABEL_DEBIAN: _listing(debian, "="),
+                LABEL_PACKAGES: listing(packages, "=="),
+                LABEL_DEBIAN: listing(debian, "="),
                 LABEL_PYTHON: base_labels.get(LABEL_PYTHON, "unknown"),
                 LABEL_BASE: base_id,
                 "org.opencontainers.image.title": "experiment-runner scikit-learn sandbox",
@@ -225,19 +197,10 @@ def build_user_image(
         force=force,
         log=log,
         labels={
-            LABEL_ADDED: _listing(added, "=="),
+            LABEL_ADDED: listing(added, "=="),
             "org.opencontainers.image.title": "experiment-runner user sandbox",
         },
     )
-
-
-def _listing(packages: Mapping[str, str], sep: str) -> str:
-    return " ".join(f"{name}{sep}{version}" for name, version in sorted(packages.items()))
-
-
-def parse_listing(text: str, sep: str) -> dict[str, str]:
-    """``{name: version}`` from a label written by ``_listing``."""
-    return dict(item.split(sep, 1) for item in text.split() if sep in item)
 
 
 def download_wheels(lock: Path, dest: Path, *, log: _Log = print) -> Path:
@@ -255,139 +218,6 @@ def download_wheels(lock: Path, dest: Path, *, log: _Log = print) -> Path:
             "x86_64; the host needs pip and access to PyPI (or a pip cache holding the wheels).",
         )
     return dest
-
-
-# Listings run inside a sandboxed container (no network, read-only, no capabilities).
-_DPKG = ["dpkg-query", "-W", "-f=${binary:Package}=${Version}\\n"]
-DEBIAN_LISTING = f"""\
-import subprocess, sys
-sys.stdout.write(subprocess.run({_DPKG!r}, capture_output=True, text=True, check=True).stdout)
-"""
-IMAGE_LISTING = f"""\
-import base64, hashlib, json, subprocess, importlib.metadata as metadata
-packages, altered = {{}}, []
-for dist in metadata.distributions():
-    packages[dist.metadata["Name"]] = dist.version
-    for record in dist.files or ():
-        if record.hash is None or record.hash.mode != "sha256":
-            continue
-        digest = hashlib.sha256()
-        try:
-            with open(record.locate(), "rb") as file:
-                for block in iter(lambda: file.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError:
-            altered.append(str(record))
-            continue
-        if base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode() != record.hash.value:
-            altered.append(str(record))
-try:
-    with open({LOCK_IN_IMAGE!r}, "rb") as file:
-        lock = hashlib.sha256(file.read()).hexdigest()
-except OSError:
-    lock = None
-debian = subprocess.run({_DPKG!r}, capture_output=True, text=True, check=True).stdout
-print(json.dumps({{"packages": packages, "altered": altered, "lock": lock, "debian": debian}}))
-"""
-
-
-def run_listing(engine: DockerEngine, image: str, code: str) -> str:
-    """Run ``code`` with the image's python3 in a sandbox (every control of a run); its stdout."""
-    from runner.experiment.runner import ExperimentRunner  # the runner imports nothing of this
-
-    with tempfile.TemporaryDirectory(prefix="runner-listing-") as tmp:
-        directory = Path(tmp)
-        directory.chmod(0o755)  # the sandbox's user reads the script in place
-        script = directory / "listing.py"
-        script.write_text(code)
-        script.chmod(0o644)
-        runner = ExperimentRunner(timeout=300, python_executable="python3", image=image,
-                                  engine=engine, output_limit=16 * 1024 * 1024)  # fmt: skip
-        raw = runner.run_script_directly(script)
-    if raw["returncode"] != 0:
-        raise ExperimentExecutionError(
-            f"Listing the packages of {image} failed (exit {raw['returncode']}):\n"
-            f"{str(raw['stderr'])[-2000:]}",
-            hint="the image needs python3 and dpkg-query; `runner doctor` checks the sandbox.",
-        )
-    return str(raw["stdout"])
-
-
-def debian_packages(engine: DockerEngine, image: str) -> dict[str, str]:
-    """``{package: version}`` of every Debian package in ``image``, from dpkg-query inside it."""
-    return parse_listing(run_listing(engine, image, DEBIAN_LISTING), "=")
-
-
-@dataclass
-class Verification:
-    """What ``verify_image`` compared: each check's name, and what did not match."""
-
-    image: str
-    image_id: str
-    checks: list[tuple[str, str | None]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(problem is None for _, problem in self.checks)
-
-    def add(self, what: str, problem: str | None) -> None:
-        self.checks.append((what, problem))
-
-
-def verify_image(engine: DockerEngine, image: str, lock: Path | None = None) -> Verification:
-    """Check ``image`` against its labels (and ``lock``) from inside a sandboxed container.
-
-    Compares the Python packages installed with the recorded package list (and
-    the lock's), every installed file with its wheel's RECORD hash, the lock kept
-    in the image with the recorded digest, and the Debian packages with their
-    recorded list.
-    """
-    data = engine.image_inspect(image)
-    labels: Mapping[str, str] = data["Config"].get("Labels") or {}
-    report = Verification(image, str(data["Id"]))
-    seen = json.loads(run_listing(engine, str(data["Id"]), IMAGE_LISTING).strip().splitlines()[-1])
-    installed = {normalize(name): version for name, version in seen["packages"].items()}
-    recorded_lock = labels.get(LABEL_LOCK)
-
-    def against_label(label: str, sep: str, seen_packages: Mapping[str, str]) -> str | None:
-        if label not in labels:
-            return "the image records no such list (built before it was recorded: rebuild it)"
-        return _difference(parse_listing(labels[label], sep), seen_packages)
-
-    report.add("python packages = recorded list", against_label(LABEL_PACKAGES, "==", installed))
-    if lock is not None:
-        report.add(f"python packages = {lock}", _difference(locked_packages(lock), installed))
-        digest = lock_digest(lock)
-        report.add(
-            f"recorded lock digest = sha256 of {lock}",
-            None if recorded_lock == digest else f"recorded {recorded_lock}, file {digest}",
-        )
-    altered = seen["altered"]
-    report.add(
-        "installed files = their wheels' hashes",
-        f"{len(altered)} differ: {', '.join(altered[:5])}" if altered else None,
-    )
-    in_image = seen["lock"]
-    report.add(
-        f"lock in the image ({LOCK_IN_IMAGE}) = recorded digest",
-        None
-        if in_image and in_image == recorded_lock
-        else f"recorded {recorded_lock}, image holds {in_image or 'no lock'}",
-    )
-    debian = parse_listing(seen["debian"], "=")
-    report.add("debian packages = recorded list", against_label(LABEL_DEBIAN, "=", debian))
-    return report
-
-
-def _difference(expected: Mapping[str, str], seen: Mapping[str, str]) -> str | None:
-    """None when equal, else what is missing, extra or at another version."""
-    problems = [
-        *(f"{n} {v} missing" for n, v in sorted(expected.items()) if n not in seen),
-        *(f"{n} {v} not recorded" for n, v in sorted(seen.items()) if n not in expected),
-        *(f"{n} {seen[n]} instead of {v}" for n, v in sorted(expected.items())
-          if n in seen and seen[n] != v),
-    ]  # fmt: skip
-    return "; ".join(problems) if problems else None
 
 
 def ensure_base(engine: DockerEngine, settings: ExperimentDefaults, *, log: _Log = print) -> str:
@@ -420,13 +250,13 @@ def build_base(engine: DockerEngine, settings: ExperimentDefaults, *, log: _Log 
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         rootfs = Path(tmp) / "rootfs"
         log(f"debootstrapping Debian {DEBIAN_SUITE} with python3 (about a minute)")
-        _run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv",
+        _command(["debootstrap", "--variant=minbase", "--include=python3,python3-venv",
               DEBIAN_SUITE, str(rootfs), settings.debian_mirror])  # fmt: skip
         version_code = "import platform; print(platform.python_version())"
-        python_version = _run(["chroot", str(rootfs), "python3", "-c", version_code]).strip()
+        python_version = _command(["chroot", str(rootfs), "python3", "-c", version_code]).strip()
         _trim_rootfs(rootfs)
         tarball = Path(tmp) / "rootfs.tar"
-        _run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."])
+        _command(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."])
         repository, tag = DEFAULT_BASE_IMAGE.rsplit(":", 1)
         log(f"importing {DEFAULT_BASE_IMAGE} (python {python_version})")
         return engine.import_tarball(
@@ -452,11 +282,11 @@ def _trim_rootfs(rootfs: Path) -> None:
                 else:
                     child.unlink()
     # Defence in depth: no setuid or setgid programs in the sandbox at all.
-    _run(["find", str(rootfs), "-xdev", "-type", "f", "-perm", "/6000",
+    _command(["find", str(rootfs), "-xdev", "-type", "f", "-perm", "/6000",
           "-exec", "chmod", "ug-s", "{}", "+"])  # fmt: skip
 
 
-def _run(cmd: list[str]) -> str:
+def _command(cmd: list[str]) -> str:
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise ExperimentExecutionError(

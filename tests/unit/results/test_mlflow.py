@@ -20,13 +20,13 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
-from runner.cli import main as cli
+from runner.cli import show
 from runner.cli.main import main
 from runner.results.history import ResultsHistory
 from runner.results.mlflow import MlflowTracker
 from runner.sandbox.artifacts import ARTIFACTS_MARKER
 from tests.unit.fakes import FakeEngine
-from tests.unit.test_artifacts import file, tar_of
+from tests.unit.sandbox.test_artifacts import file, tar_of
 
 SPEC = ExperimentSpec(
     experiment_name="forest",
@@ -181,7 +181,7 @@ def test_results_read_back_from_mlflow_and_in_runner_history(
     assert [r.experiment_name for r in MlflowTracker(store).read(name="lin")] == ["linear"]
     screen = io.StringIO()
     for name in ("console", "errors"):
-        monkeypatch.setattr(cli, name, Console(file=screen, width=400, highlight=False))
+        monkeypatch.setattr(show, name, Console(file=screen, width=400, highlight=False))
     assert main(["history", "--mlflow", store, "--name", "forest"]) == 0
     shown = screen.getvalue()
     assert f"{store}: 1 result(s)" in shown
@@ -271,3 +271,17 @@ def test_the_tracking_uri_comes_from_the_environment(
     monkeypatch.setenv("RUNNER_TRACKING_URI", store)
     runner = ExperimentRunner(engine=FakeEngine())
     assert runner.tracker is not None and runner.tracker.uri == store
+
+
+def test_runner_batch_logs_every_script_to_mlflow(
+    script: Path, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`runner batch a.py b.py --mlflow URI` logs both runs (the URI once went missing)."""
+    engine = FakeEngine(wait_results=[0, 0], stdout=OUTPUT)
+    monkeypatch.setattr("runner.backends.local.DockerEngine", lambda: engine)
+    other = script.with_name("other.py")
+    other.write_text(script.read_text())
+    code = main(["batch", str(script), str(other), "--mlflow", store, "--no-record"])
+    assert code == 0
+    logged = MlflowTracker(store).read()
+    assert sorted(r.experiment_name for r in logged) == ["other", "script"]

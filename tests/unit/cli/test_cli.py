@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pytest
 from rich.console import Console
 
-from runner.cli import main as cli
+from runner.cli import doctor, experiments, show
 from runner.cli.main import main
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import ExperimentResult
@@ -59,7 +59,7 @@ def terminal(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     screen = io.StringIO()
     for name in ("console", "errors"):
         console = Console(file=screen, force_terminal=True, width=400, highlight=False)
-        monkeypatch.setattr(cli, name, console)
+        monkeypatch.setattr(show, name, console)
     return screen
 
 
@@ -123,7 +123,7 @@ class FakeRunner:
 @pytest.fixture
 def fake_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> type[FakeRunner]:
     """The CLI runs scripts with FakeRunner; the demo writes its scripts under tmp_path."""
-    monkeypatch.setattr(cli, "ExperimentRunner", FakeRunner)
+    monkeypatch.setattr(experiments, "ExperimentRunner", FakeRunner)
     monkeypatch.setenv("RUNNER_EXPERIMENTS_DIR", str(tmp_path / "experiments"))
     return FakeRunner
 
@@ -244,7 +244,7 @@ def test_doctor_shows_a_hint_as_text(
     def unreachable() -> None:
         raise ExperimentExecutionError("Cannot reach the engine", hint=HOSTILE)
 
-    monkeypatch.setattr(cli, "DockerEngine", unreachable)
+    monkeypatch.setattr(doctor, "DockerEngine", unreachable)
     assert main(["doctor"]) == 1
     screen = terminal.getvalue()
     assert "FAIL" in screen and "fix: " in screen
@@ -276,3 +276,27 @@ def test_batch_writes_a_junit_report_and_refuses_a_missing_path(
     assert report.read_text().count("<testcase ") == 1  # the same script once
     assert main(["batch", str(tmp_path / "missing.py"), "--no-record"]) == 2
     assert "No such script or directory" in capsys.readouterr().err
+
+
+def test_every_runner_option_of_the_command_line_reaches_the_runner() -> None:
+    """Each option that tells a runner something is a RunnerOptions field, and a command
+    line that sets them all gives a RunnerOptions with every value (none is dropped)."""
+    from runner.cli.main import build_parser
+    from runner.cli.options import FILES, POLICY, RESULTS, WHERE, runner_options
+    from runner.core.options import RunnerOptions
+
+    own = {"help", "results", "no_record"}
+    dests = {a.dest for group in (POLICY, FILES, WHERE, RESULTS) for a in group._actions} - own
+    assert dests <= set(RunnerOptions.model_fields)
+    words = ["--timeout", "7", "--memory", "1g", "--cpus", "0.5", "--runtime", "runsc",
+             "--image", "img:1", "--transfer", "copy", "--input", "/data", "--outputs", "/o",
+             "--warm", "2", "--ray", "auto", "--build-missing", "--mlflow", "sqlite:///m.db",
+             ]  # fmt: skip
+    for command in (["run", "exp.py"], ["batch", "exp.py"]):
+        options = runner_options(build_parser().parse_args([*command, *words]))
+        assert {
+            name for name in dests if getattr(options, name) not in (None, (), 0, False)
+        } == dests
+        assert (options.timeout, options.memory_limit, options.tracking_uri) == (
+            7.0, "1g", "sqlite:///m.db",
+        )  # fmt: skip

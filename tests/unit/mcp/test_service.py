@@ -13,18 +13,14 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult, ImageContent, TextContent
 
+from runner.cli.mcp import data_sets
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.settings import ExperimentDefaults
 from runner.core.sizes import parse_size
-from runner.mcp.service import (
-    SandboxService,
-    ServerPolicy,
-    build_server,
-    data_sets,
-)
+from runner.mcp import SandboxService, ServerPolicy, build_server
 from runner.sandbox.artifacts import ARTIFACTS_MARKER
 from tests.unit.fakes import FakeEngine
-from tests.unit.test_artifacts import file, tar_of
+from tests.unit.sandbox.test_artifacts import file, tar_of
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
 GOOD = b'{"success": true, "metrics": {"accuracy": 0.75}}\n'
@@ -272,9 +268,9 @@ def test_streamable_http_serves_on_loopback_by_default(tmp_path: Path) -> None:
     """`runner mcp --http` binds 127.0.0.1 unless told otherwise; a client calls a tool there."""
     import socket
 
-    from runner.cli.main import _parser
+    from runner.cli.main import build_parser
 
-    args = _parser().parse_args(["mcp", "--http"])
+    args = build_parser().parse_args(["mcp", "--http"])
     assert (args.host, args.http) == ("127.0.0.1", True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

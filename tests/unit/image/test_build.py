@@ -11,24 +11,23 @@ import pytest
 from runner import ExperimentDefaults, ExperimentExecutionError
 from runner.cli.main import main
 from runner.core.settings import DEFAULT_IMAGE
-from runner.image import build as image_module
 from runner.image import python_lock as lock_module
-from runner.image.build import (
+from runner.image import verify as verify_module
+from runner.image.build import build_user_image, ensure_base
+from runner.image.definition import (
     DEFINITION_FILES,
     LABEL_DEBIAN,
     LABEL_LOCK,
     LABEL_PACKAGES,
-    build_user_image,
     definition_digest,
-    ensure_base,
     image_dir,
     lock_digest,
-    parse_listing,
-    verify_image,
 )
+from runner.image.listing import parse_listing
 from runner.image.python_lock import check_lock, compile_lock, locked_packages
+from runner.image.verify import verify_image
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHA = "0" * 64
 
 
@@ -239,7 +238,7 @@ LABELS = {
 
 def test_verify_passes_an_image_matching_its_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """Packages, file hashes, the kept lock and Debian packages as recorded: every check ok."""
-    monkeypatch.setattr(image_module, "run_listing", lambda engine, image, code: listing())
+    monkeypatch.setattr(verify_module, "run_listing", lambda engine, image, code: listing())
     report = verify_image(InspectOnly(LABELS), "mine:1")  # type: ignore[arg-type]
     assert report.ok, report.checks
     assert len(report.checks) == 4
@@ -253,7 +252,7 @@ def test_verify_names_each_difference(monkeypatch: pytest.MonkeyPatch, tmp_path:
         lock="e" * 64,
         debian="libc6=2.37\npython3=3.11.2-1\n",
     )
-    monkeypatch.setattr(image_module, "run_listing", lambda engine, image, code: seen)
+    monkeypatch.setattr(verify_module, "run_listing", lambda engine, image, code: seen)
     lock = write_lock(tmp_path / "x.lock", {"six": "1.16.0"})
     report = verify_image(InspectOnly(LABELS), "mine:1", lock=lock)  # type: ignore[arg-type]
     problems = dict(report.checks)
@@ -267,7 +266,7 @@ def test_verify_names_each_difference(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 def test_verify_flags_an_image_without_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """An image built before Debian packages were recorded fails verification, saying so."""
-    monkeypatch.setattr(image_module, "run_listing", lambda engine, image, code: listing())
+    monkeypatch.setattr(verify_module, "run_listing", lambda engine, image, code: listing())
     labels = {k: v for k, v in LABELS.items() if k != LABEL_DEBIAN}
     report = verify_image(InspectOnly(labels), "old:1")  # type: ignore[arg-type]
     assert "rebuild it" in str(dict(report.checks)["debian packages = recorded list"])
@@ -282,8 +281,8 @@ def test_cli_info_and_verify_take_an_image_name(monkeypatch: pytest.MonkeyPatch)
             asked.append(ref)
             return {**super().image_inspect(ref), "Size": 1e9}
 
-    monkeypatch.setattr("runner.cli.main.DockerEngine", lambda: Engine(LABELS))
-    monkeypatch.setattr(image_module, "run_listing", lambda engine, image, code: listing())
+    monkeypatch.setattr("runner.cli.image.DockerEngine", lambda: Engine(LABELS))
+    monkeypatch.setattr(verify_module, "run_listing", lambda engine, image, code: listing())
     assert main(["image", "info", "mine:1"]) == 0
     assert main(["image", "verify", "mine:1"]) == 0
     assert asked == ["mine:1", "mine:1"]
@@ -300,7 +299,7 @@ def test_cli_run_takes_an_image(monkeypatch: pytest.MonkeyPatch, script: Path) -
         seen.update(kwargs)
         raise Stop
 
-    monkeypatch.setattr("runner.cli.main.ExperimentRunner", fake_runner)
+    monkeypatch.setattr("runner.cli.experiments.ExperimentRunner", fake_runner)
     with pytest.raises(Stop):
         main(["run", str(script), "--image", "mine:1"])
-    assert seen["image"] == "mine:1"
+    assert seen["options"].image == "mine:1"
