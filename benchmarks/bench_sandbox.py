@@ -33,7 +33,8 @@ from pathlib import Path
 
 from runner import ExperimentRunner, ExperimentSpec
 from runner.core.settings import ExperimentDefaults
-from runner.image.build import download_wheels, image_dir
+from runner.image.build import download_wheels
+from runner.image.definition import image_dir
 from runner.sandbox.engine import DockerEngine
 
 RF_SCRIPT = """\

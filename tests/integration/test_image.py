@@ -13,20 +13,11 @@ from testcontainers.core.container import DockerContainer
 
 from runner import ExperimentExecutionError, ExperimentRunner
 from runner.core.settings import ExperimentDefaults
-from runner.image.build import (
-    IMAGE_LISTING,
-    LABEL_ADDED,
-    LABEL_LOCK,
-    LABEL_PACKAGES,
-    BuiltImage,
-    build_user_image,
-    image_dir,
-    lock_digest,
-    locked_packages,
-    run_listing,
-    verify_image,
-)
-from runner.image.python_lock import check_lock
+from runner.image.build import BuiltImage, build_user_image
+from runner.image.definition import LABEL_ADDED, LABEL_LOCK, LABEL_PACKAGES, image_dir, lock_digest
+from runner.image.listing import IMAGE_LISTING, run_listing
+from runner.image.python_lock import check_lock, locked_packages
+from runner.image.verify import verify_image
 from runner.sandbox.engine import DockerEngine
 from tests.integration.conftest import SPEC, run_once
 
