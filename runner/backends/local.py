@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
-from runner.backends.base import BackendOptions, PoolSpec, sandboxes_that_fit
+from runner.backends.base import Backend, BackendOptions, PoolSpec, sandboxes_that_fit
 from runner.backends.bootstrap import DEFAULT_PRELOAD, SOURCE
 from runner.backends.pool import (
     Slot,
@@ -267,3 +267,7 @@ class DockerBackend:
         """Remove the containers of the runs ``tokens`` name; those not started never start."""
         for container_id in self._active.abort(tokens):
             self.engine.remove(container_id)
+
+
+# mypy checks here that the class meets the protocol the front talks to.
+_MEETS_THE_PROTOCOL: type[Backend] = DockerBackend

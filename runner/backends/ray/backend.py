@@ -43,7 +43,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.backends.base import BackendOptions, PoolSpec
+from runner.backends.base import Backend, BackendOptions, PoolSpec
 from runner.backends.ray.node import (
     NodeJob,
     NodeOutcome,
@@ -376,10 +376,7 @@ class RayBackend:
         except ray.exceptions.TaskCancelledError as e:
             raise ExperimentExecutionError("The run was cancelled.") from e
         except ray.exceptions.RayError as e:
-            raise ExperimentExecutionError(
-                f"The Ray task of this run failed: {type(e).__name__}: {e}",
-                hint="see the Ray logs of the node it ran on.",
-            ) from e
+            raise _ray_failed(e) from e
         finally:
             with self._lock:
                 self._runs.pop(token, None)
@@ -432,10 +429,7 @@ class RayBackend:
                 continue
             except ray.exceptions.RayError as e:
                 leases.give_back(node)
-                raise ExperimentExecutionError(
-                    f"The Ray call of this run failed: {type(e).__name__}: {e}",
-                    hint="see the Ray logs of the node it ran on.",
-                ) from e
+                raise _ray_failed(e) from e
             finally:
                 with self._lock:
                     self._runs.pop(token, None)
@@ -505,6 +499,14 @@ def _end_pools(pools: dict[str, Any]) -> None:
             ray.kill(pool)
 
 
+def _ray_failed(error: Exception) -> ExperimentExecutionError:
+    """A Ray failure of a run (not the script's: that is a result), for the caller."""
+    return ExperimentExecutionError(
+        f"The Ray task of this run failed: {type(error).__name__}: {error}",
+        hint="see the Ray logs of the node it ran on.",
+    )
+
+
 def _received(outcome: NodeOutcome, request: RunRequest) -> Execution:
     """The node's record of the run, or the error that kept it from running there."""
     if outcome.execution is None:
@@ -548,3 +550,7 @@ def _entries(path: Path) -> Iterator[os.DirEntry[str]]:
             yield entry
             if entry.is_dir(follow_symlinks=False):
                 yield from _entries(Path(entry.path))
+
+
+# mypy checks here that the class meets the protocol the front talks to.
+_MEETS_THE_PROTOCOL: type[Backend] = RayBackend
