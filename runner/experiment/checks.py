@@ -98,13 +98,19 @@ class RunChecks:
         inputs: Iterable[str | Path] = (),
         args: Sequence[str] = (),
         outputs_dir: Path | str | None = None,
+        outputs_below: tuple[str, ...] = (),
     ) -> RunRequest:
-        """The checked request for one run; ``ExperimentExecutionError`` says what is wrong."""
+        """The checked request for one run; ``ExperimentExecutionError`` says what is wrong.
+
+        ``outputs_below``: directories under the outputs directory that this run's
+        outputs go into (a batch job's own), made there and never followed.
+        """
         checked = check_args(args)
         script, mounts = self._mounts(script_path, inputs)
         destination = self.outputs(outputs_dir)
         outputs = None
         if destination is not None:
+            _apart_from_the_files(destination, mounts)
             if any(path.is_relative_to(OUTPUTS_PATH) for path in mounts):
                 raise ExperimentExecutionError(
                     f"With outputs on, the sandbox's working directory is {OUTPUTS_PATH}: "
@@ -115,7 +121,7 @@ class RunChecks:
             limits = self.output_limits
             if limits is None:
                 raise ValueError("outputs need output_limits")
-            outputs = Outputs(destination, limits, links=script.parent)
+            outputs = Outputs(destination, limits, links=script.parent, below=outputs_below)
         return RunRequest(
             script,
             mounts,
@@ -146,3 +152,21 @@ class RunChecks:
             if path not in paths:
                 paths.append(path)
         return script, tuple(paths)
+
+
+def _apart_from_the_files(destination: Path, mounts: Sequence[Path]) -> None:
+    """Refuse an outputs directory that is, holds or lies inside the script's directory or
+    an input: what the script writes would replace the script's own files or inputs."""
+    for path in mounts:
+        if (
+            destination == path
+            or destination.is_relative_to(path)
+            or path.is_relative_to(destination)
+        ):
+            what = "the script's directory" if path == mounts[0] else "an input"
+            raise ExperimentExecutionError(
+                f"The outputs directory {destination} and {what} ({path}) overlap: what the "
+                "script writes would land on its own files or inputs.",
+                hint="choose an outputs directory apart from the script's directory and every "
+                "input (say, a sibling: --outputs ../out).",
+            )

@@ -53,6 +53,8 @@ class _Asked:
     inputs: tuple[str | Path, ...] = ()
     args: Sequence[str] = ()
     outputs_dir: Path | str | None = None
+    #: Directories under the outputs directory for this run's outputs (a batch job's).
+    outputs_below: tuple[str, ...] = ()
 
     def record(self, timestamp: datetime) -> ExperimentRecord:
         """The result's fields that come from the request rather than from the run."""
@@ -251,8 +253,12 @@ class ExperimentRunner:
         record = asked.record(datetime.now(UTC))
         started = time.monotonic()
         try:
-            request = self.request(
-                asked.script, inputs=asked.inputs, args=asked.args, outputs_dir=asked.outputs_dir
+            request = self.checks.request(
+                asked.script,
+                inputs=asked.inputs,
+                args=asked.args,
+                outputs_dir=asked.outputs_dir,
+                outputs_below=asked.outputs_below,
             )
             execution = self._backend.execute(request, on_output, token)
         except ExperimentExecutionError:
@@ -415,11 +421,11 @@ class ExperimentRunner:
         script_path, spec, iteration = job[:3]
         args: Sequence[str] = job[3] if len(job) > 3 else ()
         # Each job of a batch brings its outputs back into a directory of its own.
-        outputs = None
+        below: tuple[str, ...] = ()
         if self.outputs_dir is not None:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.experiment_name).strip("-.")[:60]
-            outputs = self.outputs_dir / f"{index:04d}-{slug or 'job'}"
-        asked = _Asked(Path(script_path), spec, iteration, (), args, outputs)
+            below = (f"{index:04d}-{slug or 'job'}",)
+        asked = _Asked(Path(script_path), spec, iteration, (), args, None, below)
         try:
             return self._result(asked, None, token)
         except ExperimentExecutionError as e:

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -89,12 +90,23 @@ class OutputLimits:
 
 @dataclass(frozen=True)
 class Outputs:
-    """Where one run's outputs go on the host, within which limits."""
+    """Where one run's outputs go on the host, within which limits.
+
+    ``destination`` is a directory the caller named (resolved: no symlink in it);
+    ``below`` the names of directories under it that the runner chose (a batch
+    job's ``0000-NAME``), made there and never followed if they are symlinks.
+    """
 
     destination: Path
     limits: OutputLimits
     #: The script's directory: the sandbox links its entries into the working directory.
     links: Path | None = None
+    below: tuple[str, ...] = ()
+
+    @property
+    def directory(self) -> Path:
+        """Where the files land."""
+        return self.destination.joinpath(*self.below)
 
     def collect(self, sink: ArtifactSink | None) -> Collected:
         """Extract what the sink received; a run that sent nothing says so."""
@@ -104,7 +116,9 @@ class Outputs:
                 "none were collected (the sandbox ended before its outputs could be sent)"
             )
             return collected
-        collected = extract(sink.stream(), self.destination, self.limits, own_links=self.links)
+        collected = extract(
+            sink.stream(), self.destination, self.limits, below=self.below, own_links=self.links
+        )
         if sink.overflow:
             collected.problems.append(
                 f"the outputs stream went over {self.limits.stream_limit} bytes and was cut there"
@@ -324,21 +338,30 @@ def extract(
     destination: Path,
     limits: OutputLimits,
     *,
+    below: tuple[str, ...] = (),
     own_links: Path | None = None,
 ) -> Collected:
-    """Write the regular files of the tar ``stream`` under ``destination``; report the rest.
+    """Write the regular files of the tar ``stream`` under ``destination/below...``; report
+    the rest.
 
-    Nothing is written outside ``destination``: every directory below it is
-    opened with ``O_NOFOLLOW`` from its parent's descriptor, each file is
-    written under a new name and renamed into place (an existing entry of that
-    name is replaced, never followed). Symlinks at the top whose target is
-    ``own_links/<name>`` (the links to the script's files the sandbox made) are
-    passed over without a word.
+    Nothing is written outside that directory: ``destination`` (the caller's, made
+    if missing) is opened once, and every directory under it, ``below`` and the
+    stream's own alike, is opened with ``O_NOFOLLOW`` from its parent's
+    descriptor; a symlink where one of ``below`` goes is replaced by a directory,
+    never followed. Each file is written under a new name and renamed into place
+    (an existing entry of that name is replaced, never followed). Symlinks at the
+    top whose target is ``own_links/<name>`` (the links to the script's files the
+    sandbox made) are passed over without a word.
     """
     collected = Collected()
     reasons = _limit_reasons(limits)
     destination.mkdir(parents=True, exist_ok=True)
-    root = os.open(destination, os.O_RDONLY | os.O_DIRECTORY)
+    top = os.open(destination, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        root = _own_directory(top, below)
+    finally:
+        os.close(top)
+    base = destination.joinpath(*below)
     written: dict[str, Artifact] = {}
     total = 0
     try:
@@ -376,7 +399,7 @@ def extract(
                 continue
             source = _tar_file(stream, member)
             try:
-                artifact = _write(root, destination, name, source, member.size)
+                artifact = _write(root, base, name, source, member.size)
             except _NotWritten as e:
                 collected.refuse(str(e), name)
                 continue
@@ -466,6 +489,32 @@ def _write(
     return Artifact(
         name=name, path=str(destination.joinpath(*parts)), size=written, sha256=digest.hexdigest()
     )
+
+
+def _own_directory(top: int, parts: tuple[str, ...]) -> int:
+    """A descriptor of ``top/parts...``, each made where missing and replaced where it
+    is a symlink (or anything but a directory), never followed."""
+    fd = os.dup(top)
+    try:
+        for part in parts:
+            if check_name(part) is not None or "/" in part:
+                raise ValueError(f"not a directory name: {part!r}")
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(part, dir_fd=fd)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager

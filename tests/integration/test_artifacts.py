@@ -6,6 +6,8 @@ import errno
 import hashlib
 import json
 import pickletools
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -211,3 +213,31 @@ def test_a_warm_run_brings_outputs_back_like_a_cold_one(
     assert result.warm_start and result.success, result.stderr
     assert [a.name for a in result.artifacts] == ["copy.csv"]
     assert (tmp_path / "out" / "copy.csv").read_text() == "a\n1\n"
+
+
+def test_outputs_over_the_scripts_own_directory_are_refused_and_nothing_changes(
+    engine: DockerEngine, write_script: Callable[..., Path], workdir: Path
+) -> None:
+    """`runner run exp.py --outputs .`: a script that swaps the link to itself for a file of
+    its own never runs, so exp.py and its data stay as they were."""
+    (workdir / "data.csv").write_text("x\n1\n")
+    (workdir / "data.csv").chmod(0o644)
+    script = write_script(
+        """
+        import os
+        for name in ("exp.py", "data.csv"):
+            os.remove(name)
+            with open(name, "w") as f:
+                f.write("replaced")
+        """,
+        "exp.py",
+    )
+    before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(script), "--outputs", str(workdir),
+         "--no-record"],
+        capture_output=True, text=True, check=False, cwd=workdir,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "overlap" in done.stderr
+    assert {p.name: p.read_bytes() for p in workdir.iterdir()} == before

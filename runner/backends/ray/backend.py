@@ -521,7 +521,9 @@ def _received(outcome: NodeOutcome, request: RunRequest) -> Execution:
 
 def _with_artifacts(execution: Execution, archive: bytes, outputs: Outputs) -> Execution:
     """The node's record, with the files it collected written here (checked again)."""
-    collected = extract(io.BytesIO(archive), outputs.destination, outputs.limits)
+    collected = extract(
+        io.BytesIO(archive), outputs.destination, outputs.limits, below=outputs.below
+    )
     messages = [m for m in (execution.artifacts_message, collected.message()) if m]
     return execution.model_copy(
         update={

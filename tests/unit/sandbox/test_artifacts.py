@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runner import ExperimentRunner, ExperimentSpec
+from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
 from runner.sandbox.artifacts import (
     ARTIFACTS_MARKER,
     SKIPPED_KEY,
@@ -327,7 +327,9 @@ def test_a_timeout_with_outputs_ends_the_script_then_collects(script: Path, tmp_
     engine = FakeEngine(
         wait_results=[None, 137], stdout=ARTIFACTS_MARKER + tar_of(file("partial.csv"))
     )
-    result = ExperimentRunner(timeout=5, engine=engine, outputs_dir=tmp_path).run(script, SPEC, 0)
+    result = ExperimentRunner(timeout=5, engine=engine, outputs_dir=tmp_path / "out").run(
+        script, SPEC, 0
+    )
     assert result.timed_out
     assert engine.calls == ["create", "attach", "start", "wait", "kill SIGALRM", "wait", "remove"]
     assert [a.name for a in result.artifacts] == ["partial.csv"]
@@ -337,7 +339,9 @@ def test_an_outputs_tmpfs_with_other_caps_stops_the_run(script: Path, tmp_path: 
     """The engine must report exactly the caps asked for /outputs; else nothing starts."""
     engine = FakeEngine(quietly={"Tmpfs": {"/tmp": "rw,size=256m", "/outputs": "rw"}})
     with pytest.raises(Exception, match="capped /outputs tmpfs"):
-        ExperimentRunner(timeout=5, engine=engine, outputs_dir=tmp_path).run(script, SPEC, 0)
+        ExperimentRunner(timeout=5, engine=engine, outputs_dir=tmp_path / "out").run(
+            script, SPEC, 0
+        )
     assert "start" not in engine.calls
 
 
@@ -411,3 +415,43 @@ def test_artifacts_are_recorded_in_the_history(script: Path, tmp_path: Path) -> 
         r.artifacts[0].path for r in results
     )
     assert recorded[0].artifacts[0].sha256 == hashlib.sha256(b"m").hexdigest()
+
+
+def test_a_batch_jobs_directory_that_is_a_symlink_is_replaced_not_followed(
+    script: Path, tmp_path: Path
+) -> None:
+    """A symlink where a job's NNNN-NAME directory goes: the files land in a directory made
+    there, under outputs_dir; the symlink's target is never written."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0000-outputs").symlink_to(outside)
+    engine = FakeEngine(stdout=ARTIFACTS_MARKER + tar_of(file("model.pkl")))
+    runner = ExperimentRunner(timeout=5, engine=engine, outputs_dir=out)
+    (result,) = runner.run_many([(script, SPEC, 0)])
+    assert [a.path for a in result.artifacts] == [str(out / "0000-outputs" / "model.pkl")]
+    assert (out / "0000-outputs").is_dir() and not (out / "0000-outputs").is_symlink()
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["script dir", "its parent", "inside it", "an input's dir"])
+def test_outputs_that_overlap_the_script_or_an_input_are_refused_before_any_container(
+    script: Path, tmp_path: Path, where: str
+) -> None:
+    """An outputs directory that is, holds or lies in the script's directory or an input
+    would let the script replace its own files: refused with a clear error, nothing runs."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("x\n1\n")
+    outputs = {
+        "script dir": script.parent,
+        "its parent": tmp_path,
+        "inside it": script.parent / "out",
+        "an input's dir": data,
+    }[where]
+    engine = FakeEngine()
+    runner = ExperimentRunner(timeout=5, engine=engine, inputs=[data / "train.csv"])
+    with pytest.raises(ExperimentExecutionError, match="overlap"):
+        runner.run(script, SPEC, 0, outputs_dir=outputs)
+    assert engine.created == []
