@@ -47,6 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"largest code a client may send (default {MAX_CODE_BYTES})",
     )  # fmt: skip
     parser.add_argument(
+        "--max-runs", type=int, metavar="N",
+        help="runs at once, for all clients together (default: what the engine holds)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-waiting", type=int, metavar="N",
+        help="calls one client may have waiting for a run; more are refused "
+        "(default: as many as --max-runs)",
+    )  # fmt: skip
+    parser.add_argument(
         "--http", action="store_true",
         help="serve streamable HTTP instead of stdio (on --host, 127.0.0.1 by default)",
     )  # fmt: skip
@@ -83,6 +92,8 @@ def serve(args: argparse.Namespace, history: Path | None, engine: Engine | None 
         history=history,
         workdir=args.workdir,
         max_code_bytes=args.max_code_bytes,
+        max_runs=args.max_runs,
+        max_waiting=args.max_waiting,
     )
     service = SandboxService(policy, engine=engine, settings=settings)
     server = build_server(service)

@@ -26,7 +26,7 @@ SERVER_NAME = "experiment-runner"
 def build_server(service: SandboxService) -> "MCPServer[Any]":
     """An ``MCPServer`` (the official SDK) serving ``service``'s three tools."""
     try:
-        from mcp.server.mcpserver import MCPServer
+        from mcp.server.mcpserver import Context, MCPServer
         from mcp.server.mcpserver.exceptions import ToolError
         from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
     except ImportError as e:
@@ -89,12 +89,15 @@ def build_server(service: SandboxService) -> "MCPServer[Any]":
             Field(description=f"e.g. '512m', at most {policy.memory_limit} (the default)"),
         ] = None,
         name: Annotated[str, Field(description="a name for the run in the results")] = "run_python",
+        ctx: Context | None = None,
     ) -> Annotated[CallToolResult, RunReport]:
         """Run Python code in a fresh sandbox (no network, read-only files but its working
         directory and /tmp) and return how it ended: success, metrics, exit code, timeout,
         out-of-memory, the output's tail, and the files it wrote."""
         return await guarded(
-            lambda: service.run_python(code, files, args, timeout, memory_limit, name)
+            lambda: service.run_python(
+                code, files, args, timeout, memory_limit, name, client=_client(ctx)
+            )
         )
 
     @server.tool(annotations=annotations)
@@ -114,6 +117,7 @@ def build_server(service: SandboxService) -> "MCPServer[Any]":
         reasoning: str = "",
         timeout: float | None = None,
         memory_limit: str | None = None,
+        ctx: Context | None = None,
     ) -> Annotated[CallToolResult, RunReport]:
         """Train and evaluate a scikit-learn model on one of the server's data sets, in a
         fresh sandbox; returns the metrics and how the run ended."""
@@ -128,8 +132,9 @@ def build_server(service: SandboxService) -> "MCPServer[Any]":
                 reasoning=reasoning,
             )
             return await service.run_experiment(
-                spec, dataset, target_column, task_type, timeout, memory_limit
-            )
+                spec, dataset, target_column, task_type, timeout, memory_limit,
+                client=_client(ctx),
+            )  # fmt: skip
 
         return await guarded(call)
 
@@ -144,3 +149,12 @@ def build_server(service: SandboxService) -> "MCPServer[Any]":
         return service.list_results(name, limit)
 
     return server
+
+
+def _client(ctx: Any) -> object:
+    """Who called, for the server's gate: over streamable HTTP, the MCP session
+    (``Mcp-Session-Id``) when the client has one; else every call counts as one client's
+    (on stdio the server has only one). The SDK keeps no other identity of a client
+    across requests."""
+    headers = ctx.headers if ctx is not None else None
+    return headers.get("mcp-session-id") if headers else None

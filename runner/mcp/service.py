@@ -12,13 +12,16 @@ tool result (``isError`` when it failed), never a protocol error.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -77,6 +80,52 @@ class Refused(Exception):
     """A request the server will not run; the message says why and what is allowed."""
 
 
+class RunGate:
+    """How many runs the server has at once, and who waits: at most ``limit`` run at a
+    time, server-wide; the calls beyond wait their turn in the order they came, and a
+    client may have at most ``backlog`` calls waiting: further ones are refused at once.
+
+    So one client alone may use every slot, but a client that floods the server holds
+    at most ``limit + backlog`` calls, and another client's call waits behind at most
+    ``backlog`` of each other client's.
+    """
+
+    def __init__(self, limit: int, backlog: int) -> None:
+        if limit < 1 or backlog < 0:
+            raise ValueError("a server runs at least one call at once, and waits for none or more")
+        self.limit = limit
+        self.backlog = backlog
+        self._slots = asyncio.Semaphore(limit)
+        self._waiting: Counter[object] = Counter()
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @contextlib.asynccontextmanager
+    async def turn(self, client: object) -> AsyncIterator[None]:
+        """A slot for one of ``client``'s runs, for the ``async with`` block."""
+        if self._slots.locked() and self._waiting[client] >= self.backlog:
+            raise Refused(
+                f"this server runs at most {self.limit} call(s) at once and this client "
+                f"already has {self._waiting[client]} waiting; wait for one to finish."
+            )
+        self._waiting[client] += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting[client] -= 1
+            if not self._waiting[client]:
+                del self._waiting[client]
+        self._running += 1
+        try:
+            yield
+        finally:
+            self._running -= 1
+            self._slots.release()
+
+
 @dataclass(frozen=True)
 class ServerPolicy:
     """What the server allows; clients can only ask for less."""
@@ -93,6 +142,10 @@ class ServerPolicy:
     max_code_bytes: int = MAX_CODE_BYTES
     max_files: int = MAX_FILES
     max_files_bytes: int = MAX_FILES_BYTES
+    #: Runs at once, server-wide (None: what the engine holds, ``default_workers()``).
+    max_runs: int | None = None
+    #: Calls one client may have waiting for a run (None: as many as ``max_runs``).
+    max_waiting: int | None = None
 
     @property
     def timeout(self) -> float:
@@ -152,7 +205,9 @@ class SandboxService:
                     hint="pass --data NAME=PATH with an existing CSV file.",
                 )
         # Fail at start, not at the first call, when tracking cannot work at all.
-        self._runner(policy.timeout, policy.memory_limit)
+        runner = self._runner(policy.timeout, policy.memory_limit)
+        limit = policy.max_runs or runner.default_workers()
+        self.gate = RunGate(limit, limit if policy.max_waiting is None else policy.max_waiting)
 
     # limits --------------------------------------------------------------------
 
@@ -242,8 +297,11 @@ class SandboxService:
         timeout: float | None = None,
         memory_limit: str | None = None,
         name: str = "run_python",
+        client: object = None,
     ) -> Outcome:
-        """Run ``code`` as a script beside ``files``; ``Refused`` before anything runs."""
+        """Run ``code`` as a script beside ``files``; ``Refused`` before anything runs.
+
+        ``client`` (its session) waits its turn at the server's ``gate``."""
         written = self.check_code(code, files)
         checked = _checked_args(args)
         limits = self.limits(timeout, memory_limit)
@@ -252,7 +310,7 @@ class SandboxService:
             code_dir = directory / "code"
             for relative, content in written.items():
                 _write(code_dir, relative, content)
-            return await self._run(code_dir / SCRIPT_NAME, spec, limits, checked, directory)
+            return await self._run(code_dir / SCRIPT_NAME, spec, limits, checked, directory, client)
 
     async def run_experiment(
         self,
@@ -262,8 +320,10 @@ class SandboxService:
         task_type: TaskType,
         timeout: float | None = None,
         memory_limit: str | None = None,
+        client: object = None,
     ) -> Outcome:
-        """Generate the spec's script for a known data set and run it."""
+        """Generate the spec's script for a known data set and run it (``client``: as for
+        ``run_python``)."""
         data = self.policy.data.get(dataset)
         if data is None:
             known = ", ".join(sorted(self.policy.data)) or "none (start the server with --data)"
@@ -276,7 +336,7 @@ class SandboxService:
                 )
             except (ValueError, FileNotFoundError) as e:
                 raise Refused(str(e)) from e
-            return await self._run(script, spec, limits, (), directory)
+            return await self._run(script, spec, limits, (), directory, client)
 
     def list_results(self, name: str | None, limit: int) -> ResultList:
         """The recorded results (whose name contains ``name``), best first."""
@@ -308,12 +368,14 @@ class SandboxService:
         limits: Limits,
         args: Sequence[str],
         directory: Path,
+        client: object,
     ) -> Outcome:
         runner = self._runner(limits.timeout, limits.memory_limit)
         iteration = next(self._iterations.setdefault(spec.experiment_name, itertools.count()))
-        result = await runner.arun(
-            script, spec, iteration, args=args, outputs_dir=directory / "outputs"
-        )
+        async with self.gate.turn(client):
+            result = await runner.arun(
+                script, spec, iteration, args=args, outputs_dir=directory / "outputs"
+            )
         if self._history is None:
             self._memory.append(result)
         images = images_of(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult, ImageContent, TextContent
 
+from runner import ExperimentRunner
 from runner.cli.mcp import data_sets
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.settings import ExperimentDefaults
 from runner.core.sizes import parse_size
-from runner.mcp import SandboxService, ServerPolicy, build_server
+from runner.mcp import Refused, SandboxService, ServerPolicy, build_server
+from runner.mcp.service import RunGate
 from runner.sandbox.artifacts import ARTIFACTS_MARKER
 from tests.unit.fakes import FakeEngine
 from tests.unit.sandbox.test_artifacts import file, tar_of
@@ -302,3 +305,86 @@ def test_streamable_http_serves_on_loopback_by_default(tmp_path: Path) -> None:
                 await serving
 
     asyncio.run(session())
+
+
+def test_runs_are_capped_server_wide_and_a_flooding_client_is_refused(tmp_path: Path) -> None:
+    """max_runs=1, max_waiting=1, through the SDK: one run at a time; a client's second call
+    waits for it, its third is refused at once with a tool error; the waiting one then runs."""
+    release = threading.Event()
+    running: list[int] = []
+    most = [0]
+
+    def hold() -> None:
+        running.append(1)
+        most[0] = max(most[0], len(running))
+        release.wait(10)
+        running.pop()
+
+    engine = FakeEngine(wait_results=[0] * 3, stdout=GOOD, on_wait=hold)
+    settings = ExperimentDefaults(cache_dir=tmp_path / "cache")
+    service = SandboxService(
+        ServerPolicy.from_settings(
+            settings, timeout=30.0, memory_limit="1g", max_runs=1, max_waiting=1
+        ),
+        engine=engine,
+        settings=settings,
+    )
+    assert (service.gate.limit, service.gate.backlog) == (1, 1)
+
+    async def session() -> None:
+        async with Client(build_server(service)) as client:
+            code = {"code": "print(1)"}
+            first = asyncio.create_task(client.call_tool("run_python", code))
+            while service.gate.running < 1:
+                await asyncio.sleep(0.01)
+            second = asyncio.create_task(client.call_tool("run_python", code))
+            await asyncio.sleep(0.3)
+            third = await client.call_tool("run_python", code)
+            assert third.is_error and "at most 1 call(s) at once" in text(third)
+            assert not second.done()
+            release.set()
+            results = await asyncio.gather(first, second)
+            assert [r.is_error for r in results] == [False, False]
+
+    asyncio.run(session())
+    assert most[0] == 1
+
+
+def test_each_client_has_its_own_backlog_and_waits_in_order() -> None:
+    """A client that filled its backlog is refused; another client still queues, and the
+    waiting calls run in the order they came."""
+    gate = RunGate(1, 1)
+    order: list[str] = []
+
+    async def call(client: str, name: str, hold: asyncio.Event | None = None) -> None:
+        async with gate.turn(client):
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+
+    async def scenario() -> None:
+        hold = asyncio.Event()
+        running = asyncio.create_task(call("a", "a1", hold))
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(call("a", "a2")), asyncio.create_task(call("b", "b1"))]
+        await asyncio.sleep(0)
+        with pytest.raises(Refused, match="already has 1 waiting"):
+            await call("a", "a3")
+        hold.set()
+        await asyncio.gather(running, *waiting)
+
+    asyncio.run(scenario())
+    assert order == ["a1", "a2", "b1"]
+
+
+def test_the_server_wide_cap_defaults_to_what_the_engine_holds(tmp_path: Path) -> None:
+    """Without max_runs, as many runs at once as default_workers() (cores and memory)."""
+    settings = ExperimentDefaults(cache_dir=tmp_path / "cache")
+    engine = FakeEngine()
+    service = SandboxService(
+        ServerPolicy.from_settings(settings, cpu_limit=1.0, memory_limit="1g"),
+        engine=engine,
+        settings=settings,
+    )
+    fits = ExperimentRunner(engine=engine, settings=settings, memory_limit="1g").default_workers()
+    assert (service.gate.limit, service.gate.backlog) == (fits, fits)
