@@ -18,6 +18,8 @@ DEFAULT_BASE_IMAGE = "experiment-runner/base:bookworm"
 #: sees this machine's files and the sandbox user may read them, else copy).
 Transfer = Literal["auto", "bind", "copy"]
 TRANSFERS: tuple[Transfer, ...] = ("auto", "bind", "copy")
+#: What a group's name may be (it goes into labels and a volume's name).
+GROUP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
 class ExperimentDefaults(BaseSettings):
@@ -64,5 +66,9 @@ class ExperimentDefaults(BaseSettings):
     #: A base image pinned by digest (``name@sha256:...``) to pull instead of
     #: building one with debootstrap; only where a registry is reachable.
     base_image_digest: str | None = None
+    #: A name for this process's runs (``RUNNER_GROUP``): each container and volume they
+    #: make carries it, and ``runner cleanup`` (with ``--all`` too) then touches that
+    #: group's alone. For test suites and CI jobs that share an engine with other users.
+    group: str | None = Field(default=None, pattern=GROUP_PATTERN)
     #: The Debian mirror debootstrap builds the base from.
     debian_mirror: str = "http://deb.debian.org/debian"

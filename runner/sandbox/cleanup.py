@@ -4,6 +4,7 @@ what a crashed or interrupted caller left behind."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -23,6 +24,24 @@ LABEL_OWNER = "io.experiment-runner.owner"
 LABEL_DEADLINE = "io.experiment-runner.deadline"
 #: A warm pool container's host directory (its name under the pool directory).
 LABEL_SLOT = "io.experiment-runner.slot"
+#: The group of the process that made it (``RUNNER_GROUP``), where one was set.
+LABEL_GROUP = "io.experiment-runner.group"
+
+
+def current_group() -> str | None:
+    """This process's group (``RUNNER_GROUP``, checked as the setting checks it), if any."""
+    raw = os.environ.get("RUNNER_GROUP") or None
+    return _checked_group(raw) if raw is not None else None
+
+
+@functools.cache
+def _checked_group(raw: str) -> str:
+    return ExperimentDefaults(group=raw).group or raw
+
+
+def in_group(labels: Mapping[str, str], group: str | None) -> bool:
+    """Whether something with ``labels`` is the group's (everything is, without a group)."""
+    return group is None or labels.get(LABEL_GROUP) == group
 
 
 def owner_label() -> str:
@@ -41,7 +60,12 @@ def process_start_time(pid: int) -> str:
 
 
 def build_labels(deadline: float, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The labels of everything a run makes: the project's, its owner, its deadline, and
+    this process's group where one is set."""
     labels = {LABEL: "1", LABEL_OWNER: owner_label(), LABEL_DEADLINE: f"{deadline:.0f}"}
+    group = current_group()
+    if group is not None:
+        labels[LABEL_GROUP] = group
     labels.update(extra or {})
     return labels
 
@@ -75,31 +99,35 @@ def cleanup(
     everything: bool = False,
     telemetry: CgroupTelemetry | None = None,
     slots_dir: Path | None = None,
+    group: str | None = None,
 ) -> list[ContainerInfo]:
     """Remove the project's abandoned containers (all of them with ``everything``).
 
     Containers of runs still in progress in a live process are left alone
     unless ``everything`` is set; the same goes for volumes of copied files
     (a warm pool slot's volume and its never-started helper container too).
+    With a ``group`` (default: this process's, ``RUNNER_GROUP``), only that
+    group's containers and volumes are touched, ``everything`` included.
     Warm pool directories under ``slots_dir`` (default: the cache directory's
     ``pool``) that no remaining container uses go too, and so do user ID leases
     no live process holds. With ``telemetry``, empty
     per-run cgroup parents left by crashed callers go as well.
     """
     engine = engine or DockerEngine()
+    group = group if group is not None else current_group()
     removed = []
     kept: set[str] = set()
     for container in engine.containers(f"{LABEL}=1"):
-        if everything or is_abandoned(container.labels):
+        if in_group(container.labels, group) and (everything or is_abandoned(container.labels)):
             engine.remove(container.id)
             removed.append(container)
         elif LABEL_SLOT in container.labels:
-            kept.add(container.labels[LABEL_SLOT])
+            kept.add(container.labels[LABEL_SLOT])  # any group's live slot keeps its directory
     volumes = engine.volumes(f"{LABEL}=1")
-    # Shared by every runner of a Podman engine, with no owner: only ``everything`` takes it.
+    # Shared by the engine's runners (of a group), with no owner: only ``everything`` takes it.
     shared = engine.volumes(f"{LABEL}=support") if everything else []
     for volume in volumes + shared:
-        if everything or is_abandoned(volume.labels):
+        if in_group(volume.labels, group) and (everything or is_abandoned(volume.labels)):
             # A volume still mounted by a container that stays is refused: it goes later.
             with contextlib.suppress(ExperimentExecutionError):
                 engine.remove_volume(volume.name)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from docker.types import Mount
 
 from runner.core.exceptions import ExperimentExecutionError
-from runner.sandbox.cleanup import LABEL, build_labels, deadline_after
+from runner.sandbox.cleanup import LABEL, LABEL_GROUP, build_labels, current_group, deadline_after
 from runner.sandbox.engine import Engine
 from runner.sandbox.files.transfer import unstarted
 from runner.sandbox.policy import SupportFiles
@@ -47,12 +47,17 @@ def ensure_support(engine: Engine, image_id: str, helper_labels: Mapping[str, st
     """The engine's support volume, created and filled if missing or not as expected.
 
     One volume per engine and content (its name carries the content's digest),
-    shared by every runner: runs only read it. It is written only when what is
-    there differs, so a runner never rewrites a file another is reading.
+    shared by every runner (of this process's group, which has one of its own): runs
+    only read it. It is written only when what is there differs, so a runner never
+    rewrites a file another is reading.
     """
     files = _support_files()
     digest = hashlib.sha256(b"".join(name.encode() + data for name, data in files)).hexdigest()
-    volume = engine.create_volume(SUPPORT_LABELS, name=f"{SUPPORT_VOLUME}-{digest[:16]}")
+    name, labels = f"{SUPPORT_VOLUME}-{digest[:16]}", dict(SUPPORT_LABELS)
+    group = current_group()
+    if group is not None:
+        name, labels[LABEL_GROUP] = f"{name}-{group}", group
+    volume = engine.create_volume(labels, name=name)
     helper = unstarted(
         engine, image_id, helper_labels, Mount(target=SUPPORT_AT, source=volume.name, type="volume")
     )

@@ -12,9 +12,8 @@ import pytest
 
 from runner import ExperimentRunner, ExperimentSpec
 from runner.core.settings import ExperimentDefaults
-from runner.sandbox.cleanup import LABEL
 from runner.sandbox.engine import DockerEngine
-from tests.conftest import TEST_ENGINE
+from tests.conftest import TEST_ENGINE, our_containers, our_volumes
 
 #: Run first in a caller the tests interrupt: SIGINT raises KeyboardInterrupt again. A
 #: shell that started the test run in the background (no job control) leaves SIGINT
@@ -81,10 +80,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def no_leftover_containers(engine: DockerEngine) -> Iterator[None]:
     """Every integration test must leave no project container or volume behind."""
     yield
-    left = engine.containers(f"{LABEL}=1")
+    left = our_containers(engine)
     for container in left:
         engine.remove(container.id)
-    volumes = engine.volumes(f"{LABEL}=1")
+    volumes = our_volumes(engine)
     for volume in volumes:
         engine.remove_volume(volume.name)
     assert left == [], f"containers left behind: {[c.name for c in left]}"

@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner
-from runner.sandbox.cleanup import LABEL
 from runner.sandbox.engine import DockerEngine
 from runner.sandbox.identity import UID_COUNT, UID_FIRST
 from runner.sandbox.policy import host_pids_limit, sandbox_environment
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, our_containers
 from tests.integration.conftest import ENGINE_ENVIRONMENT, RUNTIME, SPEC, needs_local_engine
 from tests.integration.test_lifecycle import wait_for_container
 
@@ -226,7 +225,7 @@ def test_caps_are_in_force_in_the_cgroup(
         # caps the script's tasks inside gVisor's kernel.
         assert cgroup("pids", "pids.max") == host_pids_limit(77, user_kernel=RUNTIME == "runsc")
     finally:
-        for found in engine.containers(f"{LABEL}=1"):
+        for found in our_containers(engine):
             engine.kill(found.id)
         thread.join(60)
     assert lines[0] == "2"  # BLAS/OpenMP threads follow cpu_limit

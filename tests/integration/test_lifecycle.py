@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,16 +12,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runner import ExperimentRunner, cleanup
-from runner.sandbox.cleanup import LABEL
+from runner import ExperimentDefaults, ExperimentRunner, cleanup
+from runner.sandbox.cleanup import (
+    LABEL,
+    LABEL_DEADLINE,
+    LABEL_GROUP,
+    LABEL_OWNER,
+    process_start_time,
+)
 from runner.sandbox.engine import ContainerInfo, DockerEngine
+from tests.conftest import OURS, our_containers
 from tests.integration.conftest import INTERRUPTIBLE, SPEC
 
 
 def wait_for_container(engine: DockerEngine, timeout: float = 30) -> ContainerInfo:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = [c for c in engine.containers(f"{LABEL}=1") if c.status.startswith("Up")]
+        running = [c for c in our_containers(engine) if c.status.startswith("Up")]
         if running:
             return running[0]
         time.sleep(0.1)
@@ -57,7 +65,7 @@ def test_ctrl_c_removes_the_container(
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert "KeyboardInterrupt" in err
-    assert engine.containers(f"{LABEL}=1") == []
+    assert our_containers(engine) == []
 
 
 def test_cleanup_removes_what_a_killed_caller_left(
@@ -68,14 +76,14 @@ def test_cleanup_removes_what_a_killed_caller_left(
     orphan = wait_for_container(engine)
     process.kill()
     process.wait(timeout=30)
-    assert [c.id for c in engine.containers(f"{LABEL}=1")] == [orphan.id]
+    assert [c.id for c in our_containers(engine)] == [orphan.id]
     out = subprocess.run(
         [sys.executable, "-m", "runner", "cleanup"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
     assert f"removed {orphan.name}" in out.stdout
     assert "1 container(s) removed" in out.stdout
-    assert engine.containers(f"{LABEL}=1") == []
+    assert our_containers(engine) == []
 
 
 def test_cleanup_leaves_runs_in_progress_alone(
@@ -94,7 +102,7 @@ def test_cleanup_leaves_runs_in_progress_alone(
     thread.start()
     live = wait_for_container(engine)
     assert cleanup(engine) == []
-    assert [c.id for c in engine.containers(f"{LABEL}=1")] == [live.id]
+    assert [c.id for c in our_containers(engine)] == [live.id]
     thread.join(timeout=60)
     assert results and results[0].success
 
@@ -121,20 +129,62 @@ def test_orphan_stops_itself_and_the_next_runner_removes_it(
     assert not state.running
     assert state.exit_code == 137
     ExperimentRunner(timeout=30, engine=engine).run_script_directly(write_script("pass\n", "n.py"))
-    assert engine.containers(f"{LABEL}=1") == []
+    assert our_containers(engine) == []
 
 
 def test_cleanup_all_under_a_live_runner_costs_its_next_run_nothing(
     engine: DockerEngine, write_script: Callable[..., Path]
 ) -> None:
-    """`runner cleanup --all` removes the shared support volume; a live runner makes it again."""
+    """`runner cleanup --all` removes the shared support volume (the group's: the tests have
+    one of their own); a live runner makes it again."""
     runner = ExperimentRunner(timeout=30, engine=engine)
     script = write_script("import json\nprint(json.dumps({'success': True}))\n")
     assert runner.run(script, SPEC, 0).success
     cleanup(engine, everything=True)
-    assert engine.volumes(f"{LABEL}=support") == []
+    assert support_volumes(engine) == []
 
     result = runner.run(script, SPEC, 1)
 
     assert result.success, result.error_message
-    assert len(engine.volumes(f"{LABEL}=support")) == 1
+    assert len(support_volumes(engine)) == 1
+
+
+def support_volumes(engine: DockerEngine) -> list[str]:
+    """The support volumes of this session's group."""
+    return [v.name for v in engine.volumes(OURS) if v.labels.get(LABEL) == "support"]
+
+
+def test_the_suites_cleanup_leaves_other_peoples_runs_alone(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """A run someone else has going on the same engine (their own process, no group or
+    another's) survives `cleanup --all` of the suite's group, and the suite's own checks."""
+    image_id = engine.image_id(ExperimentDefaults().image)
+    owner = subprocess.Popen(["sleep", "120"])  # their caller, alive
+    theirs: list[str] = []
+    try:
+        labels = {
+            LABEL: "1",
+            LABEL_OWNER: f"{socket.gethostname()}:{owner.pid}:{process_start_time(owner.pid)}",
+            LABEL_DEADLINE: f"{time.time() + 600:.0f}",
+        }
+        for extra in ({}, {LABEL_GROUP: "someone-else"}):
+            theirs.append(
+                engine.create(image_id, ["true"], labels={**labels, **extra}, network_mode="none")
+            )
+        mine = ExperimentRunner(timeout=30, engine=engine)
+        script = write_script("import json\nprint(json.dumps({'success': True}))\n")
+        assert mine.run(script, SPEC, 0).success
+        cleanup(engine, everything=True)
+        command = [sys.executable, "-m", "runner", "cleanup", "--all"]
+        assert (
+            subprocess.run(command, capture_output=True, timeout=120, check=False).returncode == 0
+        )
+        left = {c.id for c in engine.containers(f"{LABEL}=1")}
+        assert set(theirs) <= left
+        assert our_containers(engine) == []
+    finally:
+        for container in theirs:
+            engine.remove(container)
+        owner.kill()
+        owner.wait()

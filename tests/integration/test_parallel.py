@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentRunner, ExperimentSpec
-from runner.sandbox.cleanup import LABEL
 from runner.sandbox.engine import DockerEngine
+from tests.conftest import our_containers
 from tests.integration.conftest import SPEC
 from tests.integration.test_lifecycle import spawn, wait_for_container
 
@@ -97,12 +97,12 @@ def test_interrupting_a_batch_removes_every_container(
     )
     wait_for_container(engine)
     deadline = time.monotonic() + 30
-    while len(engine.containers(f"{LABEL}=1")) < 4 and time.monotonic() < deadline:
+    while len(our_containers(engine)) < 4 and time.monotonic() < deadline:
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert "KeyboardInterrupt" in err
-    assert engine.containers(f"{LABEL}=1") == []
+    assert our_containers(engine) == []
 
 
 def test_arun_runs_concurrently_under_asyncio(
@@ -137,9 +137,9 @@ def test_cancelling_arun_removes_its_container(
 
     asyncio.run(cancel_midway())
     deadline = time.monotonic() + 10
-    while engine.containers(f"{LABEL}=1") and time.monotonic() < deadline:
+    while our_containers(engine) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert engine.containers(f"{LABEL}=1") == []
+    assert our_containers(engine) == []
 
 
 def test_on_output_sees_lines_while_the_script_runs(

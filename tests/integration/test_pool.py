@@ -22,9 +22,9 @@ import pytest
 
 from runner import ExperimentResult, ExperimentRunner
 from runner.core.settings import ExperimentDefaults
-from runner.sandbox.cleanup import LABEL
 from runner.sandbox.engine import DockerEngine
 from runner.sandbox.identity import UID_COUNT, UID_FIRST
+from tests.conftest import our_containers, our_volumes
 from tests.integration.conftest import SPEC, needs_local_engine
 from tests.integration.test_args_and_hints import AWKWARD_ARGS
 from tests.integration.test_lifecycle import spawn, wait_for_container
@@ -210,10 +210,10 @@ def test_closing_the_runner_leaves_no_container(engine: DockerEngine, pool_root:
     """close() (or leaving the with block) removes every pool container."""
     with ExperimentRunner(timeout=30, engine=engine, warm_pool=2, pool_root=pool_root) as runner:
         assert runner.wait_for_warm(120)
-        started = [c for c in engine.containers(f"{LABEL}=1") if c.status.startswith("Up")]
+        started = [c for c in our_containers(engine) if c.status.startswith("Up")]
         assert len(started) == 2  # (and, where files are copied, a helper each, never started)
-    assert engine.containers(f"{LABEL}=1") == []
-    assert engine.volumes(f"{LABEL}=1") == []
+    assert our_containers(engine) == []
+    assert our_volumes(engine) == []
 
 
 def test_ctrl_c_with_a_pool_leaves_no_container(engine: DockerEngine, pool_root: Path) -> None:
@@ -235,7 +235,7 @@ def test_ctrl_c_with_a_pool_leaves_no_container(engine: DockerEngine, pool_root:
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert "KeyboardInterrupt" in err
-    assert engine.containers(f"{LABEL}=1") == []
+    assert our_containers(engine) == []
 
 
 @needs_local_engine
@@ -255,7 +255,7 @@ def test_a_dead_slot_falls_back_to_a_cold_run(
 ) -> None:
     """If a waiting container died (here: killed from outside), the script runs cold."""
     assert warm.wait_for_warm(120)
-    for container in engine.containers(f"{LABEL}=1"):
+    for container in our_containers(engine):
         engine.kill(container.id)
     script = experiment(pool_root, "import json\nprint(json.dumps({'success': True}))\n")
     result = warm.run(script, SPEC, 0)

@@ -27,9 +27,9 @@ from runner.backends.ray.local import local_cluster
 from runner.backends.ray.node import LABEL_RUN
 from runner.backends.ray.placement import LOCAL_RAY_ENVIRONMENT as RAY_ENVIRONMENT
 from runner.backends.ray.placement import LOOPBACK
-from runner.sandbox.cleanup import LABEL, cleanup
+from runner.sandbox.cleanup import cleanup
 from runner.sandbox.engine import DockerEngine
-from tests.conftest import TEST_ENGINE
+from tests.conftest import TEST_ENGINE, our_containers, our_volumes
 from tests.integration.conftest import RUNTIME, interruptible_cli, run_once
 
 # Before Ray is imported: no usage statistics, and Ray's own addresses stay on the loopback.
@@ -127,7 +127,7 @@ def test_warm_pools_live_on_each_node_and_go_with_the_runner(
         assert runner.warm_pool_size == 2
         assert runner.wait_for_warm(120)
         # Started slots (each volume's filling helper is never started).
-        slots = [c for c in engine.containers(f"{LABEL}=1") if c.status.startswith("Up")]
+        slots = [c for c in our_containers(engine) if c.status.startswith("Up")]
         assert len(slots) == 2 * len(alive_nodes())
         results = runner.run_many(jobs)
         assert all(r.success for r in results), [r.error_message for r in results]
@@ -138,8 +138,8 @@ def test_warm_pools_live_on_each_node_and_go_with_the_runner(
             spans = [(r.metrics["start"], r.metrics["end"]) for r in results if r.node == node]
             assert most_at_once(spans) <= 2
     # Closing the runner ends each node's pool: no slot is left on any engine.
-    assert engine.containers(f"{LABEL}=1") == []
-    assert engine.volumes(f"{LABEL}=1") == []
+    assert our_containers(engine) == []
+    assert our_volumes(engine) == []
 
 
 def test_files_and_inputs_travel_through_the_object_store(
@@ -247,7 +247,7 @@ def test_a_node_killed_mid_batch_has_its_jobs_run_once_elsewhere(
     # share one engine): once they are gone it is abandoned, and cleanup takes it.
     _wait_gone(workers, timeout=60)
     cleanup(engine)
-    assert engine.containers(f"{LABEL}=1") == []
+    assert our_containers(engine) == []
 
 
 def _running_script(container: Any) -> bool:
@@ -323,15 +323,13 @@ def test_ctrl_c_on_runner_batch_removes_every_sandbox(
     finally:
         caller.kill()
     assert caller.returncode == 130, err.decode()
-    assert engine.containers(f"{LABEL}=1") == []
-    assert engine.volumes(f"{LABEL}=1") == []
+    assert our_containers(engine) == []
+    assert our_volumes(engine) == []
 
 
 def _running(engine: DockerEngine) -> list[Any]:
     """The project's containers running a script (a warm slot carries no run's label)."""
-    return [
-        c for c in engine.containers(f"{LABEL}=1") if LABEL_RUN in c.labels or _running_script(c)
-    ]
+    return [c for c in our_containers(engine) if LABEL_RUN in c.labels or _running_script(c)]
 
 
 def test_runner_batch_json_prints_one_result_a_line_with_its_node(

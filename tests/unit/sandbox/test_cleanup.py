@@ -3,13 +3,21 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from runner.sandbox.cleanup import (
+    LABEL,
     LABEL_DEADLINE,
+    LABEL_GROUP,
     LABEL_OWNER,
+    build_labels,
+    cleanup,
     is_abandoned,
     owner_label,
     remove_stale_slot_dirs,
 )
+from runner.sandbox.engine import ContainerInfo
+from tests.unit.fakes import FakeEngine
 
 FUTURE = "9999999999"
 
@@ -65,3 +73,32 @@ def test_slot_cleanup_never_follows_a_symlink(tmp_path: Path) -> None:
     os.utime(pool / "link", (old, old), follow_symlinks=False)
     remove_stale_slot_dirs(pool, set())
     assert (outside / "keep").exists()
+
+
+def test_a_group_cleans_up_its_own_runs_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With RUNNER_GROUP, everything made carries it, and cleanup (even everything=True)
+    removes that group's containers alone: another's, or a user's without a group, stay."""
+    monkeypatch.setenv("RUNNER_GROUP", "ci-job-7")
+    assert build_labels(0)[LABEL_GROUP] == "ci-job-7"
+    live = {LABEL: "1", LABEL_OWNER: owner_label(), LABEL_DEADLINE: FUTURE}
+    engine = FakeEngine(
+        listed=[
+            ContainerInfo("mine", "a", "Up", {**live, LABEL_GROUP: "ci-job-7"}),
+            ContainerInfo("theirs", "b", "Up", {**live, LABEL_GROUP: "ci-job-8"}),
+            ContainerInfo("users", "c", "Up", live),
+        ]
+    )
+    removed = cleanup(engine, everything=True, slots_dir=tmp_path)
+    assert [c.id for c in removed] == ["mine"] and engine.removed == ["mine"]
+    assert [
+        c.id for c in cleanup(engine, everything=True, group="ci-job-8", slots_dir=tmp_path)
+    ] == ["theirs"]
+
+
+def test_a_group_name_must_be_label_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group that could not be a label value or part of a volume's name is refused."""
+    monkeypatch.setenv("RUNNER_GROUP", "bad group/../x")
+    with pytest.raises(ValueError, match="group"):
+        build_labels(0)
