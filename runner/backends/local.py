@@ -10,8 +10,10 @@ cluster, each node's.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,7 +33,7 @@ from runner.backends.pool import (
 from runner.core.settings import TRANSFERS, ExperimentDefaults, Transfer
 from runner.sandbox.cleanup import cleanup
 from runner.sandbox.cold import ColdRuns
-from runner.sandbox.engine import DockerEngine, Engine
+from runner.sandbox.engine import DockerEngine, Engine, EngineUnavailable
 from runner.sandbox.lifecycle import ActiveRuns, Execution
 from runner.sandbox.policy import SandboxPolicy
 from runner.sandbox.probe import EngineFacts, FileRoute, probe
@@ -42,6 +44,13 @@ __all__ = ["DockerBackend", "open"]
 
 #: How long a warm pool container may wait for a script before it ends itself.
 POOL_IDLE_MAX = 3600
+#: How often a run asks an engine that stopped answering whether it is back (seconds).
+ENGINE_POLL = 0.5
+#: The last line of the stderr of a run that ran again after an engine outage.
+RERUN_NOTE = (
+    "\n[runner] the engine stopped answering while the script ran; it ran again, once, "
+    "in a fresh sandbox, and this is that run's output\n"
+)
 
 
 def open(options: BackendOptions) -> DockerBackend:
@@ -231,6 +240,44 @@ class DockerBackend:
     def _execute(
         self, request: RunRequest, on_output: OutputCallback | None, token: object
     ) -> Execution:
+        """One run through an engine that may go away meanwhile (a restart, say).
+
+        A run that had not started waits for the engine to answer again, within its
+        own timeout, then runs; a run whose script the outage cut off runs again, once,
+        in a fresh sandbox, and says so in its stderr. Either way, what the outage left
+        (containers, volumes the engine could not remove then) goes once it answers.
+        """
+        waits_until = time.monotonic() + request.timeout
+        rerun = False
+        while True:
+            try:
+                execution = self._attempt(request, on_output, token)
+            except EngineUnavailable as e:
+                if self._active.aborted(token) or (e.cut_off and rerun):
+                    raise
+                self._await_engine(e, waits_until, request.timeout)
+                rerun = rerun or e.cut_off
+                continue
+            if not rerun:
+                return execution
+            return execution.model_copy(update={"stderr": execution.stderr + RERUN_NOTE})
+
+    def _await_engine(self, outage: EngineUnavailable, until: float, timeout: float) -> None:
+        """Wait for the engine to answer again, then remove what the outage left."""
+        while time.monotonic() < until:
+            if self.engine.answers():
+                self.engine.remove_leftovers()
+                return
+            time.sleep(ENGINE_POLL)
+        raise EngineUnavailable(
+            f"{outage.message} It did not answer again within {timeout:g} s, the run's "
+            "timeout; the run did not run to its end.",
+            hint=outage.hint,
+        ) from outage
+
+    def _attempt(
+        self, request: RunRequest, on_output: OutputCallback | None, token: object
+    ) -> Execution:
         facts = self.prepare()
         copies = self.route(facts).copies(request)  # transfer="bind": unreadable files raise
         slot = self._warm_slot(request)
@@ -266,7 +313,8 @@ class DockerBackend:
     def abort(self, tokens: Iterable[object]) -> None:
         """Remove the containers of the runs ``tokens`` name; those not started never start."""
         for container_id in self._active.abort(tokens):
-            self.engine.remove(container_id)
+            with contextlib.suppress(EngineUnavailable):  # it goes once the engine answers
+                self.engine.remove(container_id)
 
 
 # mypy checks here that the class meets the protocol the front talks to.

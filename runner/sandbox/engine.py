@@ -6,6 +6,8 @@ with a hint, ``from`` the original. Unit tests replace this one object.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,6 +30,11 @@ ANSWERED_HINT = (
     "the engine runs but refused the request; its log says why (an engine that "
     "`bash scripts/setup.sh` started logs to /var/log/dockerd.log)."
 )
+#: For an engine that stopped answering while a runner used it.
+UNAVAILABLE_HINT = (
+    "the engine went away or is restarting; a run waits for it to answer again, within its "
+    "own timeout. If it does not come back: " + ENGINE_HINT
+)
 #: How a runtime's failure to set up or start a sandbox reads in the engine's answer.
 RUNTIME_FAILURES = ("OCI runtime start failed", "OCI runtime create failed")
 
@@ -43,6 +50,22 @@ REMOVE_RETRY_DELAY = 0.25
 
 class SandboxStartError(ExperimentExecutionError):
     """The runtime failed to start the sandbox; nothing of the script ran."""
+
+
+class EngineUnavailable(ExperimentExecutionError):
+    """The engine stopped answering: it went away, or restarts. What it ran may be gone.
+
+    ``cut_off``: the run's script had started when the engine went (it did not end).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, cut_off: bool = False) -> None:
+        super().__init__(message, hint=hint or UNAVAILABLE_HINT)
+        self.message = message
+        self.cut_off = cut_off
+
+    def while_running(self) -> EngineUnavailable:
+        """The same outage, met after the run's script had started."""
+        return EngineUnavailable(self.message, hint=self.hint, cut_off=True)
 
 
 class SandboxRefused(ExperimentExecutionError):
@@ -104,6 +127,10 @@ class Engine(Protocol):
 
     def get_archive(self, container_id: str, path: str) -> bytes: ...
 
+    def answers(self) -> bool: ...
+
+    def remove_leftovers(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class ContainerState:
@@ -148,6 +175,9 @@ class DockerEngine:
         self._client = client
         self._api = client.api
         self._description: str | None = None
+        #: What could not be removed while the engine did not answer: removed once it does.
+        self._leftovers: set[tuple[str, str]] = set()
+        self._leftovers_lock = threading.Lock()
         self._version: dict[str, Any] | None = None
 
     # engine ---------------------------------------------------------------
@@ -171,8 +201,8 @@ class DockerEngine:
             self._api.inspect_image(ref)
         except ImageNotFound:
             return False
-        except DockerException as e:
-            raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
         return True
 
     def image_inspect(self, ref: str) -> dict[str, Any]:
@@ -180,8 +210,8 @@ class DockerEngine:
             return dict(self._api.inspect_image(ref))
         except ImageNotFound as e:
             raise ExperimentExecutionError(f"Image {ref!r} not found.", hint=IMAGE_HINT) from e
-        except DockerException as e:
-            raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
 
     def pull(self, ref: str) -> str:
         """Pull ``ref`` (which should carry a digest) and return its image ID."""
@@ -200,8 +230,8 @@ class DockerEngine:
             self._api.import_image_from_file(
                 str(tarball), repository=repository, tag=tag, changes=changes
             )
-        except DockerException as e:
-            raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
         return self.image_id(f"{repository}:{tag}")
 
     def build(
@@ -226,8 +256,8 @@ class DockerEngine:
                 f"Building {tag} failed: {e.msg}\n{tail}",
                 hint="read the build log above; the lock file and the wheels must match.",
             ) from e
-        except DockerException as e:
-            raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
         return str(image.id)
 
     def remove_image(self, ref: str) -> None:
@@ -236,8 +266,8 @@ class DockerEngine:
             self._api.remove_image(ref)
         except ImageNotFound:
             return
-        except DockerException as e:
-            raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
 
     def prune_dangling(self, label: str) -> None:
         """Remove untagged images carrying ``label`` (old builds, build stages).
@@ -248,9 +278,9 @@ class DockerEngine:
             self._client.images.prune(filters={"dangling": True, "label": label})
         except APIError as e:
             if e.status_code != 409:
-                raise _engine_error(e) from e
+                raise self._failed(e) from e
         except (DockerException, requests.exceptions.RequestException) as e:
-            raise _engine_error(e) from e
+            raise self._failed(e) from e
 
     # containers -------------------------------------------------------------
 
@@ -278,8 +308,8 @@ class DockerEngine:
             raise SandboxRefused(
                 f"The Docker engine refused the sandbox: {explanation}", hint=hint
             ) from e
-        except DockerException as e:
-            raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
         return str(container.id)
 
     def attach(self, container_id: str) -> OutputStream:
@@ -296,7 +326,7 @@ class DockerEngine:
             raw = getattr(sock, "_sock", sock)
             raw.sendall(data)
         except OSError as e:
-            raise _engine_error(e) from e
+            raise self._failed(e) from e
         finally:
             sock.close()
 
@@ -316,9 +346,9 @@ class DockerEngine:
                     f"The runtime could not start the sandbox: {e.explanation}",
                     hint="`runner doctor` checks each runtime; see /var/log/dockerd.log.",
                 ) from e
-            raise _engine_error(e) from e
-        except DockerException as e:
-            raise _engine_error(e) from e
+            raise self._failed(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
 
     def _still_there(self, container_id: str) -> bool:
         try:
@@ -330,16 +360,22 @@ class DockerEngine:
         return True
 
     def wait(self, container_id: str, timeout: float) -> int | None:
-        """Wait up to ``timeout`` seconds; the exit code, or None if still running."""
+        """Wait up to ``timeout`` seconds; the exit code, or None if still running.
+
+        ``EngineUnavailable`` when the engine went away meanwhile.
+        """
         try:
             if self.kind() == "podman":
                 return self._podman_wait(container_id, max(timeout, 0.001))
             status = self._api.wait(container_id, timeout=max(timeout, 0.001))
-        except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
-            # docker-py reports a wait that ran out of time as a connection error.
-            return None
-        except DockerException as e:
-            raise _engine_error(e) from e
+        except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout) as e:
+            # docker-py reports a wait that ran out of time as a connection error too: the
+            # engine tells which, by answering or not.
+            if self.answers():
+                return None
+            raise self._failed(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
         return int(status["StatusCode"])
 
     def _podman_wait(self, container_id: str, timeout: float) -> int:
@@ -361,9 +397,9 @@ class DockerEngine:
         except APIError as e:
             if e.status_code == 409:  # not running any more
                 return
-            raise _engine_error(e) from e
-        except DockerException as e:
-            raise _engine_error(e) from e
+            raise self._failed(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         """The engine's full record of a container (``docker inspect``).
@@ -413,7 +449,19 @@ class DockerEngine:
         )
 
     def remove(self, container_id: str) -> None:
-        """Remove the container, killing it if it still runs; gone already is fine."""
+        """Remove the container, killing it if it still runs; gone already is fine.
+
+        An engine that does not answer keeps it in mind (``remove_leftovers``) and raises
+        ``EngineUnavailable``.
+        """
+        try:
+            self._remove(container_id)
+        except EngineUnavailable:
+            with self._leftovers_lock:
+                self._leftovers.add(("container", container_id))
+            raise
+
+    def _remove(self, container_id: str) -> None:
         for attempt in range(1, REMOVE_ATTEMPTS + 1):
             try:
                 self._api.remove_container(container_id, force=True, v=True)
@@ -426,9 +474,9 @@ class DockerEngine:
                 if e.status_code == 500 and attempt < REMOVE_ATTEMPTS and self.kind() == "podman":
                     time.sleep(REMOVE_RETRY_DELAY * attempt)
                     continue
-                raise _engine_error(e) from e
-            except DockerException as e:
-                raise _engine_error(e) from e
+                raise self._failed(e) from e
+            except (DockerException, requests.exceptions.RequestException) as e:
+                raise self._failed(e) from e
 
     # files over the API ----------------------------------------------------
 
@@ -451,10 +499,10 @@ class DockerEngine:
             )
         except APIError as e:
             if name is None or "already exists" not in str(e.explanation):
-                raise _engine_error(e) from e
+                raise self._failed(e) from e
             data = self._call(self._api.inspect_volume, name)  # Podman refuses a second create
-        except DockerException as e:
-            raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
         return VolumeInfo(
             name=str(data["Name"]),
             mountpoint=str(data.get("Mountpoint") or ""),
@@ -462,13 +510,37 @@ class DockerEngine:
         )
 
     def remove_volume(self, name: str) -> None:
-        """Remove a volume; gone already is fine."""
+        """Remove a volume; gone already is fine. Kept in mind, as a container is, when the
+        engine does not answer (``remove_leftovers``)."""
         try:
             self._api.remove_volume(name, force=True)
         except NotFound:
             return
-        except DockerException as e:
-            raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            error = self._failed(e)
+            if isinstance(error, EngineUnavailable):
+                with self._leftovers_lock:
+                    self._leftovers.add(("volume", name))
+            raise error from e
+
+    def answers(self) -> bool:
+        """Whether the engine answers now (a ping, at most a few seconds)."""
+        try:
+            return bool(self._api._result(self._api._get(self._api._url("/_ping"), timeout=5)))
+        except (DockerException, requests.exceptions.RequestException):
+            return False
+
+    def remove_leftovers(self) -> None:
+        """Remove what could not be removed while the engine did not answer; what it still
+        cannot remove stays in mind."""
+        with self._leftovers_lock:
+            leftovers, self._leftovers = self._leftovers, set()
+        for kind, name in sorted(leftovers, reverse=True):  # containers before volumes
+            with contextlib.suppress(ExperimentExecutionError):
+                if kind == "container":
+                    self.remove(name)
+                else:
+                    self.remove_volume(name)
 
     def volumes(self, label: str) -> list[VolumeInfo]:
         """All volumes that carry ``label``."""
@@ -509,6 +581,9 @@ class DockerEngine:
             for row in rows
         ]
 
+    def _failed(self, e: Exception) -> ExperimentExecutionError:
+        return _engine_error(e, self._api.base_url)
+
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
@@ -517,13 +592,16 @@ class DockerEngine:
                 f"Docker object not found: {e.explanation or e}",
                 hint="it may have been removed by `runner cleanup` or another process.",
             ) from e
-        except DockerException as e:
-            raise _engine_error(e) from e
-        except requests.exceptions.RequestException as e:
-            raise _engine_error(e) from e
+        except (DockerException, requests.exceptions.RequestException) as e:
+            raise self._failed(e) from e
 
 
-def _engine_error(e: Exception) -> ExperimentExecutionError:
+def _engine_error(e: Exception, where: str) -> ExperimentExecutionError:
+    """The project's error for what the engine at ``where`` answered, or did not."""
+    if isinstance(e, requests.exceptions.ConnectionError) and not isinstance(
+        e, requests.exceptions.ReadTimeout
+    ):
+        return EngineUnavailable(f"The Docker engine at {where} stopped answering: {e}")
     # An API error is an answer: the engine runs. Anything else may mean it does not.
     hint = ANSWERED_HINT if isinstance(e, APIError) else ENGINE_HINT
     return ExperimentExecutionError(f"Docker engine error: {e}", hint=hint)

@@ -24,7 +24,7 @@ from runner.core.models import Artifact, RunOutcome
 from runner.core.sizes import parse_size
 from runner.sandbox.artifacts import COLLECT_SECONDS, ArtifactSink, Outputs
 from runner.sandbox.controls import gaps
-from runner.sandbox.engine import Engine, OutputStream
+from runner.sandbox.engine import Engine, EngineUnavailable, OutputStream
 from runner.sandbox.identity import UidLease
 from runner.sandbox.podman import adapt, tmpfs_volume_options
 from runner.sandbox.policy import Run, SandboxPolicy, container_config
@@ -103,9 +103,12 @@ class Resources:
     extra: list[Callable[[], None]] = field(default_factory=list)
 
     def release(self) -> None:
+        """Undo what was made, last things first; what an engine that went away could not
+        remove, it removes once it answers again (``Engine.remove_leftovers``)."""
         try:
             for step in self.extra:
-                step()
+                with contextlib.suppress(EngineUnavailable):
+                    step()
         finally:
             self.lease.release()
             if self.cgroup_parent is not None and self.telemetry is not None:
@@ -316,17 +319,20 @@ class Sandbox:
                 self.start()
             else:
                 self.hand_over(hand_over)
-            exit_code, timed_out, output = self.supervise(
-                collector, timeout, begun, outputs=outputs is not None
-            )
-            execution = self.record(
-                exit_code,
-                timed_out,
-                output,
-                time.monotonic() - begun,
-                cpu_before=cpu_before,
-                warm=hand_over is not None,
-            )
+            try:
+                exit_code, timed_out, output = self.supervise(
+                    collector, timeout, begun, outputs=outputs is not None
+                )
+                execution = self.record(
+                    exit_code,
+                    timed_out,
+                    output,
+                    time.monotonic() - begun,
+                    cpu_before=cpu_before,
+                    warm=hand_over is not None,
+                )
+            except EngineUnavailable as e:
+                raise e.while_running() from e  # the script had started: it was cut off
             if outputs is None:
                 return execution
             collected = outputs.collect(sink)
@@ -351,7 +357,8 @@ class Sandbox:
             if self._stream is not None:
                 with contextlib.suppress(Exception):
                     self._stream.close()
-            self.engine.remove(self.container_id)
+            with contextlib.suppress(EngineUnavailable):  # removed once it answers again
+                self.engine.remove(self.container_id)
         finally:
             self.resources.release()
 

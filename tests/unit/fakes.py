@@ -66,6 +66,8 @@ class FakeEngine:
     archives: dict[tuple[str, str], bytes] = field(default_factory=dict)
     #: An engine on another machine: a bind mount never shows this machine's files.
     remote: bool = False
+    #: Whether a ping answers (an engine that went away and came back says so in turn).
+    answering: bool = True
     ncpu: int = 16
     mem_total: int = 64 * 1024**3
     #: Fields the engine reports differently from what was asked (a silently weaker engine).
@@ -171,6 +173,13 @@ class FakeEngine:
         self.calls.append("remove")
         self.removed.append(container_id)
         self.finished.add(container_id)
+
+    def answers(self) -> bool:
+        self.calls.append("ping")
+        return self.answering
+
+    def remove_leftovers(self) -> None:
+        self.calls.append("remove leftovers")
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         """What Docker would report for the container, with ``quietly`` applied on top."""

@@ -13,6 +13,7 @@ from runner import ExperimentDefaults, ExperimentExecutionError, ExperimentRunne
 from runner.backends.bootstrap import hand_over_line
 from runner.core.models import ExperimentSpec
 from runner.sandbox.cleanup import LABEL, LABEL_DEADLINE, LABEL_OWNER
+from runner.sandbox.engine import EngineUnavailable
 from tests.unit.fakes import FakeEngine, file_mounts
 
 SPEC = ExperimentSpec(experiment_name="warm", model_type="SVC")
@@ -270,3 +271,64 @@ def test_a_volume_hand_over_that_is_refused_leaves_nothing(
         assert engine.handed_over == {}
     made = {v.name for v in engine.volumes_made}
     assert made == set(engine.volumes_removed)
+
+
+class GoesAway(FakeEngine):
+    """An engine that stops answering at one step of a run, then comes back."""
+
+    def __init__(self, at: str, times: int = 1, pings_down: int = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.at, self.times, self.pings_down = at, times, pings_down
+
+    def _maybe_gone(self, step: str) -> None:
+        if step == self.at and self.times > 0:
+            self.times -= 1
+            self.answering = False
+            raise EngineUnavailable("The Docker engine at unix://fake stopped answering")
+
+    def answers(self) -> bool:
+        if not self.answering:
+            self.pings_down -= 1
+            self.answering = self.pings_down <= 0
+        return super().answers()
+
+    def create(self, image: str, command: list[str], **config: Any) -> str:
+        if not any(m["Target"] == "/support" for m in config.get("mounts", [])):
+            self._maybe_gone("create")
+        return super().create(image, command, **config)
+
+    def wait(self, container_id: str, timeout: float) -> int | None:
+        self._maybe_gone("wait")
+        return super().wait(container_id, timeout)
+
+
+def test_a_run_that_had_not_started_waits_for_the_engine_then_runs(script: Path) -> None:
+    """The engine goes away before the sandbox is made: the run waits, then runs once."""
+    engine = GoesAway("create")
+    result = ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 0)
+    assert result.success and "ran again" not in result.stderr
+    assert engine.calls.count("ping") >= 2 and "remove leftovers" in engine.calls
+    assert engine.started == ["c1"]
+
+
+def test_a_script_cut_off_by_an_outage_runs_again_once_in_a_fresh_sandbox(script: Path) -> None:
+    """The engine goes away while the script runs: one more run, fresh, and it says so."""
+    engine = GoesAway("wait", wait_results=[0])
+    result = ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 0)
+    assert result.success and "ran again, once, in a fresh sandbox" in result.stderr
+    assert engine.started == ["c1", "c2"] and set(engine.removed) >= {"c1", "c2"}
+
+
+def test_a_second_cut_off_or_an_engine_that_stays_away_fails_the_job_naming_it(
+    script: Path,
+) -> None:
+    """Cut off twice: the run fails; an engine gone past the timeout: the job's result
+    names the engine and that it stopped answering."""
+    twice = GoesAway("wait", times=2, wait_results=[0])
+    with pytest.raises(EngineUnavailable, match="stopped answering"):
+        ExperimentRunner(timeout=30, engine=twice).run(script, SPEC, 0)
+    gone = GoesAway("create", pings_down=10**9)
+    (result,) = ExperimentRunner(timeout=1, engine=gone).run_many([(script, SPEC, 0)])
+    assert not result.success
+    assert "unix://fake stopped answering" in (result.error_message or "")
+    assert "did not answer again within 1 s" in (result.error_message or "")

@@ -6,7 +6,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from runner import ExperimentExecutionError
-from runner.sandbox.engine import DockerEngine, SandboxStartError
+from runner.sandbox.engine import DockerEngine, EngineUnavailable, SandboxStartError
 
 DOCKER_VERSION = {"Version": "20.10.24", "Components": [{"Name": "Engine"}]}
 PODMAN_VERSION = {"Version": "4.3.1", "Components": [{"Name": "Podman Engine"}]}
@@ -180,3 +180,33 @@ def test_a_sandbox_removed_while_it_starts_is_cancelled_not_a_start_failure() ->
     with pytest.raises(ExperimentExecutionError, match="removed while it started") as info:
         engine_with(api).start("c")
     assert not isinstance(info.value, SandboxStartError)
+
+
+def test_a_wait_on_an_engine_that_went_away_says_so() -> None:
+    """A wait that fails and a ping that fails too: the engine stopped answering, named."""
+    api = mock.Mock(base_url="http+docker://localhost")
+    api.wait.side_effect = requests.exceptions.ConnectionError("Connection aborted.")
+    api._get.side_effect = requests.exceptions.ConnectionError("refused")
+    with pytest.raises(EngineUnavailable, match="localhost stopped answering") as info:
+        engine_with(api).wait("c", 1.0)
+    assert not info.value.cut_off
+
+
+def test_what_cannot_be_removed_during_an_outage_is_removed_when_it_answers() -> None:
+    """Removals the engine did not answer are kept and done by remove_leftovers."""
+    api = mock.Mock(base_url="x")
+    api.remove_container.side_effect = requests.exceptions.ConnectionError("refused")
+    api.remove_volume.side_effect = requests.exceptions.ConnectionError("refused")
+    engine = engine_with(api)
+    with pytest.raises(EngineUnavailable):
+        engine.remove("c")
+    with pytest.raises(EngineUnavailable):
+        engine.remove_volume("v")
+    api.remove_container.side_effect = None
+    api.remove_volume.side_effect = None
+    engine.remove_leftovers()
+    api.remove_container.assert_called_with("c", force=True, v=True)
+    api.remove_volume.assert_called_with("v", force=True)
+    api.remove_container.reset_mock()
+    engine.remove_leftovers()  # done: nothing twice
+    api.remove_container.assert_not_called()
