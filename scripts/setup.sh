@@ -115,13 +115,14 @@ case "${1:-}" in
         .venv/bin/ruff format --check .
         step "mypy"
         .venv/bin/mypy
+        # The first pass starts a Docker-in-Docker engine of its own too (an engine restart).
+        command -v debootstrap >/dev/null || apt_install debootstrap
         step "pytest: everything, containers under runc"
         .venv/bin/pytest
         step "pytest: integration and adversarial suites again under gVisor (runsc)"
         RUNNER_RUNTIME=runsc .venv/bin/pytest tests/integration tests/adversarial
         # An engine that cannot see this machine's files: every run's files are copied.
         step "pytest: integration and adversarial suites against Docker-in-Docker"
-        command -v debootstrap >/dev/null || apt_install debootstrap
         RUNNER_TEST_ENGINE=dind .venv/bin/pytest tests/integration tests/adversarial
         # Podman's Docker-compatible service, started by the tests in a network namespace.
         step "pytest: integration and adversarial suites against Podman"

@@ -11,9 +11,30 @@ import pytest
 # The Ryuk reaper image cannot be pulled here (no registry); tests clean up themselves.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
+import uuid
+
 from runner import ExperimentExecutionError
 from runner.core.settings import ExperimentDefaults
-from runner.sandbox.engine import DockerEngine
+from runner.sandbox.cleanup import LABEL, LABEL_GROUP
+from runner.sandbox.engine import ContainerInfo, DockerEngine, VolumeInfo
+
+#: This test session's group: every container and volume its runs make (in this process,
+#: the callers it starts and Ray's workers, which inherit the environment) carries it,
+#: and the tests look at and remove only those, never another user's on the same engine.
+GROUP = os.environ.setdefault("RUNNER_GROUP", f"tests-{uuid.uuid4().hex[:12]}")
+OURS = f"{LABEL_GROUP}={GROUP}"
+
+
+def our_containers(engine: DockerEngine) -> list[ContainerInfo]:
+    """The containers this session's runs made (and have not removed yet)."""
+    return engine.containers(OURS)
+
+
+def our_volumes(engine: DockerEngine) -> list[VolumeInfo]:
+    """The volumes this session's runs made, but the session's support volume (kept, as
+    every runner's is, for the next run)."""
+    return [v for v in engine.volumes(OURS) if v.labels.get(LABEL) != "support"]
+
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: The engine the integration and adversarial suites run against: "local" (default),

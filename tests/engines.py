@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -66,6 +67,9 @@ while read -r path options; do
     esac
 done
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+# A restarted container keeps its /run (a machine's would be empty): a killed dockerd's
+# pid files would keep the new one from starting.
+rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
 exec "$@"
 """
 #: The socket's directory inside the Docker-in-Docker container, bind-mounted from the host.
@@ -104,9 +108,33 @@ class EngineError(RuntimeError):
 Timings = dict[str, float]
 
 
+@dataclass
+class DindEngine:
+    """A running Docker-in-Docker engine: its ``DOCKER_HOST``, and a way to restart it."""
+
+    docker_host: str
+    container: DockerContainer
+
+    def restart(self, grace: int = 1) -> None:
+        """Restart the engine as a machine would: its dockerd stops (``grace`` seconds,
+        then it is killed, and every container it ran with it) and starts again, its
+        images and volumes kept."""
+        self.container.get_wrapped_container().restart(timeout=grace)
+
+
 @contextlib.contextmanager
 def dind_engine(*, timings: Timings | None = None, shared: Path | None = None) -> Iterator[str]:
-    """A Docker-in-Docker engine with the sandbox images; yields its ``DOCKER_HOST``.
+    """A Docker-in-Docker engine with the sandbox images; yields its ``DOCKER_HOST``."""
+    with running_dind(timings=timings, shared=shared) as dind:
+        yield dind.docker_host
+
+
+@contextlib.contextmanager
+def running_dind(
+    *, timings: Timings | None = None, shared: Path | None = None
+) -> Iterator[DindEngine]:
+    """A Docker-in-Docker engine with the sandbox images, started on this machine's own
+    engine; yields it (``DindEngine``: its ``DOCKER_HOST``, and ``restart``).
 
     ``shared``: a directory of this machine the engine sees at the same path (for
     measuring, on a private engine, what only an engine that sees the caller's
@@ -133,7 +161,7 @@ def dind_engine(*, timings: Timings | None = None, shared: Path | None = None) -
             with contextlib.closing(client), _timed(timings, "load"):
                 load_images(local, client, SANDBOX_IMAGES)
             log.info("dind engine at %s ready: %s", docker_host, _format(timings))
-            yield docker_host
+            yield DindEngine(docker_host, container)
         finally:
             # Removing the container (with its volume) ends every inner container too.
             container.stop(force=True, delete_volume=True)

@@ -33,7 +33,7 @@ from runner.backends.pool import (
 from runner.core.settings import TRANSFERS, ExperimentDefaults, Transfer
 from runner.sandbox.cleanup import cleanup
 from runner.sandbox.cold import ColdRuns
-from runner.sandbox.engine import DockerEngine, Engine, EngineUnavailable
+from runner.sandbox.engine import DockerEngine, Engine, EngineError, EngineUnavailable
 from runner.sandbox.lifecycle import ActiveRuns, Execution
 from runner.sandbox.policy import SandboxPolicy
 from runner.sandbox.probe import EngineFacts, FileRoute, probe
@@ -46,6 +46,9 @@ __all__ = ["DockerBackend", "open"]
 POOL_IDLE_MAX = 3600
 #: How often a run asks an engine that stopped answering whether it is back (seconds).
 ENGINE_POLL = 0.5
+#: How long after an engine error (or a sandbox that ended before its script) the engine
+#: is watched: one that stops answering meanwhile was going away, and caused it.
+OUTAGE_GRACE = 3.0
 #: The last line of the stderr of a run that ran again after an engine outage.
 RERUN_NOTE = (
     "\n[runner] the engine stopped answering while the script ran; it ran again, once, "
@@ -251,7 +254,16 @@ class DockerBackend:
         rerun = False
         while True:
             try:
-                execution = self._attempt(request, on_output, token)
+                try:
+                    execution = self._attempt(request, on_output, token)
+                except EngineError as e:
+                    # An engine on its way down still answers, with errors ("database
+                    # not open"): one that stops answering right after was going away.
+                    if self._active.aborted(token) or not self._going_away():
+                        raise
+                    raise self._outage(e, cut_off=e.after_start) from e
+                if self._ended_by_the_engine(execution):
+                    raise self._outage(None, cut_off=True)
             except EngineUnavailable as e:
                 if self._active.aborted(token) or (e.cut_off and rerun):
                     raise
@@ -261,6 +273,29 @@ class DockerBackend:
             if not rerun:
                 return execution
             return execution.model_copy(update={"stderr": execution.stderr + RERUN_NOTE})
+
+    def _ended_by_the_engine(self, execution: Execution) -> bool:
+        """A sandbox that ended before its script did, on an engine that then went away:
+        the engine stopped it (a restart stops every container first)."""
+        ended_early = not (execution.exit_reported or execution.timed_out or execution.oom_killed)
+        return ended_early and self._going_away()
+
+    def _going_away(self) -> bool:
+        """Whether the engine stops answering within ``OUTAGE_GRACE`` seconds."""
+        until = time.monotonic() + OUTAGE_GRACE
+        while True:
+            if not self.engine.answers():
+                return True
+            if time.monotonic() >= until:
+                return False
+            time.sleep(ENGINE_POLL / 5)
+
+    def _outage(self, error: Exception | None, *, cut_off: bool) -> EngineUnavailable:
+        what = f" (as it went, it answered: {error})" if error is not None else ""
+        return EngineUnavailable(
+            f"The Docker engine at {self.engine.describe()} stopped answering{what}",
+            cut_off=cut_off,
+        )
 
     def _await_engine(self, outage: EngineUnavailable, until: float, timeout: float) -> None:
         """Wait for the engine to answer again, then remove what the outage left."""

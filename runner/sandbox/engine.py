@@ -48,7 +48,14 @@ REMOVE_ATTEMPTS = 4
 REMOVE_RETRY_DELAY = 0.25
 
 
-class SandboxStartError(ExperimentExecutionError):
+class EngineError(ExperimentExecutionError):
+    """The engine answered a request with an error (it runs, but refused or failed)."""
+
+    #: The error came after the run's script had started (the run did not see its end).
+    after_start = False
+
+
+class SandboxStartError(EngineError):
     """The runtime failed to start the sandbox; nothing of the script ran."""
 
 
@@ -68,7 +75,7 @@ class EngineUnavailable(ExperimentExecutionError):
         return EngineUnavailable(self.message, hint=self.hint, cut_off=True)
 
 
-class SandboxRefused(ExperimentExecutionError):
+class SandboxRefused(EngineError):
     """The engine refused to create the sandbox (say, a bind source is missing);
     nothing of the script ran."""
 
@@ -424,7 +431,10 @@ class DockerEngine:
     def describe(self) -> str:
         """Which engine this is, for messages: product, version and address."""
         if self._description is None:
-            version = self._engine_version()
+            try:
+                version = self._engine_version()
+            except ExperimentExecutionError:
+                return f"the engine at {self._api.base_url}"  # it does not answer now
             product = "Podman Engine" if self.kind() == "podman" else "Docker Engine"
             self._description = f"{product} {version.get('Version', '?')} at {self._api.base_url}"
         return self._description
@@ -603,5 +613,6 @@ def _engine_error(e: Exception, where: str) -> ExperimentExecutionError:
     ):
         return EngineUnavailable(f"The Docker engine at {where} stopped answering: {e}")
     # An API error is an answer: the engine runs. Anything else may mean it does not.
-    hint = ANSWERED_HINT if isinstance(e, APIError) else ENGINE_HINT
-    return ExperimentExecutionError(f"Docker engine error: {e}", hint=hint)
+    if isinstance(e, APIError):
+        return EngineError(f"Docker engine error: {e}", hint=ANSWERED_HINT)
+    return ExperimentExecutionError(f"Docker engine error: {e}", hint=ENGINE_HINT)

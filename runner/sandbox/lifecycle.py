@@ -24,7 +24,7 @@ from runner.core.models import Artifact, RunOutcome
 from runner.core.sizes import parse_size
 from runner.sandbox.artifacts import COLLECT_SECONDS, ArtifactSink, Outputs
 from runner.sandbox.controls import gaps
-from runner.sandbox.engine import Engine, EngineUnavailable, OutputStream
+from runner.sandbox.engine import Engine, EngineError, EngineUnavailable, OutputStream
 from runner.sandbox.identity import UidLease
 from runner.sandbox.podman import adapt, tmpfs_volume_options
 from runner.sandbox.policy import Run, SandboxPolicy, container_config
@@ -333,6 +333,9 @@ class Sandbox:
                 )
             except EngineUnavailable as e:
                 raise e.while_running() from e  # the script had started: it was cut off
+            except EngineError as e:
+                e.after_start = True
+                raise
             if outputs is None:
                 return execution
             collected = outputs.collect(sink)
