@@ -45,10 +45,9 @@ from runner.image.python_lock import (
     compile_lock,
     locked_packages,
 )
-from runner.image.verify import Verification, verify_image
 from runner.sandbox.engine import DockerEngine
 
-__all__ = ["BuiltImage", "Verification", "build_image", "build_user_image", "verify_image"]
+__all__ = ["BuiltImage", "build_image", "build_user_image"]
 
 
 _Log = Callable[[str], None]

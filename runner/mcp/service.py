@@ -310,7 +310,9 @@ class SandboxService:
             code_dir = directory / "code"
             for relative, content in written.items():
                 _write(code_dir, relative, content)
-            return await self._run(code_dir / SCRIPT_NAME, spec, limits, checked, directory, client)
+            return await self._run_script(
+                code_dir / SCRIPT_NAME, spec, limits, checked, directory, client
+            )
 
     async def run_experiment(
         self,
@@ -336,7 +338,7 @@ class SandboxService:
                 )
             except (ValueError, FileNotFoundError) as e:
                 raise Refused(str(e)) from e
-            return await self._run(script, spec, limits, (), directory, client)
+            return await self._run_script(script, spec, limits, (), directory, client)
 
     def list_results(self, name: str | None, limit: int) -> ResultList:
         """The recorded results (whose name contains ``name``), best first."""
@@ -361,7 +363,7 @@ class SandboxService:
 
     # one run -----------------------------------------------------------------------
 
-    async def _run(
+    async def _run_script(
         self,
         script: Path,
         spec: ExperimentSpec,
