@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The tag ``runner image build`` gives the pinned scikit-learn image. It names what
@@ -18,6 +19,8 @@ DEFAULT_BASE_IMAGE = "experiment-runner/base:bookworm"
 #: sees this machine's files and the sandbox user may read them, else copy).
 Transfer = Literal["auto", "bind", "copy"]
 TRANSFERS: tuple[Transfer, ...] = ("auto", "bind", "copy")
+#: The package index an image build takes wheels from unless ``RUNNER_INDEX_URL`` says another.
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
 
 
 class ExperimentDefaults(BaseSettings):
@@ -66,3 +69,17 @@ class ExperimentDefaults(BaseSettings):
     base_image_digest: str | None = None
     #: The Debian mirror debootstrap builds the base from.
     debian_mirror: str = "http://deb.debian.org/debian"
+    #: The one package index (PEP 503 simple API) an image build locks and downloads
+    #: from. uv and pip are given it on their command line and read no index from
+    #: their own configuration, the environment or a requirements file.
+    index_url: str = DEFAULT_INDEX_URL
+
+    @field_validator("index_url")
+    @classmethod
+    def _index_is_a_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http", "file") or not (parts.netloc or parts.path):
+            raise ValueError(f"an index is an https://, http:// or file:// URL, not {value!r}")
+        if any(c.isspace() for c in value):
+            raise ValueError("an index URL holds no whitespace")
+        return value
