@@ -197,8 +197,9 @@ def run_tool(cmd: list[str], work: Path, *, log: _Log = print) -> subprocess.Com
     """
     ignored = sorted(name for name in os.environ if _tool_variable(name))
     if ignored:
-        log(f"not passing {', '.join(ignored)} to {Path(cmd[0]).name}: it takes its index "
-            "from RUNNER_INDEX_URL alone")  # fmt: skip
+        tool = "pip" if cmd[1:3] == ["-m", "pip"] else Path(cmd[0]).name
+        log(f"not passing {', '.join(ignored)} to {tool}: it takes its index from "
+            "RUNNER_INDEX_URL alone")  # fmt: skip
     env = {name: value for name, value in os.environ.items() if not _tool_variable(name)}
     # pip's documented way to read no configuration file at all (site, user or global).
     env["PIP_CONFIG_FILE"] = os.devnull
