@@ -102,7 +102,6 @@ class LockEntry:
     version: str
     hashes: tuple[str, ...]
     extras: tuple[str, ...] = ()
-    line: int = 0
 
     def pin(self) -> str:
         """The entry as the one line pip and uv are given."""
@@ -326,7 +325,7 @@ def _read_lock(lock: Path) -> tuple[list[LockEntry], list[tuple[int, str]]]:
             raise _refused(lock, start, first, reason, LOCK_HINT)
         seen[name] = start
         extras = tuple(sorted(requirement.extras))
-        entries.append(LockEntry(name, specifiers[0].version, tuple(hashes), extras, start))
+        entries.append(LockEntry(name, specifiers[0].version, tuple(hashes), extras))
     return entries, loose
 
 
