@@ -75,7 +75,10 @@ def host_venv(cache: Path) -> Path:
     venv = cache / "bench-venv"
     python = venv / "bin" / "python"
     if not python.exists():
-        wheels = download_wheels(lock, cache / "bench-wheels", log=lambda m: None)
+        index_url = ExperimentDefaults().index_url
+        wheels = download_wheels(
+            lock, cache / "bench-wheels", index_url=index_url, log=lambda m: None
+        )
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "--quiet", "--no-index", "--require-hashes",
