@@ -130,7 +130,7 @@ def measure(runs: int, root: Path, script: Path, cache: Path) -> dict[str, list[
                 started = time.perf_counter()
                 result = runner.run(script, SPEC, 0)
                 elapsed = time.perf_counter() - started
-                assert result.success, result.error_message + result.stderr
+                assert result.success, f"{result.error_message}\n{result.stderr}"
                 assert result.warm_start == way.startswith("warm")
                 if round_:
                     times[way].append(elapsed)

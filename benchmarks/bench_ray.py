@@ -67,7 +67,7 @@ from bench_sandbox import ONE_LINE, SHORT, SPEC, bare_env, engine_words, host_ve
 
 from runner import ExperimentRunner
 from runner.core.settings import ExperimentDefaults
-from runner.sandbox.cleanup import LABEL
+from runner.sandbox.cleanup import build_labels, deadline_after
 from runner.sandbox.engine import DockerEngine
 from tests.engines import dind_engine
 
@@ -219,7 +219,7 @@ def container_floor(
     for index in range(runs + 2):  # the first two warm the engine's caches
         before = busy_seconds()
         container = engine.create(image, ["true"], network_mode="none", network_disabled=True,
-                                  labels={LABEL: "true"})  # fmt: skip
+                                  labels=build_labels(deadline_after(60)))  # fmt: skip
         try:
             engine.start(container)
             engine.wait(container, 60)

@@ -65,7 +65,7 @@ class ExperimentDefaults(BaseSettings):
     #: The JSON Lines results history the CLI appends to.
     results_file: Path = Path("results.jsonl")
     #: Downloaded wheels and the debootstrap work area.
-    cache_dir: Path = Path.home() / ".cache" / "experiment-runner"
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "experiment-runner")
     #: A base image pinned by digest (``name@sha256:...``) to pull instead of
     #: building one with debootstrap; only where a registry is reachable.
     base_image_digest: str | None = None
