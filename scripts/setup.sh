@@ -48,7 +48,9 @@ ensure_docker() {
     fi
     step "starting dockerd (log: /var/log/dockerd.log)"
     [ "$(id -u)" = 0 ] || die "no Docker engine answers and only root can start one here"
-    nohup dockerd >/var/log/dockerd.log 2>&1 &
+    # A system service: it outlives this script and must not inherit its HOME or TMPDIR
+    # (CI's are private and removed afterwards; under them gVisor's sandbox cannot start).
+    nohup env -i PATH="$PATH" dockerd >/var/log/dockerd.log 2>&1 &
     for _ in $(seq 1 120); do
         engine_up && return
         sleep 0.5
