@@ -85,7 +85,7 @@ def _alone(settings_cls: type[BaseSettings]) -> type[BaseSettings]:
     validator of the settings, with no variable or file mixed in."""
 
     def arguments_only(
-        cls: type[BaseSettings], settings_cls: type[BaseSettings], init_settings: Any, **_: Any
+        cls: type[BaseSettings], /, settings_cls: type[BaseSettings], init_settings: Any, **_: Any
     ) -> tuple[Any, ...]:
         return (init_settings,)
 
