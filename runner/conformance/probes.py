@@ -284,6 +284,10 @@ def runtime(seen: Seen, expected: Expected) -> Verdict:
 # The file system ---------------------------------------------------------------
 
 
+#: File systems that are no host path: the kernel's own, and memory.
+NOT_HOST = {"tmpfs", "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "overlay"}
+
+
 def _mounts(seen: Seen) -> dict[str, tuple[str, str]]:
     """Mount point: (its options, its file system type); the last mount of a point wins."""
     return {m[0]: (m[1], m[2]) for m in seen.report("main")["mounts"]}
@@ -322,12 +326,14 @@ def host_paths(seen: Seen, expected: Expected) -> Verdict:
     allowed = ENGINE_MOUNTS | {expected.script_dir}
     # What is mounted below /proc, /sys and /dev is the engine's: masks, cgroups, devices.
     virtual = ("/proc", "/sys", "/dev")
+    below = tuple(f"{v}/" for v in virtual)
     extra = sorted(
         point
-        for point in _mounts(seen)
-        if point not in allowed and point not in virtual and not point.startswith(
-            tuple(f"{v}/" for v in virtual))
-    )  # fmt: skip
+        for point, (_, kind) in _mounts(seen).items()
+        if kind not in NOT_HOST
+        and point not in (*allowed, *virtual)
+        and not point.startswith(below)
+    )
     visible = sorted(p for p, there in main["visible"].items() if there)
     problems = [f"mounted: {', '.join(extra)}"] if extra else []
     problems += [f"visible: {', '.join(visible)}"] if visible else []
