@@ -36,7 +36,7 @@ from runner.sandbox.request import RunRequest
 
 #: Seconds the CPU sandbox spins before it reports, and its deadline.
 SPIN_SECONDS = 2.0
-DEADLINE = 5.0
+DEADLINE = 6.0
 #: The other sandboxes' bound: they finish in seconds.
 PROBE_TIMEOUT = 120.0
 #: Environment variables Podman puts into every container (constants, none of the caller's).

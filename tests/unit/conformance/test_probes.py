@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from runner.conformance.probes import PROBES, Expected, Seen, judge
-from runner.conformance.suite import Conformance
+from runner.conformance.suite import DEADLINE, Conformance
 from runner.core.settings import DEFAULT_IMAGE
 from runner.sandbox.lifecycle import Execution
 from runner.sandbox.policy import SandboxPolicy
@@ -44,7 +44,7 @@ def recorded(runtime: str) -> tuple[Seen, Expected]:
         script_dir=data["script_dir"],
         hidden=tuple(data["hidden"]),
         cores=data["cores"],
-        deadline=5.0,
+        deadline=DEADLINE,
     )
     return seen, expected
 
