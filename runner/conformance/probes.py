@@ -27,7 +27,8 @@ UNREACHABLE = {"ENETUNREACH", "EHOSTUNREACH", "EADDRNOTAVAIL", "ENETDOWN"}
 #: ``/dev/shm`` and the IPC namespace's own message queues.
 WRITABLE = {"/tmp", "/dev/shm", "/dev/mqueue"}
 #: Mount points an engine adds for a sandbox beside its files: its own ``resolv.conf``
-#: and ``hosts`` (the support volume's), the engine's hostname file and init, and the
+#: and ``hosts`` (the support volume's), the engine's hostname file and init, Podman's
+#: copies of the image's ``passwd`` and ``group`` with the run's user added, and the
 #: read-only masks the runner puts over what Podman adds.
 ENGINE_MOUNTS = {
     "/",
@@ -35,6 +36,8 @@ ENGINE_MOUNTS = {
     "/etc/resolv.conf",
     "/etc/hosts",
     "/etc/hostname",
+    "/etc/passwd",
+    "/etc/group",
     "/usr/sbin/docker-init",
     "/run/podman-init",
     "/run/.containerenv",
