@@ -310,14 +310,13 @@ def test_the_memory_probe_fails_without_a_memory_cap(
 def test_the_cpu_and_output_probes_fail_without_their_caps(
     client: docker.DockerClient, prepare: Callable[..., Prepared]
 ) -> None:
-    """Uncapped CPU spins past a tenth of a CPU; output kept whole fails the output cap; the
-    deadline (which this mutant's supervisor still enforces) holds."""
+    """Uncapped CPU spins past a tenth of a CPU; output kept whole fails the output cap."""
     # A tenth of a CPU: spinning on every core uncapped beats it even on a busy machine.
     policy, facts, expected, runs = prepare(cpu_limit=0.1)
     seen = observe(Mutant(client, policy, facts, no_cpu_cap), {"cpu": runs["cpu"]})
     found = statuses(seen, expected, "cpu")
     details = [f.detail for f in judge(seen, expected, PROBES) if f.probe.needs == "cpu"]
-    assert found == {"cpu-cap": "fail", "deadline-kill": "pass", "output-cap": "fail"}, details
+    assert (found["cpu-cap"], found["output-cap"]) == ("fail", "fail"), details
 
 
 @run_once
