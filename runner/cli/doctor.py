@@ -4,12 +4,18 @@ checked, and what crashed runs left behind removed."""
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
+from rich.table import Table
 from rich.text import Text
 
 from runner.backends.local import DockerBackend
 from runner.cli import show
+from runner.conformance.reports import as_json, as_junit, as_sarif
+from runner.conformance.suite import Conformance, run_conformance
+from runner.core.config_file import find_policy_file
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.settings import ExperimentDefaults
 from runner.image.definition import LABEL_DEFINITION, definition_digest, image_dir
@@ -30,6 +36,27 @@ def add_commands(commands: Any) -> None:
     doctor = commands.add_parser(
         "doctor", help="check the engine, the image and each runtime, and say what to fix"
     )
+    doctor.add_argument(
+        "--conformance",
+        action="store_true",
+        help="attack this host's sandbox from inside, under the configured engine, runtime, "
+        "image and policy: exit 0 every control holds, 4 one fails, 2 the probes cannot run",
+    )
+    doctor.add_argument(
+        "--junit",
+        type=Path,
+        metavar="FILE",
+        help="with --conformance: a JUnit XML report, one case per probe",
+    )
+    doctor.add_argument(
+        "--sarif",
+        type=Path,
+        metavar="FILE",
+        help="with --conformance: a SARIF 2.1.0 log, one rule per control",
+    )
+    doctor.add_argument(
+        "--json", action="store_true", help="with --conformance: print the outcome as JSON"
+    )
     doctor.set_defaults(handler=doctor_command)
 
 
@@ -43,6 +70,13 @@ def cleanup_command(args: argparse.Namespace) -> int:
 
 def doctor_command(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
+    if args.conformance:
+        return conformance_command(args, settings)
+    if args.junit or args.sarif or args.json:
+        raise ExperimentExecutionError(
+            "--junit, --sarif and --json report on the conformance probes.",
+            hint="add --conformance.",
+        )
     ok = True
 
     def report(good: bool, what: str, fix: str = "") -> None:
@@ -111,6 +145,55 @@ def doctor_command(args: argparse.Namespace) -> int:
         good, detail = _smoke_test(engine, runtime)
         report(good, f"runtime {runtime}: {detail}")
     return 0 if ok else 1
+
+
+def conformance_command(args: argparse.Namespace, settings: ExperimentDefaults) -> int:
+    """Every probe under the configured policy; the reports asked for; 0, 4 or 2."""
+    found = find_policy_file()
+    screen = show.errors if args.json else show.console
+    screen.print(
+        show.safe_text(
+            f"Conformance of {settings.image} ({settings.runtime or 'default runtime'}, "
+            f"{settings.memory_limit}, {settings.cpu_limit:g} CPU, {settings.pids_limit} PIDs; "
+            f"policy: {found.describe() if found else 'RUNNER_* and defaults'})",
+            limit=2000,
+        )
+    )
+    outcome = run_conformance(DockerEngine(), settings)
+    if args.junit:
+        args.junit.write_bytes(as_junit(outcome))
+    if args.sarif:
+        args.sarif.write_text(as_sarif(outcome), encoding="utf-8")
+    if args.json:
+        sys.stdout.write(as_json(outcome))
+    else:
+        show.console.print(_findings_table(outcome))
+    counts = {s: sum(f.status == s for f in outcome.findings) for s in ("pass", "fail", "error")}
+    screen.print(
+        show.safe_text(
+            f"{counts['pass']} of {len(outcome.findings)} controls hold, {counts['fail']} "
+            f"fail, {counts['error']} not observed; {outcome.seconds:.1f} s on "
+            f"{outcome.engine} ({outcome.runtime}), image {outcome.image_id[:19]}",
+            limit=2000,
+        )
+    )
+    return outcome.exit_code
+
+
+def _findings_table(outcome: Conformance) -> Table:
+    table = Table()
+    for column in ("", "probe", "control", "what the sandbox showed"):
+        table.add_column(column)
+    marks = {"pass": ("ok", "green"), "fail": ("FAIL", "red"), "error": ("?", "yellow")}
+    for finding in outcome.findings:
+        mark, style = marks[finding.status]
+        table.add_row(
+            Text(mark, style=style),
+            finding.probe.id,
+            finding.probe.control,
+            show.safe_text(finding.detail, limit=400),
+        )
+    return table
 
 
 _RUNSC_FIX = (

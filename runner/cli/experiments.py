@@ -18,6 +18,7 @@ from runner.core.settings import ExperimentDefaults
 from runner.experiment.codegen import CodeGenerator
 from runner.experiment.runner import ExperimentRunner, Job
 from runner.results.junit import junit_report
+from runner.results.summary import markdown_summary
 
 #: Subparsers as ``argparse`` hands them out (its class is private).
 Commands = Any
@@ -53,6 +54,9 @@ def add_commands(commands: Commands) -> None:
                        help="print each result as one line of JSON as it finishes")  # fmt: skip
     batch.add_argument("--junit", type=Path, metavar="FILE",
                        help="write a JUnit XML report, one test case per script")  # fmt: skip
+    batch.add_argument("--summary", type=Path, metavar="FILE",
+                       help="append a Markdown leaderboard to FILE, e.g. "
+                       "\"$GITHUB_STEP_SUMMARY\" (script-controlled text escaped)")  # fmt: skip
     batch.set_defaults(handler=batch_command)
 
     demo = commands.add_parser(
@@ -129,6 +133,10 @@ def batch_command(args: argparse.Namespace) -> int:
         results = show.run_with_progress(runner, jobs, workers, "scripts", screen, report)
     if args.junit:
         args.junit.write_bytes(junit_report(results, suite="runner batch"))
+    if args.summary:
+        # Appended: a CI step's summary file may hold what earlier commands wrote.
+        with args.summary.open("a", encoding="utf-8") as summary:
+            summary.write(markdown_summary(results, image=runner.policy.image))
     if not args.json:
         show.print_leaderboard(show.console, results, "Leaderboard")
     return 0 if all(r.success for r in results) else 1

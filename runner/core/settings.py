@@ -7,7 +7,9 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from runner.core.config_file import PolicyFileSource, find_policy_file
 
 #: The tag ``runner image build`` gives the pinned scikit-learn image. It names what
 #: the image holds, so an image with other contents never takes an older tag.
@@ -29,7 +31,9 @@ class ExperimentDefaults(BaseSettings):
     """Defaults for every run; each can be overridden per runner.
 
     Read from the environment with the prefix ``RUNNER_``, for example
-    ``RUNNER_EXPERIMENT_TIMEOUT=60`` or ``RUNNER_MEMORY_LIMIT=4g``.
+    ``RUNNER_EXPERIMENT_TIMEOUT=60`` or ``RUNNER_MEMORY_LIMIT=4g``, over the
+    nearest ``[tool.experiment-runner]`` table of a ``pyproject.toml`` or a
+    ``runner.toml`` (``runner.core.config_file``), over the defaults.
     """
 
     model_config = SettingsConfigDict(env_prefix="RUNNER_", extra="ignore")
@@ -89,3 +93,15 @@ class ExperimentDefaults(BaseSettings):
         if any(c.isspace() for c in value):
             raise ValueError("an index URL holds no whitespace")
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then ``RUNNER_*`` variables, then the policy file, then the defaults."""
+        return (init_settings, env_settings, PolicyFileSource(settings_cls, find_policy_file()))

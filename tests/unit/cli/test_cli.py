@@ -278,6 +278,23 @@ def test_batch_writes_a_junit_report_and_refuses_a_missing_path(
     assert "No such script or directory" in capsys.readouterr().err
 
 
+def test_batch_appends_a_markdown_summary(
+    fake_runs: type[FakeRunner], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--summary FILE appends the leaderboard (as $GITHUB_STEP_SUMMARY wants) with the image."""
+    monkeypatch.setattr(fake_runs, "results", (SUCCEEDED, FAILED))
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    for name in ("a.py", "b.py"):
+        (scripts / name).write_text("print(1)\n")
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    assert main(["batch", str(scripts), "--summary", str(summary), "--no-record"]) == 1
+    text = summary.read_text()
+    assert text.startswith("earlier step\n### runner batch: 2 script(s), 1 ok, 1 failed")
+    assert "Image: `image`" in text and "#### Failures" in text
+
+
 def test_every_runner_option_of_the_command_line_reaches_the_runner() -> None:
     """Each option that tells a runner something is a RunnerOptions field, and a command
     line that sets them all gives a RunnerOptions with every value (none is dropped)."""
