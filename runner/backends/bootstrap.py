@@ -28,7 +28,8 @@ from runner.sandbox import facts
 
 READY = b"\x00experiment-runner-ready\n"
 
-SOURCE = r"""
+SOURCE = (
+    r"""
 import os, sys
 _out, _err = os.dup(1), os.dup(2)
 _null = os.open("/dev/null", os.O_WRONLY)
@@ -136,7 +137,10 @@ except BaseException:
     sys.excepthook(_type, _value, _tb.tb_next)
     _finish(1)
 _finish(0)
-""".replace("READY", repr(READY)).replace("FACTS", repr(facts.SOURCE)).replace("EMPTY", repr(facts.EMPTY))
+""".replace("READY", repr(READY))
+    .replace("FACTS", repr(facts.SOURCE))
+    .replace("EMPTY", repr(facts.EMPTY))
+)
 
 
 def hand_over_line(script: str, args: Sequence[str]) -> bytes:

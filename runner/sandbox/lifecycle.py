@@ -21,7 +21,7 @@ from pydantic import ConfigDict
 
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import Artifact, RunOutcome
-from runner.core.provenance import SandboxFacts
+from runner.core.provenance import EngineRecord, SandboxFacts
 from runner.core.sizes import parse_size
 from runner.sandbox.artifacts import COLLECT_SECONDS, ArtifactSink, Outputs
 from runner.sandbox.controls import gaps
@@ -52,6 +52,8 @@ class Execution(RunOutcome):
     artifacts: tuple[Artifact, ...] = ()
     #: The machine as the sandbox saw it before the script (``runner.sandbox.facts``).
     facts: SandboxFacts | None = None
+    #: The engine and runtime that ran it (set by the backend: ``DockerBackend.execute``).
+    engine: EngineRecord | None = None
 
 
 class ActiveRuns:

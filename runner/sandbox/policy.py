@@ -234,6 +234,12 @@ def sandbox_environment(cpu_limit: float, *, outputs: bool = False) -> dict[str,
         "HOME": "/tmp",
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
+        # Pinned, so that a replay sees the same: the locale, the time zone, and the hash
+        # seed (set and dict-of-str orders; the script is the only code in its sandbox,
+        # so hash randomisation defends against nobody here).
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "PYTHONHASHSEED": "0",
         # The user ID has no passwd entry; getpass and friends read these.
         "USER": "sandbox",
         "LOGNAME": "sandbox",
