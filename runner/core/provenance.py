@@ -133,6 +133,8 @@ class Provenance(BaseModel):
     debian_lock_sha256: str | None = None
     seccomp_sha256: str
     limits: Limits
+    #: The runtime as asked (None: the engine's default); what ran is ``engine.runtime``.
+    runtime_asked: str | None = None
     engine: EngineRecord | None = None
     #: The machine as the sandbox saw it (CPU, kernel, BLAS); None where it did not say.
     sandbox: SandboxFacts | None = None

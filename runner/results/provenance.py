@@ -9,12 +9,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from runner.core.provenance import ArtifactDigest, InputDigest, Limits, Provenance
+from runner.results.store import ScriptStore, file_sha256, read_tree
 from runner.sandbox.files.tree import TreeRefused
 from runner.sandbox.lifecycle import Execution
 from runner.sandbox.policy import SandboxPolicy, sandbox_environment
 from runner.sandbox.request import RunRequest
 from runner.sandbox.seccomp import profile
-from runner.results.store import ScriptStore, file_sha256, read_tree
 
 #: How a digest that could not be taken (a directory over the digest's budget) begins.
 UNAVAILABLE = "unavailable: "
@@ -104,6 +104,7 @@ def describe(
             tmpfs=policy.tmpfs_size,
             output_limit=request.output_limit,
         ),
+        runtime_asked=policy.runtime,
         engine=execution.engine,
         sandbox=facts,
         runner_version=runner_version(),

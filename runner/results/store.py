@@ -211,7 +211,7 @@ class ScriptStore:
             target.mkdir(mode=0o755)
             target.chmod((int(entry["mode"]) & 0o755) | 0o555)
         elif kind == "symlink":
-            os.symlink(str(entry["target"]), target)
+            target.symlink_to(str(entry["target"]))
         elif kind == "file":
             sha = str(entry["sha256"])
             if not _is_hex(sha):

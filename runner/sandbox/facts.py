@@ -68,6 +68,7 @@ def _runner_facts():
         pass
     out["locks"] = locks
     blas = []
+    LAYERS = {0: "disabled", 1: "pthreads", 2: "openmp"}
     pools = sys.modules.get("threadpoolctl")
     if pools is not None and "numpy" in sys.modules:
         try:
@@ -86,10 +87,12 @@ def _runner_facts():
             # Without site (-S), sys.prefix is the base interpreter's, not the venv's.
             venv = os.path.dirname(os.path.dirname(sys.executable))
             site = "%s/lib/python%d.%d/site-packages" % (venv, *sys.version_info[:2])
-            paths = glob.glob(site + "/numpy.libs/*openblas*") + glob.glob(site + "/scipy.libs/*openblas*")
+            paths = glob.glob(site + "/numpy.libs/*openblas*")
+            paths += glob.glob(site + "/scipy.libs/*openblas*")
             for path in paths:
                 lib = ctypes.CDLL(path)
-                for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
+                names = ("scipy_openblas", "openblas")
+                for prefix, suffix in [(n, s) for n in names for s in ("64_", "")]:
                     try:
                         config = getattr(lib, prefix + "_get_config" + suffix)
                     except AttributeError:
@@ -104,7 +107,7 @@ def _runner_facts():
                         "internal_api": "openblas",
                         "version": words[1] if len(words) > 1 and words[0] == "OpenBLAS" else None,
                         "architecture": (corename() or b"").decode("ascii", "replace"),
-                        "threading_layer": {0: "disabled", 1: "pthreads", 2: "openmp"}.get(parallel, "unknown"),
+                        "threading_layer": LAYERS.get(parallel, "unknown"),
                         "num_threads": getattr(lib, prefix + "_get_num_threads" + suffix)(),
                         "filepath": path,
                     })
