@@ -12,6 +12,7 @@ Needs the ``receipt`` extra: ``pip install 'experiment-runner[receipt]'``.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,8 @@ def verify(envelope_data: dict[str, Any], public_key: Path | None = None) -> Ver
     json_format, _r, Statement, Envelope, _c, SSlibKey = _libraries()
     found = Verified()
     try:
-        envelope = Envelope.from_dict(envelope_data)
+        # from_dict takes the signatures' fields out of the dicts it is given.
+        envelope = Envelope.from_dict(copy.deepcopy(envelope_data))
     except (KeyError, TypeError, ValueError) as e:
         found.problems.append(f"not a DSSE envelope: {e}")
         return found
