@@ -74,7 +74,9 @@ def main() -> None:
     if args.docs:
         docs_table.check_sections(["provenance"])
     os.environ.setdefault("RUNNER_GROUP", "bench-provenance")
-    with tempfile.TemporaryDirectory(prefix="bench-prov-", dir="/srv") as tmp:
+    # In the checkout: the warm pool's root may not be below /tmp (the sandbox's own).
+    checkout = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix=".bench-provenance-", dir=checkout) as tmp:
         root = Path(tmp)
         root.chmod(0o755)
         directory = root / "exp"

@@ -81,7 +81,8 @@ def find(history: ResultsHistory, run_id: str) -> ExperimentResult:
     if not matches:
         raise CannotReplay(
             f"No result with run ID {run_id!r} in {history.path}.",
-            hint="`runner history --json` lists the run IDs; --results names another file.",
+            hint="each line of the results file has its run_id (`runner run --json` prints it); "
+            "--results names another file.",
         )
     if len({r.run_id for r in matches}) > 1:
         raise CannotReplay(

@@ -41,7 +41,7 @@ def input_digest(path: Path) -> InputDigest:
             tree = read_tree(path)
             return InputDigest(path=str(path), size=tree.size, sha256=tree.digest, kind="directory")
         size, sha = file_sha256(path)
-    except TreeRefused as e:
+    except (TreeRefused, OSError) as e:
         return InputDigest(path=str(path), size=0, sha256=f"{UNAVAILABLE}{e}")
     return InputDigest(path=str(path), size=size, sha256=sha)
 
@@ -68,7 +68,7 @@ def before_run(request: RunRequest, store: ScriptStore | None) -> Described:
             stored = tree_digest if kept else None
         else:
             tree_digest = read_tree(directory).digest
-    except TreeRefused as e:
+    except (TreeRefused, OSError) as e:  # a special file, too big, a directory we cannot read
         tree_digest = f"{UNAVAILABLE}{e}"
     inputs = tuple(input_digest(path) for path in request.mounts[1:])
     return Described(script_sha, tree_digest, stored, inputs)
