@@ -10,6 +10,8 @@ runtime and (so) environment. The verdict compares the metrics: *identical*,
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -185,8 +187,22 @@ def replay(
         script = directory / Path(provenance.script_path).name
         result = runner.run(script, spec, recorded.iteration, args=provenance.args)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove(work)
     return compare(recorded, result, tolerance)
+
+
+def _remove(work: Path) -> None:
+    """Remove the replay's directory, read-only directories of the script's included."""
+    for here, dirs, _files in os.walk(work):
+        for name in dirs:
+            path = Path(here) / name
+            # os.walk lists a symlink to a directory among the directories: never chmod
+            # through one (its target is anywhere on the host).
+            if path.is_symlink():
+                continue
+            with contextlib.suppress(OSError):
+                path.chmod(0o755)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _image(provenance: Provenance, settings: ExperimentDefaults, log: Callable[[str], None]) -> str:

@@ -192,6 +192,11 @@ class ScriptStore:
                 raise ValueError("the manifest does not match its name")
             for entry in entries:
                 self._restore_entry(entry, into)
+            # Directories get their modes last: a read-only one would refuse its files.
+            for entry in reversed(entries):
+                made = into.joinpath(*PurePosixPath(str(entry["path"])).parts)
+                if entry["kind"] == "dir" and not made.is_symlink():
+                    made.chmod((int(entry["mode"]) & 0o755) | 0o555)
         except (ValueError, KeyError, TypeError, OSError) as e:
             raise StoreError(
                 f"The stored script directory {digest[:16]} in {self.root} is damaged: {e}",
@@ -209,7 +214,7 @@ class ScriptStore:
         kind = entry["kind"]
         if kind == "dir":
             target.mkdir(mode=0o755)
-            target.chmod((int(entry["mode"]) & 0o755) | 0o555)
+            target.chmod(0o755)
         elif kind == "symlink":
             target.symlink_to(str(entry["target"]))
         elif kind == "file":

@@ -89,3 +89,20 @@ def test_a_run_is_found_by_its_id_or_a_unique_start(tmp_path: Path) -> None:
         find(history, "ab")
     with pytest.raises(CannotReplay, match="No result"):
         find(history, "zzz")
+
+
+def test_the_replay_directory_goes_without_touching_what_its_links_name(tmp_path: Path) -> None:
+    """Read-only directories are removed; a link to a directory outside keeps its mode."""
+    from runner.experiment.replay import _remove
+
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    outside.chmod(0o700)
+    work = tmp_path / "work"
+    (work / "script" / "ro").mkdir(parents=True)
+    (work / "script" / "ro" / "f.py").write_text("x")
+    (work / "script" / "ro").chmod(0o555)
+    (work / "script" / "out").symlink_to(outside)
+    _remove(work)
+    assert not work.exists()
+    assert outside.stat().st_mode & 0o777 == 0o700

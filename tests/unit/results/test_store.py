@@ -40,6 +40,21 @@ def test_a_directory_is_stored_once_and_restored_exactly(tmp_path: Path) -> None
     assert read_tree(into).digest == digest
 
 
+def test_a_read_only_directory_is_restored_with_its_files(tmp_path: Path) -> None:
+    """A 0555 directory gets its mode after its files are in (else they could not be)."""
+    directory = tree(tmp_path)
+    (directory / "sub").chmod(0o555)
+    store = ScriptStore(tmp_path / "store", 1024 * 1024)
+    digest, _ = store.keep(directory)
+    into = tmp_path / "restored"
+    into.mkdir()
+    store.restore(digest, into)
+    assert (into / "sub" / "same.py").read_text() == "X = 1\n"
+    assert read_tree(into).digest == digest
+    for where in (directory, into):
+        (where / "sub").chmod(0o755)
+
+
 def test_a_change_anywhere_changes_the_digest(tmp_path: Path) -> None:
     """One byte, a name or a link target changed: another tree digest."""
     directory = tree(tmp_path)
