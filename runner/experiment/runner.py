@@ -93,6 +93,10 @@ class ExperimentRunner:
     tmpfs, also ``$OUTPUT_DIR``, with links to its own files) and what it writes
     there comes back under ``outputs_dir``, listed in ``result.artifacts``.
 
+    Every result has a ``run_id`` and its ``provenance`` (``runner.core.provenance``).
+    With a ``history``, the script's directory is also kept, content-addressed, in a
+    store beside it (``store``: another ``ScriptStore``), for ``runner replay``.
+
     With ``tracking_uri`` (MLflow), each result is also logged as an MLflow run;
     a tracking server that fails only adds ``result.tracking_error``.
 
