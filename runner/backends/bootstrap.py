@@ -58,7 +58,7 @@ except Exception:
     _facts = EMPTY
 for _name in set(sys.modules) - _loaded:
     del sys.modules[_name]
-del _loaded, _name
+del _loaded
 # Imports may set variables (scikit-learn sets KMP_*): the script starts from the same ones.
 os.environ.clear()
 os.environ.update(_environ)
