@@ -12,6 +12,10 @@ outputs on: ``$OUTPUT_DIR``, holding links to the directory's entries) and
 before the preload, and no module loaded apart from what a bare interpreter and
 the preloaded libraries bring. After the hand-over it imports nothing.
 
+Before it says it is ready, it writes the machine's facts (``runner.sandbox.facts``),
+asked of the preloaded libraries, on the same stdout: the pool keeps them for
+the run.
+
 The hand-over is one line of space-separated fields, each the hex of a UTF-8
 string: hex has no newline or space in it whatever the arguments hold, and
 decoding it needs no import (a JSON line would load ``json`` into the
@@ -20,9 +24,12 @@ script's ``sys.modules``).
 
 from collections.abc import Sequence
 
+from runner.sandbox import facts
+
 READY = b"\x00experiment-runner-ready\n"
 
-SOURCE = r"""
+SOURCE = (
+    r"""
 import os, sys
 _out, _err = os.dup(1), os.dup(2)
 _null = os.open("/dev/null", os.O_WRONLY)
@@ -40,12 +47,25 @@ for _name in sys.argv[1:]:
 # goes: the script finds /tmp as a cold run does.
 if _made_mpl and os.path.isdir(_mpl) and not os.path.islink(_mpl):
     __import__("shutil").rmtree(_mpl, ignore_errors=True)
+# The machine as the script will see it (runner.sandbox.facts), asked of the preloaded
+# libraries; what that imports is taken out again.
+_loaded = set(sys.modules)
+try:
+    _facts = {}
+    exec(FACTS, _facts)
+    _facts = _facts["_runner_facts"]()
+except Exception:
+    _facts = EMPTY
+for _name in set(sys.modules) - _loaded:
+    del sys.modules[_name]
+del _loaded
 # Imports may set variables (scikit-learn sets KMP_*): the script starts from the same ones.
 os.environ.clear()
 os.environ.update(_environ)
 sys.stdout.flush()
 sys.stderr.flush()
-os.write(_out, READY)
+os.write(_out, _facts + READY)
+del _facts
 _line = sys.stdin.buffer.readline()
 if not _line.endswith(b"\n"):
     os._exit(3)
@@ -118,6 +138,9 @@ except BaseException:
     _finish(1)
 _finish(0)
 """.replace("READY", repr(READY))
+    .replace("FACTS", repr(facts.SOURCE))
+    .replace("EMPTY", repr(facts.EMPTY))
+)
 
 
 def hand_over_line(script: str, args: Sequence[str]) -> bytes:

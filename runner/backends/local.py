@@ -30,13 +30,14 @@ from runner.backends.pool import (
     pool_root_for,
     run_in_slot,
 )
+from runner.core.provenance import EngineRecord
 from runner.core.settings import TRANSFERS, ExperimentDefaults, Transfer
 from runner.sandbox.cleanup import cleanup
 from runner.sandbox.cold import ColdRuns
 from runner.sandbox.engine import DockerEngine, Engine, EngineError, EngineUnavailable
 from runner.sandbox.lifecycle import ActiveRuns, Execution
 from runner.sandbox.policy import SandboxPolicy
-from runner.sandbox.probe import EngineFacts, FileRoute, probe
+from runner.sandbox.probe import EngineFacts, FileRoute, engine_record, probe
 from runner.sandbox.request import RunRequest
 from runner.sandbox.streams import OutputCallback
 
@@ -99,6 +100,7 @@ class DockerBackend:
         self._engine = engine
         self._lock = threading.Lock()
         self._facts: EngineFacts | None = None
+        self._engine_record: EngineRecord | None = None
         self._cold: ColdRuns | None = None
         self._active = ActiveRuns()
         self._spec: PoolSpec | None = None
@@ -238,7 +240,13 @@ class DockerBackend:
             execution = self._execute(request, on_output, token)
         finally:
             self._active.forget(token)
-        return execution.model_copy(update={"node": self.node})
+        return execution.model_copy(update={"node": self.node, "engine": self.engine_record()})
+
+    def engine_record(self) -> EngineRecord:
+        """The engine and runtime as the engine reports them, asked once (provenance)."""
+        if self._engine_record is None:
+            self._engine_record = engine_record(self.engine, self.policy.runtime)
+        return self._engine_record
 
     def _execute(
         self, request: RunRequest, on_output: OutputCallback | None, token: object

@@ -38,6 +38,8 @@ from typing import Protocol
 
 from runner.backends.bootstrap import READY, hand_over_line
 from runner.core.exceptions import ExperimentExecutionError
+from runner.core.provenance import SandboxFacts
+from runner.sandbox import facts
 from runner.sandbox.artifacts import OutputLimits
 from runner.sandbox.cleanup import LABEL_SLOT, build_labels, deadline_after
 from runner.sandbox.engine import Engine
@@ -201,6 +203,8 @@ class Slot:
     #: Where the slot's directory is mounted: what it can show lies below.
     root: Path
     files: SlotFiles
+    #: What the bootstrap said of its machine before it was ready (``runner.sandbox.facts``).
+    facts: SandboxFacts | None = None
 
     @property
     def image_id(self) -> str:
@@ -289,8 +293,9 @@ def wait_ready(slot: Slot) -> bool:
     for out, _err in slot.sandbox.frames:
         pending += out or b""
         if READY in pending:
+            slot.facts = facts.take(pending[: pending.find(READY)])[0]
             return True
-        if len(pending) > 4096:
+        if len(pending) > facts.MAX_LINE + 4096:
             return False
     return False
 
@@ -562,7 +567,7 @@ def run_in_slot(
         except TreeExpired:
             return _expired_in_hand_over(sandbox, time.monotonic() - started)
         cpu_before = sandbox.resources.usage().cpu_seconds or 0.0
-        return sandbox.run(
+        execution = sandbox.run(
             request.timeout,
             request.output_limit,
             on_output,
@@ -571,6 +576,7 @@ def run_in_slot(
             cpu_before=cpu_before,
             outputs=request.outputs,
         )
+        return execution.model_copy(update={"facts": slot.facts})
 
 
 def _expired_in_hand_over(sandbox: Sandbox, duration: float) -> Execution:

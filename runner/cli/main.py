@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from runner.cli import doctor, experiments, history, image, mcp, show
+from runner.cli import doctor, experiments, history, image, mcp, replay, show
 from runner.core.exceptions import ExperimentExecutionError
 
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_commands(commands)  # cleanup, doctor
     mcp.add_commands(commands)
     history.add_commands(commands)
+    replay.add_commands(commands)  # replay, receipt
     return parser
 
 

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runner.core.provenance import Provenance
+
 MissingValues = Literal["mean", "median", "most_frequent", "none"]
 Scaling = Literal["standard", "minmax", "robust", "none"]
 Encoding = Literal["onehot", "ordinal", "none"]
@@ -135,6 +137,11 @@ class ExperimentResult(Tracking, RunOutcome, Verdict, ExperimentRecord):
     #: Files the script wrote to its working directory (or $OUTPUT_DIR), copied back
     #: to the outputs directory; empty when outputs are off.
     artifacts: list[Artifact] = Field(default_factory=list)
+    #: This result's own ID (``runner replay RUN_ID``, ``runner receipt RUN_ID``).
+    run_id: str | None = None
+    #: What ran: the script, its inputs, image, environment, limits, machine
+    #: (``runner.core.provenance``); None for a run that never reached a sandbox.
+    provenance: Provenance | None = None
 
     def get_primary_metric(self, name: str) -> float | None:
         """The metric called ``name``, or None when the run did not report it."""

@@ -68,6 +68,10 @@ class ExperimentDefaults(BaseSettings):
     experiments_dir: Path = Path("experiments")
     #: The JSON Lines results history the CLI appends to.
     results_file: Path = Path("results.jsonl")
+    #: Bytes of files a script's directory may hold and still be kept in the store beside
+    #: the history (``runner.results.store``), for ``runner replay``; above it, a result
+    #: keeps the digests only. ``0``: never store.
+    store_max_bytes: str = Field(default="16m", pattern=r"^(0|[0-9]+[bkmg]?)$")
     #: Downloaded wheels and the debootstrap work area.
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "experiment-runner")
     #: A base image pinned by digest (``name@sha256:...``) to pull instead of

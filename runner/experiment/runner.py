@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -25,12 +26,15 @@ from runner.core.models import (
 )
 from runner.core.options import RunnerOptions
 from runner.core.settings import ExperimentDefaults, Transfer
+from runner.core.sizes import parse_size
 from runner.core.text import printable
 from runner.experiment.checks import RunChecks
 from runner.experiment.hints import Context, Evidence, explain
 from runner.experiment.verdict import Ending, interpret
 from runner.results.history import ResultsHistory
 from runner.results.mlflow import MlflowTracker, track
+from runner.results.provenance import before_run, describe
+from runner.results.store import ScriptStore, store_dir_for
 from runner.sandbox.artifacts import OutputLimits
 from runner.sandbox.engine import Engine
 from runner.sandbox.lifecycle import Execution
@@ -89,6 +93,10 @@ class ExperimentRunner:
     tmpfs, also ``$OUTPUT_DIR``, with links to its own files) and what it writes
     there comes back under ``outputs_dir``, listed in ``result.artifacts``.
 
+    Every result has a ``run_id`` and its ``provenance`` (``runner.core.provenance``).
+    With a ``history``, the script's directory is also kept, content-addressed, in a
+    store beside it (``store``: another ``ScriptStore``), for ``runner replay``.
+
     With ``tracking_uri`` (MLflow), each result is also logged as an MLflow run;
     a tracking server that fails only adds ``result.tracking_error``.
 
@@ -123,6 +131,7 @@ class ExperimentRunner:
         cluster: str | None = None,
         build_missing: bool | None = None,
         options: RunnerOptions | None = None,
+        store: ScriptStore | None = None,
     ) -> None:
         asked = (options or RunnerOptions()).merged(
             timeout=timeout, python_executable=python_executable, image=image,
@@ -149,6 +158,13 @@ class ExperimentRunner:
             self.history = history
         else:
             self.history = ResultsHistory(history)
+        #: Where script directories are kept for ``runner replay`` (default: beside the
+        #: history; None without one: results then carry the digests only).
+        self.store = store
+        if store is None and self.history is not None:
+            self.store = ScriptStore(
+                store_dir_for(self.history.path), parse_size(defaults.store_max_bytes)
+            )
         uri = asked.tracking_uri or defaults.tracking_uri
         #: Where each result is logged in MLflow (None: tracking off).
         self.tracker = MlflowTracker(uri) if uri else None
@@ -260,6 +276,7 @@ class ExperimentRunner:
                 outputs_dir=asked.outputs_dir,
                 outputs_below=asked.outputs_below,
             )
+            described = before_run(request, self.store)
             execution = self._backend.execute(request, on_output, token)
         except ExperimentExecutionError:
             raise
@@ -270,6 +287,8 @@ class ExperimentRunner:
             **self._judge(execution, request).model_dump(),
             **fields_of(execution, RunOutcome),
             artifacts=list(execution.artifacts),
+            run_id=new_run_id(),
+            provenance=describe(described, request, self.policy, execution),
         )
 
     def _judge(self, execution: Execution, request: RunRequest) -> Verdict:
@@ -484,10 +503,16 @@ def _policy(asked: RunnerOptions, defaults: ExperimentDefaults) -> SandboxPolicy
     )
 
 
+def new_run_id() -> str:
+    """A new result's ID: random, so that two machines never make the same one."""
+    return uuid.uuid4().hex
+
+
 def _failed(record: ExperimentRecord, error: str, duration: float) -> ExperimentResult:
     """The result of a run that never got to run: what went wrong, in its own words."""
     return ExperimentResult(
         **fields_of(record, ExperimentRecord),
+        run_id=new_run_id(),
         execution_time=duration,
         success=False,
         error_message=error,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, Field
 
@@ -18,6 +18,7 @@ from runner.core.models import (
     Verdict,
     fields_of,
 )
+from runner.core.provenance import Provenance
 
 #: Bytes of stdout and of stderr in a tool result (the tail; the history keeps more).
 TAIL_BYTES = 16 * 1024
@@ -65,6 +66,9 @@ class RunReport(Tracking, RunOutcome, Verdict):
     experiment_name: str
     artifacts: list[ReportedArtifact] = Field(default_factory=list)
     limits: Limits
+    #: The result's ID, and what ran (``Provenance``), with file names for host paths.
+    run_id: str | None = None
+    provenance: Provenance | None = None
 
 
 class ResultSummary(BaseModel):
@@ -172,6 +176,22 @@ def report_of(result: ExperimentResult, limits: Limits, images: Mapping[str, str
             for a in result.artifacts
         ],
         limits=limits,
+        run_id=result.run_id,
+        provenance=_without_host_paths(result.provenance),
+    )
+
+
+def _without_host_paths(provenance: Provenance | None) -> Provenance | None:
+    """``provenance`` with each host path cut to its file name (as artifacts are shown)."""
+    if provenance is None:
+        return None
+    return provenance.model_copy(
+        update={
+            "script_path": PurePosixPath(provenance.script_path).name,
+            "inputs": [
+                i.model_copy(update={"path": PurePosixPath(i.path).name}) for i in provenance.inputs
+            ],
+        }
     )
 
 

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import ExperimentResult, PreprocessingConfig
+from runner.core.provenance import Provenance
 from runner.core.text import printable
 
 if TYPE_CHECKING:
@@ -272,7 +273,35 @@ def _tags(result: ExperimentResult, runtime: str | None) -> dict[str, str]:
         tags["runner.script_sha256"] = digest
     if result.hypothesis:
         tags["mlflow.note.content"] = result.hypothesis  # the run's description in the UI
+    tags.update(_provenance_tags(result))
     return {key: _cut(value, MAX_TAG) for key, value in tags.items()}
+
+
+def _provenance_tags(result: ExperimentResult) -> dict[str, str]:
+    """The run ID, the provenance's main digests as tags of their own, and the whole
+    provenance as JSON (without the CPU's flags if that is what makes it too long)."""
+    tags = {"runner.run_id": result.run_id} if result.run_id else {}
+    provenance = result.provenance
+    if provenance is None:
+        return tags
+    for name in ("script_sha256", "script_dir_sha256", "image_id", "lock_sha256"):
+        value = getattr(provenance, name)
+        if value:
+            tags[f"runner.provenance.{name}"] = str(value)
+    whole = provenance.model_dump_json()
+    if len(whole) > MAX_TAG and provenance.sandbox is not None:
+        sandbox = provenance.sandbox.model_copy(update={"cpu_flags": []})
+        whole = provenance.model_copy(update={"sandbox": sandbox}).model_dump_json()
+    if len(whole) <= MAX_TAG:
+        tags["runner.provenance"] = whole
+    return tags
+
+
+def _provenance_of(tags: dict[str, str]) -> Provenance | None:
+    try:
+        return Provenance.model_validate_json(tags["runner.provenance"])
+    except (KeyError, ValidationError):
+        return None
 
 
 def _flag(tags: dict[str, str], key: str) -> bool:
@@ -326,6 +355,8 @@ def _result(run: Any) -> ExperimentResult | None:
             warm_start=_flag(tags, "runner.warm_start"),
             node=tags.get("runner.node") or None,
             mlflow_run_id=run.info.run_id,
+            run_id=tags.get("runner.run_id") or None,
+            provenance=_provenance_of(tags),
         )
     except (ValidationError, ValueError) as e:
         log.warning("skipped MLflow run %s: %s", run.info.run_id, e)

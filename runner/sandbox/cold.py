@@ -96,6 +96,7 @@ class ColdRuns:
                 request.timeout,
                 outputs=outputs,
                 links=request.script.parent,
+                facts=True,
             ),
             workdir=request.script.parent,
             read_only_paths=bound,
@@ -115,7 +116,11 @@ class ColdRuns:
         ):
             sandbox.attach()
             return sandbox.run(
-                request.timeout, request.output_limit, on_output, outputs=request.outputs
+                request.timeout,
+                request.output_limit,
+                on_output,
+                outputs=request.outputs,
+                facts=True,
             )
 
     def _files(

@@ -21,6 +21,7 @@ from pydantic import ConfigDict
 
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import Artifact, RunOutcome
+from runner.core.provenance import EngineRecord, SandboxFacts
 from runner.core.sizes import parse_size
 from runner.sandbox.artifacts import COLLECT_SECONDS, ArtifactSink, Outputs
 from runner.sandbox.controls import gaps
@@ -49,6 +50,10 @@ class Execution(RunOutcome):
     exit_reported: bool = True
     #: With outputs on: the files copied back (what was not: ``artifacts_message``).
     artifacts: tuple[Artifact, ...] = ()
+    #: The machine as the sandbox saw it before the script (``runner.sandbox.facts``).
+    facts: SandboxFacts | None = None
+    #: The engine and runtime that ran it (set by the backend: ``DockerBackend.execute``).
+    engine: EngineRecord | None = None
 
 
 class ActiveRuns:
@@ -207,12 +212,15 @@ class Sandbox:
         limit: int,
         on_output: OutputCallback | None,
         artifacts: ArtifactSink | None = None,
+        *,
+        facts: bool = False,
     ) -> OutputCollector:
-        """A started collector of the rest of the output (after anything already read)."""
+        """A started collector of the rest of the output (after anything already read);
+        with ``facts``, stderr starts with the sandbox's facts record."""
         if self._stream is None or self._frames is None:
             raise RuntimeError("attach() first")
         collector = OutputCollector(
-            _Rest(self._stream, self._frames), limit, on_output, artifacts=artifacts
+            _Rest(self._stream, self._frames), limit, on_output, artifacts=artifacts, facts=facts
         )
         collector.start()
         return collector
@@ -285,6 +293,7 @@ class Sandbox:
             warm_start=warm,
             # A deadline kill or an OOM kill of the whole sandbox also leaves no record.
             exit_reported=output.exit_reported or timed_out or oom_killed,
+            facts=output.facts,
         )
 
     def _looks_oom_killed(self, exit_code: int, usage: Usage) -> bool:
@@ -303,17 +312,19 @@ class Sandbox:
         started: float | None = None,
         cpu_before: float = 0.0,
         outputs: Outputs | None = None,
+        facts: bool = False,
     ) -> Execution:
         """Start the container (or hand it ``hand_over``), supervise it, and record the run.
 
         ``started`` (``time.monotonic()``) is when the run's deadline began, if
         before this call (a warm hand-over counts its staging). With ``outputs``
         (the container must have been made for them), what the script wrote is
-        copied back, however the run ended.
+        copied back, however the run ended. With ``facts``, the command asks the
+        machine's facts first (``self_limited(facts=True)``).
         """
         sink = ArtifactSink(outputs.limits.stream_limit) if outputs is not None else None
         try:
-            collector = self.collector(output_limit, on_output, sink)
+            collector = self.collector(output_limit, on_output, sink, facts=facts)
             begun = time.monotonic() if started is None else started
             if hand_over is None:
                 self.start()

@@ -17,6 +17,7 @@ from docker.types import LogConfig, Mount, Ulimit
 
 from runner.core.settings import ExperimentDefaults
 from runner.core.sizes import SIZE
+from runner.sandbox import facts as sandbox_facts
 from runner.sandbox.artifacts import COLLECT, COLLECT_SECONDS, OUTPUTS_PATH, OutputLimits
 from runner.sandbox.seccomp import security_option
 
@@ -161,12 +162,27 @@ _REPORT_EXIT_AND_COLLECT = (
 )
 
 
+#: Seconds the machine-facts probe may take before the script starts (about 0.1 s).
+FACTS_SECONDS = 20
+
+
+def _ask_facts(python: str) -> str:
+    """``sh`` that runs the facts probe (``runner.sandbox.facts``, in ``$1``) with the
+    interpreter ``python`` and shifts it off; its line, or an empty record, goes to stderr."""
+    empty = "".join(f"\\{byte:03o}" if byte < 32 else chr(byte) for byte in sandbox_facts.EMPTY)
+    return (
+        f'facts=$1; shift; timeout --signal=KILL {FACTS_SECONDS}s {python} -I -S -c "$facts" '
+        f">&2 2>/dev/null || printf '{empty}' >&2; unset facts; "
+    )
+
+
 def self_limited(
     command: list[str],
     timeout: float,
     *,
     outputs: OutputLimits | None = None,
     links: Path | None = None,
+    facts: bool = False,
 ) -> list[str]:
     """Wrap ``command`` so the container kills it itself, should no runner be left to.
 
@@ -180,15 +196,21 @@ def self_limited(
     directory; None: the warm bootstrap does it) into the working directory,
     and after the exit record runs the collector with the first word of
     ``command`` (the Python interpreter).
+
+    With ``facts``, ``sh`` first asks the machine's facts with that interpreter
+    (``runner.sandbox.facts``): one line on stderr before the script starts.
     """
     seconds = math.ceil(timeout) + SELF_DEADLINE_GRACE
+    asked: list[str] = [sandbox_facts.COLD] if facts else []
     if outputs is None:
-        return ["sh", "-c", _REPORT_EXIT, f"{seconds}s", *command]
+        program = (_ask_facts('"$1"') if facts else "") + _REPORT_EXIT
+        return ["sh", "-c", program, f"{seconds}s", *asked, *command]
     return [
         "sh",
         "-c",
-        _REPORT_EXIT_AND_COLLECT,
+        (_ask_facts('"$2"') if facts else "") + _REPORT_EXIT_AND_COLLECT,
         f"{seconds}s",
+        *asked,
         str(links or ""),
         command[0],
         COLLECT,
@@ -212,6 +234,12 @@ def sandbox_environment(cpu_limit: float, *, outputs: bool = False) -> dict[str,
         "HOME": "/tmp",
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
+        # Pinned, so that a replay sees the same: the locale, the time zone, and the hash
+        # seed (set and dict-of-str orders; the script is the only code in its sandbox,
+        # so hash randomisation defends against nobody here).
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "PYTHONHASHSEED": "0",
         # The user ID has no passwd entry; getpass and friends read these.
         "USER": "sandbox",
         "LOGNAME": "sandbox",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.core.exceptions import ExperimentExecutionError
+from runner.core.provenance import EngineRecord
 from runner.core.settings import Transfer
 from runner.sandbox.cleanup import build_labels, deadline_after
 from runner.sandbox.engine import Engine
@@ -79,6 +80,25 @@ def probe(engine: Engine, policy: SandboxPolicy, transfer: Transfer) -> EngineFa
         # The engine's cgroups are readable here only if it runs on this machine.
         telemetry=telemetry if shares_files and telemetry.available(info) else None,
         support=SupportVolume(engine, image_id),
+    )
+
+
+def engine_record(engine: Engine, runtime: str | None) -> EngineRecord:
+    """The engine and runtime as the engine reports them (a result's provenance)."""
+    info = engine.info()
+    name = runtime or str(info.get("DefaultRuntime") or "runc")
+    version: str | None = None
+    commit = info.get("RuncCommit") or {}
+    if Path(str(((info.get("Runtimes") or {}).get(name) or {}).get("path") or name)).name == "runc":
+        version = str(commit.get("ID")) if isinstance(commit, dict) and commit.get("ID") else None
+    return EngineRecord(
+        engine=engine.kind(),
+        engine_version=str(info["ServerVersion"]) if info.get("ServerVersion") else None,
+        kernel=str(info["KernelVersion"]) if info.get("KernelVersion") else None,
+        os=str(info["OperatingSystem"]) if info.get("OperatingSystem") else None,
+        architecture=str(info["Architecture"]) if info.get("Architecture") else None,
+        runtime=name,
+        runtime_version=version,
     )
 
 

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runner.core.provenance import SandboxFacts
+from runner.sandbox import facts as sandbox_facts
 from runner.sandbox.artifacts import ARTIFACTS_MARKER, ArtifactSink
 from runner.sandbox.engine import OutputStream
 from runner.sandbox.policy import EXIT_MARKER
@@ -113,6 +115,8 @@ class CapturedOutput:
     stderr_truncated: bool
     #: The sandbox's wrapper recorded the script's exit (see ``self_limited``).
     exit_reported: bool = True
+    #: What the sandbox said of its machine before the script started (cold runs).
+    facts: SandboxFacts | None = None
 
 
 class OutputCollector:
@@ -125,8 +129,13 @@ class OutputCollector:
         on_output: OutputCallback | None = None,
         *,
         artifacts: ArtifactSink | None = None,
+        facts: bool = False,
     ) -> None:
         self._stream = stream
+        #: With ``facts``, stderr's first line is the sandbox's facts record
+        #: (``runner.sandbox.facts``), held here until it is complete.
+        self._facts_head: bytearray | None = bytearray() if facts else None
+        self._facts_line: bytes | None = None
         #: With outputs on, stdout after ``ARTIFACTS_MARKER`` goes here, not to the tail.
         self._artifacts = artifacts
         self._held = b""
@@ -150,9 +159,10 @@ class OutputCollector:
                 if out:
                     self._stdout(out)
                 if err:
-                    self.stderr.write(err)
-                    if self._lines:
-                        self._lines[1].feed(err)
+                    self._stderr(err)
+            if self._facts_head is not None:
+                head, self._facts_head = bytes(self._facts_head), None
+                self._script_stderr(head)
             if self._held:
                 self._script_stdout(self._held)
             if self._lines:
@@ -161,6 +171,29 @@ class OutputCollector:
         except Exception as e:  # noqa: BLE001 - reported with the result, never lost silently
             if not self._closing:
                 self.error = e
+
+    def _stderr(self, err: bytes) -> None:
+        head = self._facts_head
+        if head is None:
+            self._script_stderr(err)
+            return
+        head += err
+        newline = head.find(b"\n")
+        if newline < 0 and len(head) <= sandbox_facts.MAX_LINE:
+            return  # the facts line is not complete yet
+        self._facts_head = None
+        if newline >= 0 and head.startswith(sandbox_facts.MARKER):
+            self._facts_line = bytes(head[:newline])
+            self._script_stderr(bytes(head[newline + 1 :]))
+        else:
+            self._script_stderr(bytes(head))
+
+    def _script_stderr(self, err: bytes) -> None:
+        if not err:
+            return
+        self.stderr.write(err)
+        if self._lines:
+            self._lines[1].feed(err)
 
     def _stdout(self, out: bytes) -> None:
         sink = self._artifacts
@@ -211,4 +244,5 @@ class OutputCollector:
             stdout_truncated=self.stdout.truncated,
             stderr_truncated=self.stderr.truncated,
             exit_reported=exit_reported,
+            facts=sandbox_facts.parse(self._facts_line) if self._facts_line else None,
         )

@@ -13,6 +13,7 @@ import pytest
 
 from runner.backends.bootstrap import READY, SOURCE, hand_over_line
 from runner.core.models import ExperimentSpec
+from runner.sandbox import facts
 
 SPEC = ExperimentSpec(experiment_name="warm", model_type="SVC")
 
@@ -48,6 +49,7 @@ def hand_over(
         cwd=tmp_path, env={**os.environ, "MARKER": "1", **(env or {})},
     )  # fmt: skip
     assert process.stdout is not None and process.stdin is not None
+    assert facts.parse(process.stdout.readline()[:-1]) is not None
     assert process.stdout.readline() == READY
     out, err = process.communicate(hand_over_line(str(script), args), timeout=60)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
@@ -101,7 +103,8 @@ def test_a_malformed_hand_over_ends_the_container(line: bytes) -> None:
         [sys.executable, "-c", SOURCE], input=line, capture_output=True, timeout=60
     )
     assert done.returncode == 3
-    assert done.stdout == READY and done.stderr == b""
+    assert done.stdout.endswith(READY) and done.stderr == b""
+    assert facts.take(done.stdout)[1] == READY
 
 
 def test_bootstrap_removes_what_the_matplotlib_preload_left_in_tmp(tmp_path: Path) -> None:
@@ -146,3 +149,19 @@ def test_bootstrap_exit_joins_threads_runs_atexit_and_flushes(tmp_path: Path) ->
     done = hand_over(tmp_path, code, [])
     assert done.returncode == 3
     assert done.stdout.decode().splitlines() == ["unflushedthread done", "atexit ran"]
+
+
+def test_bootstrap_says_its_machine_before_it_is_ready_and_unloads_what_that_took() -> None:
+    """The facts line (kernel, CPU, BLAS) comes before READY; the script sees no module of it."""
+    code = "import sys\nprint(sorted(m for m in ('json', 'ctypes', 'glob') if m in sys.modules))\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "x.py"
+        script.write_text(code)
+        done = subprocess.run(
+            [sys.executable, "-c", SOURCE],
+            input=hand_over_line(str(script), []), capture_output=True, timeout=60,
+        )  # fmt: skip
+    found, rest = facts.take(done.stdout)
+    assert found is not None and found.kernel == os.uname().release and found.cpus
+    assert rest.startswith(READY)
+    assert rest[len(READY) :] == b"[]\n", done.stderr

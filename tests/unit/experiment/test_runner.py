@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
+from runner.sandbox import facts
 from runner.sandbox.cleanup import LABEL
 from tests.unit.fakes import FakeEngine, file_mounts
 
@@ -45,8 +46,10 @@ def test_container_runs_the_script_from_its_directory(script: Path) -> None:
     created = engine.created[0]
     # The container kills the script itself 10 s after the runner's deadline (5 s here).
     assert created["command"][:2] == ["sh", "-c"]
-    assert created["command"][3:] == ["15s", "python3", str(script.resolve())]
+    assert created["command"][3:] == ["15s", facts.COLD, "python3", str(script.resolve())]
     assert 'timeout --signal=KILL "$0" "$@"' in created["command"][2]
+    # The machine's facts are asked first, before the script starts.
+    assert created["command"][2].startswith("facts=$1; shift; ")
     assert created["working_dir"] == str(script.parent.resolve())
     assert [m["Source"] for m in file_mounts(created)] == [str(script.parent.resolve())]
     assert created["labels"][LABEL] == "1"
