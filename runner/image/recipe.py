@@ -30,7 +30,7 @@ from runner.core.exceptions import ExperimentExecutionError
 from runner.image import debian_lock
 from runner.image.debian_lock import DebEntry, DebianLock
 from runner.image.definition import LOCK_IN_IMAGE
-from runner.image.layers import Layer, file_sha256, normalize_tar
+from runner.image.layers import DROPPED_FILES, DROPPED_TREES, Layer, file_sha256, normalize_tar
 from runner.sandbox.cleanup import LABEL_DEADLINE
 from runner.sandbox.engine import DockerEngine
 
@@ -98,7 +98,16 @@ def recipe_digest() -> str:
 
 def base_layer(lock: DebianLock, mirror: str, cache: Path, *, log: _Log = print) -> Layer:
     """The base's one layer, from the Debian lock; cached by the lock and recipe."""
-    key = hashlib.sha256((lock.text() + recipe_digest()).encode()).hexdigest()[:32]
+    # Keyed by what shapes this layer alone: the venv's recipe does not rebuild it.
+    shaping = [
+        lock.text(),
+        RECIPE_VERSION,
+        SANDBOX_USER,
+        SANDBOX_GROUP,
+        DROPPED_TREES,
+        DROPPED_FILES,
+    ]
+    key = hashlib.sha256(json.dumps(shaping).encode()).hexdigest()[:32]
     layers = cache / "layers"
     layers.mkdir(parents=True, exist_ok=True)
     cached = layers / f"base-{key}.tar"

@@ -141,14 +141,17 @@ def rebuild_and_compare(
     with tempfile.TemporaryDirectory(prefix="runner-rebuild-", dir=settings.cache_dir) as tmp:
         work = Path(tmp)
         # A cache of its own: nothing from earlier builds (layers, wheels, .debs) is reused.
-        scratch = settings.model_copy(update={"cache_dir": work / "cache"})
+        scratch_base = f"experiment-runner-verify/base:{uuid.uuid4().hex[:12]}"
+        scratch = settings.model_copy(
+            update={"cache_dir": work / "cache", "base_image": scratch_base}
+        )
         rebuilt_archive = work / "rebuilt.tar"
-        built = build_image(
-            engine, scratch, tag=scratch_tag, lock=lock, debian=extra, force=True,
-            log=log, expected_id=original, archive=rebuilt_archive, check_expected=False,
-        )  # fmt: skip
-        result = Rebuild(image, original, built.image_id)
         try:
+            built = build_image(
+                engine, scratch, tag=scratch_tag, lock=lock, debian=extra, force=True,
+                log=log, expected_id=original, archive=rebuilt_archive, check_expected=False,
+            )  # fmt: skip
+            result = Rebuild(image, original, built.image_id)
             if not result.ok:
                 saved = work / "original.tar"
                 engine.save_image(original, saved)
@@ -158,7 +161,9 @@ def rebuild_and_compare(
                     if before.get(name) != after.get(name)
                 )  # fmt: skip
         finally:
+            # Only untags where the ID is another tag's too (the original's, the base's).
             engine.remove_image(scratch_tag)
+            engine.remove_image(scratch_base)
     return result
 
 

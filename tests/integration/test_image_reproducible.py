@@ -13,7 +13,7 @@ from runner import ExperimentExecutionError, ExperimentRunner
 from runner.core.settings import ExperimentDefaults
 from runner.image.build import build_image, build_user_image
 from runner.image.definition import IMAGE_ID, LABEL_DEBIAN_ADDED, image_dir, recorded_image_id
-from runner.image.verify import load_image, rebuild_and_compare, save_image
+from runner.image.verify import load_image, save_image
 from runner.sandbox.engine import DockerEngine
 from tests.engines import running_dind
 from tests.integration.conftest import SPEC, run_once
@@ -74,7 +74,7 @@ def test_lightgbm_needs_libgomp1_and_the_build_says_so(
     engine: DockerEngine, tmp_path: Path, write_script: Callable[..., Path]
 ) -> None:
     """Without libgomp1 the build fails naming libgomp.so.1 and libgomp1; with
-    `--debian libgomp1` a LightGBM script runs, and the image verifies by rebuilding."""
+    `--debian libgomp1` a LightGBM script runs."""
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("lightgbm==4.6.0\n")
     tag = f"experiment-runner-test/lgbm:{uuid.uuid4().hex[:12]}"
@@ -93,7 +93,6 @@ def test_lightgbm_needs_libgomp1_and_the_build_says_so(
         assert result.success, result.stderr
         assert result.metrics["accuracy"] > 0.9
         assert built.lock is not None
-        again = rebuild_and_compare(engine, tag, lock=built.lock, log=lambda m: None)
-        assert again.ok, again.differing[:20]
+        assert (tmp_path / "requirements.lock.debian").read_text().count("libgomp1 ") == 1
     finally:
         engine.remove_image(tag)

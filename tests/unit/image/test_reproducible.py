@@ -321,3 +321,26 @@ def test_imports_that_work_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     """No failed module: the check is silent."""
     monkeypatch.setattr(imports_module, "run_listing", lambda engine, image, code: "{}\n")
     check_imports(None, "trial/x:1", {"tabulate": "0.9.0"}, log=lambda m: None)  # type: ignore[arg-type]
+
+
+def test_cli_debian_packages_belong_to_a_user_image(capsys: pytest.CaptureFixture[str]) -> None:
+    """`runner image build --debian PKG` without a user image's options exits 2 and says so."""
+    from runner.cli.main import main
+
+    assert main(["image", "build", "--debian", "libgomp1"]) == 2
+    assert "--requirements FILE" in capsys.readouterr().err
+
+
+def test_a_user_image_with_a_bad_debian_name_fails_before_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --debian value that is not a package name stops the build before uv or apt starts."""
+    from runner.cli.main import main
+
+    lock = tmp_path / "requirements.lock"
+    lock.write_text((image_dir() / "requirements.lock").read_text())
+    code = main(["image", "build", "--lock", str(lock), "--tag", "trial/x:1",
+                 "--debian", "libgomp1;curl"])  # fmt: skip
+    assert code == 2
+    assert "not a Debian package name" in capsys.readouterr().err
+    assert not (tmp_path / "requirements.lock.debian").exists()
