@@ -35,6 +35,7 @@ from runner.image.debian_lock import (
     read_debian_lock,
     read_extra_lock,
     resolve_extra,
+    valid_package_name,
     write_extra_lock,
 )
 from runner.image.definition import (
@@ -289,11 +290,20 @@ def build_user_image(
         )
     extra_lock = lock.with_name(lock.name + ".debian")
     if debian:
+        for name in debian:  # before anything runs
+            if not valid_package_name(name):
+                raise ExperimentExecutionError(
+                    f"{name[:100]!r} is not a Debian package name.",
+                    hint="--debian takes package names only (libgomp1, libgl1, ...).",
+                )
         base = read_debian_lock(image_dir() / DEBIAN_LOCK)
         settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        # apt resolves against what the base has installed: its own dpkg status file.
+        layer = recipe.base_layer(base, settings.debian_mirror, settings.cache_dir, log=log)
         entries = resolve_extra(
-            list(debian), base, settings.debian_mirror, settings.cache_dir, log=log
-        )
+            list(debian), base, settings.debian_mirror, settings.cache_dir,
+            status=recipe.dpkg_status(layer), log=log,
+        )  # fmt: skip
         write_extra_lock(extra_lock, list(debian), entries)
     packages = check_lock(lock)
     extra = read_extra_lock(extra_lock) if extra_lock.is_file() else []

@@ -281,13 +281,15 @@ def resolve_extra(
     mirror: str,
     work: Path,
     *,
+    status: str,
     log: _Log = print,
 ) -> list[DebEntry]:
-    """The ``.deb`` files ``packages`` need beyond the base: apt's resolver, no root, no install.
+    """The ``.deb`` files ``packages`` need beyond the base: apt's resolver, nothing installed.
 
-    apt runs in a scratch directory of its own (its own lists, cache and a status
-    file listing the base's packages as installed) and only prints what it would
-    download, with each file's SHA-256 from the mirror's signed index.
+    apt runs in a scratch directory of its own (its own configuration, lists and
+    cache, and ``status``: the base's dpkg status file, so it knows what is
+    installed) and only simulates; each file's version, pool path and SHA-256
+    then come from the mirror's signed index (``apt-cache show``).
     """
     for name in packages:
         if not valid_package_name(name):
@@ -297,61 +299,61 @@ def resolve_extra(
             )
     with tempfile.TemporaryDirectory(dir=work, prefix="debian-resolve-") as tmp:
         scratch = Path(tmp)
-        options = _apt_options(scratch, base, mirror)
+        env = _apt_environment(scratch, base, mirror, status)
         log(f"resolving Debian packages {' '.join(packages)} against {mirror} (apt)")
-        run(["apt-get", *options, "update"], env=_clean_env())
-        listed = run(
-            ["apt-get", *options, "--print-uris", "--no-install-recommends", "-y", "-qq",
-             "install", *packages], env=_clean_env(),
-        )  # fmt: skip
-        index: dict[str, dict[str, str]] = {}
-        for packages_file in (scratch / "lists").glob("*_Packages"):
-            for fields in _stanzas(packages_file.read_text()):
-                index[fields["Filename"]] = fields
-    entries = []
-    for line in listed.splitlines():
-        # 'URL' FILE SIZE SHA256:HEX
-        parts = line.split()
-        if len(parts) != 4 or not parts[0].startswith("'"):
-            continue
-        url = parts[0].strip("'")
-        filename = url[url.index("/pool/") + 1 :] if "/pool/" in url else ""
-        stanza = index.get(filename)
-        if stanza is None:
-            continue
-        entry = _entry([stanza["Package"], stanza["Version"], stanza["Architecture"], filename,
-                        f"sha256:{stanza['SHA256']}", stanza["Size"]])  # fmt: skip
-        if entry is None:
-            raise ExperimentExecutionError(f"apt named an odd file: {filename!r}", hint=RELOCK)
-        entries.append(entry)
+        run(["apt-get", "update", "-qq"], env=env)
+        simulated = run(
+            ["apt-get", "install", "--simulate", "--no-install-recommends", "-qq", *packages],
+            env=env,
+        )
+        # "Inst NAME (VERSION RELEASE [ARCH])"; an upgrade reads "Inst NAME [OLD] (VERSION ...".
+        wanted = re.findall(r"^Inst (\S+) (?:\[\S+\] )?\((\S+) ", simulated, re.M)
+        entries = []
+        for name, version in wanted:
+            shown = run(["apt-cache", "show", "--no-all-versions", f"{name}={version}"], env=env)
+            stanza = (_stanzas(shown) or [{}])[0]
+            entry = _entry(
+                [stanza.get("Package", ""), stanza.get("Version", ""),
+                 stanza.get("Architecture", ""), stanza.get("Filename", ""),
+                 f"sha256:{stanza.get('SHA256', '')}", stanza.get("Size", "")]
+            )  # fmt: skip
+            if entry is None:
+                raise ExperimentExecutionError(
+                    f"apt's index describes {name} {version} oddly.", hint="try again later."
+                )
+            entries.append(entry)
     return sorted(entries, key=lambda e: e.package)
 
 
-def _apt_options(scratch: Path, base: DebianLock, mirror: str) -> list[str]:
-    for sub in ("lists/partial", "archives/partial", "etc/trusted.gpg.d", "etc/preferences.d"):
+def _apt_environment(scratch: Path, base: DebianLock, mirror: str, status: str) -> dict[str, str]:
+    """An apt of its own in ``scratch``, read first (``APT_CONFIG``): no host setting counts."""
+    for sub in ("lists/partial", "archives/partial", "parts", "preferences.d", "trusted.gpg.d"):
         (scratch / sub).mkdir(parents=True)
     (scratch / "sources.list").write_text(f"deb {mirror} {base.suite} main\n")
-    (scratch / "status").write_text(
-        "".join(
-            f"Package: {e.package}\nStatus: install ok installed\nVersion: {e.version}\n"
-            f"Architecture: {e.arch}\n\n"
-            for e in base.entries
-        )
-    )
-    keyring = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-    return [
-        "-o", "Dir=/", "-o", f"Dir::State={scratch}",
-        "-o", f"Dir::State::status={scratch / 'status'}",
-        "-o", f"Dir::State::Lists={scratch / 'lists'}", "-o", f"Dir::Cache={scratch}",
-        "-o", f"Dir::Cache::archives={scratch / 'archives'}",
-        "-o", f"Dir::Etc::SourceList={scratch / 'sources.list'}",
-        "-o", "Dir::Etc::SourceParts=-", "-o", f"Dir::Etc::Parts={scratch / 'etc'}",
-        "-o", f"Dir::Etc::PreferencesParts={scratch / 'etc' / 'preferences.d'}",
-        "-o", f"Dir::Etc::TrustedParts={scratch / 'etc' / 'trusted.gpg.d'}",
-        "-o", f"Dir::Etc::Trusted={keyring}",
-        "-o", "APT::Architecture=amd64", "-o", "Debug::NoLocking=1",
-        "-o", "APT::Get::AllowUnauthenticated=false",
-    ]  # fmt: skip
+    (scratch / "status").write_text(status)
+    settings = {
+        "Dir": "/",
+        "Dir::State": scratch,
+        "Dir::State::status": scratch / "status",
+        "Dir::State::Lists": scratch / "lists",
+        "Dir::Cache": scratch,
+        "Dir::Cache::archives": scratch / "archives",
+        "Dir::Etc::SourceList": scratch / "sources.list",
+        "Dir::Etc::SourceParts": scratch / "parts",
+        "Dir::Etc::Parts": scratch / "parts",
+        "Dir::Etc::Preferences": scratch / "preferences",
+        "Dir::Etc::PreferencesParts": scratch / "preferences.d",
+        "Dir::Etc::TrustedParts": scratch / "trusted.gpg.d",
+        "Dir::Etc::Trusted": "/usr/share/keyrings/debian-archive-keyring.gpg",
+        "APT::Architecture": "amd64",
+        "APT::Architectures": "amd64",
+        "Acquire::GzipIndexes": "false",
+        "Acquire::Languages": "none",
+        "Debug::NoLocking": "1",
+    }
+    config = scratch / "apt.conf"
+    config.write_text("".join(f'{key} "{value}";\n' for key, value in settings.items()))
+    return {**_clean_env(), "APT_CONFIG": str(config)}
 
 
 def write_extra_lock(path: Path, asked: Sequence[str], entries: Sequence[DebEntry]) -> None:

@@ -137,6 +137,15 @@ def base_layer(lock: DebianLock, mirror: str, cache: Path, *, log: _Log = print)
     return Layer(cached, layer.diff_id)
 
 
+def dpkg_status(layer: Layer) -> str:
+    """The base layer's dpkg status file: what apt must take as installed."""
+    with tarfile.open(layer.path) as tar:
+        file = tar.extractfile("var/lib/dpkg/status")
+        if file is None:
+            raise ExperimentExecutionError("The base layer has no dpkg status.", hint="rebuild.")
+        return file.read().decode()
+
+
 def extra_layer(
     entries: Sequence[DebEntry], mirror: str, cache: Path, work: Path, epoch: int,
     *, log: _Log = print,

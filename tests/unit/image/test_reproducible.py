@@ -155,7 +155,9 @@ def test_debian_names_are_names_only(tmp_path: Path, name: str) -> None:
     """--debian takes package names alone: options, paths and shell are refused before apt."""
     base = DebianLock("bookworm", (), EPOCH, (entry("libc6", b"c"),))
     with pytest.raises(ExperimentExecutionError, match="not a Debian package name"):
-        resolve_extra([name], base, "http://127.0.0.1:9/debian", tmp_path, log=lambda m: None)
+        resolve_extra(
+            [name], base, "http://127.0.0.1:9/debian", tmp_path, status="", log=lambda m: None
+        )
 
 
 def test_an_extra_debian_lock_round_trips(tmp_path: Path) -> None:
