@@ -346,3 +346,33 @@ def test_a_user_image_with_a_bad_debian_name_fails_before_anything(
     assert code == 2
     assert "not a Debian package name" in capsys.readouterr().err
     assert not (tmp_path / "requirements.lock.debian").exists()
+
+
+def test_lock_makes_both_locks_then_records_the_built_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`runner image lock` runs uv, then mmdebstrap's resolution, then a build, and writes
+    the ID that build gave into image-id."""
+    from runner.image import build as build_module
+    from runner.image.build import BuiltImage, lock_image
+
+    calls: list[str] = []
+    monkeypatch.setattr(build_module, "image_dir", lambda: tmp_path)
+    monkeypatch.setattr(
+        build_module, "compile_lock", lambda requirements, output, **kw: calls.append("uv")
+    )
+    monkeypatch.setattr(
+        build_module,
+        "lock_debian",
+        lambda suite, mirror, dest, **kw: calls.append(f"debian {suite} {kw['source_date_epoch']}"),
+    )
+
+    def build(engine: object, settings: object, **kw: Any) -> BuiltImage:
+        calls.append(f"build expected={kw['expected_id']}")
+        return BuiltImage("t:1", "sha256:" + "ab" * 32, {}, reused=False)
+
+    monkeypatch.setattr(build_module, "build_image", build)
+    settings = ExperimentDefaults(cache_dir=tmp_path / "cache")
+    lock_image(None, settings, log=lambda m: None, source_date_epoch=EPOCH)  # type: ignore[arg-type]
+    assert calls == ["uv", f"debian bookworm {EPOCH}", "build expected=None"]
+    assert recorded_image_id(tmp_path / IMAGE_ID) == "sha256:" + "ab" * 32
