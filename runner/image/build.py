@@ -315,7 +315,7 @@ def build_user_image(
             + ", ".join(f"{n}=={v} (lock: {packages.get(n, 'missing')})" for n, v in moved.items()),
             hint="lock again with `runner image build --requirements FILE --tag NAME`.",
         )
-    added = {n: v for n, v in packages.items() if default.get(n) != v}
+    added = added_packages(lock)
     id_file = lock.with_name(lock.name + ".image-id")
     built = build_image(
         engine,
@@ -325,10 +325,7 @@ def build_user_image(
         debian=extra,
         force=force,
         log=log,
-        labels={
-            LABEL_ADDED: listing(added, "=="),
-            "org.opencontainers.image.title": "experiment-runner user sandbox",
-        },
+        labels=user_labels(lock),
         # A lock made again (or new Debian packages) may differ; a lock as it is may not.
         expected_id=recorded_image_id(id_file) if requirements is None and not debian else None,
     )
@@ -336,6 +333,20 @@ def build_user_image(
     if not built.reused:
         id_file.write_text(built.image_id + "\n")
     return built
+
+
+def added_packages(lock: Path) -> dict[str, str]:
+    """A user lock's packages that the default lock lacks or has at another version."""
+    default = locked_packages(image_dir() / "requirements.lock")
+    return {n: v for n, v in locked_packages(lock).items() if default.get(n) != v}
+
+
+def user_labels(lock: Path) -> dict[str, str]:
+    """The labels a user image adds to the recipe's: part of its config, so of its ID."""
+    return {
+        LABEL_ADDED: listing(added_packages(lock), "=="),
+        "org.opencontainers.image.title": "experiment-runner user sandbox",
+    }
 
 
 def download_wheels(

@@ -247,6 +247,23 @@ def archive_layers(archive: Path) -> tuple[bytes, list[tuple[str, tarfile.TarInf
         return config, [(name, tar.getmember(name)) for name in manifest["Layers"]]
 
 
+def image_entries(archive: Path) -> dict[str, str]:
+    """What an image archive holds, keyed for comparing two: the config's fields
+    (``config:Labels.NAME``, ``config:created``, ...) and every file of every layer."""
+    config, _ = archive_layers(archive)
+    entries: dict[str, str] = {}
+
+    def flatten(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                flatten(f"{prefix}.{key}" if prefix else str(key), item)
+        elif prefix != "rootfs.diff_ids":  # the layers are compared file by file
+            entries[f"config:{prefix}"] = json.dumps(value, sort_keys=True)
+
+    flatten("", json.loads(config))
+    return {**entries, **layer_files(archive)}
+
+
 def layer_files(archive: Path) -> dict[str, str]:
     """Every file of every layer of an image archive: ``layer/path`` -> digest and metadata."""
     files: dict[str, str] = {}

@@ -25,7 +25,7 @@ from runner.image.definition import (
     LOCK_IN_IMAGE,
     lock_digest,
 )
-from runner.image.layers import archive_layers, image_id, layer_files
+from runner.image.layers import archive_layers, image_entries, image_id
 from runner.image.listing import IMAGE_LISTING, parse_listing, run_listing
 from runner.image.python_lock import locked_packages, normalize
 from runner.sandbox.engine import DockerEngine
@@ -131,7 +131,7 @@ def rebuild_and_compare(
     what it is rebuilt from. Where the IDs differ, both images are saved and their
     layers compared file by file: the differing paths are listed.
     """
-    from runner.image.build import build_image  # the build sits above verification
+    from runner.image.build import build_image, user_labels  # the build sits above this
 
     settings = settings or ExperimentDefaults()
     original = engine.image_id(image)
@@ -150,12 +150,13 @@ def rebuild_and_compare(
             built = build_image(
                 engine, scratch, tag=scratch_tag, lock=lock, debian=extra, force=True,
                 log=log, expected_id=original, archive=rebuilt_archive, check_expected=False,
+                labels=user_labels(lock) if lock is not None else None,
             )  # fmt: skip
             result = Rebuild(image, original, built.image_id)
             if not result.ok:
                 saved = work / "original.tar"
                 engine.save_image(original, saved)
-                before, after = layer_files(saved), layer_files(rebuilt_archive)
+                before, after = image_entries(saved), image_entries(rebuilt_archive)
                 result.differing = sorted(
                     name for name in before.keys() | after.keys()
                     if before.get(name) != after.get(name)

@@ -376,3 +376,23 @@ def test_lock_makes_both_locks_then_records_the_built_id(
     lock_image(None, settings, log=lambda m: None, source_date_epoch=EPOCH)  # type: ignore[arg-type]
     assert calls == ["uv", f"debian bookworm {EPOCH}", "build expected=None"]
     assert recorded_image_id(tmp_path / IMAGE_ID) == "sha256:" + "ab" * 32
+
+
+def test_two_images_compare_by_config_field_and_file(tmp_path: Path) -> None:
+    """Two archives that differ in a label and one file's content name exactly those."""
+    from runner.image.layers import image_entries
+
+    order = ["etc/passwd", "usr/bin/python3"]
+    one = tree_tar(tmp_path / "one.tar", mtime=EPOCH, order=order, owner="a")
+    layer_one = normalize_tar(one, tmp_path / "l1.tar", epoch=EPOCH)
+    layer_two = normalize_tar(
+        one, tmp_path / "l2.tar", epoch=EPOCH, rewrite={"etc/passwd": lambda _, d: d + b"x\n"}
+    )
+    archives = []
+    for name, layer, title in (("a", layer_one, "one"), ("b", layer_two, "two")):
+        config = image_config([layer], epoch=EPOCH, env=[], labels={"title": title})
+        write_archive(tmp_path / f"{name}.tar", config, [layer], f"trial/{name}:1")
+        archives.append(image_entries(tmp_path / f"{name}.tar"))
+    before, after = archives
+    differing = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert differing == ["0:etc/passwd", "config:config.Labels.title"]
