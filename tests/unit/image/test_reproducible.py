@@ -396,3 +396,11 @@ def test_two_images_compare_by_config_field_and_file(tmp_path: Path) -> None:
     before, after = archives
     differing = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert differing == ["0:etc/passwd", "config:config.Labels.title"]
+
+
+def test_password_change_days_are_the_locks_not_the_clocks() -> None:
+    """/etc/shadow's last-change day becomes the lock's SOURCE_DATE_EPOCH day."""
+    from runner.image.recipe import _shadow_dated
+
+    shadow = b"root:*:20791:0:99999:7:::\nsandbox:!::0:99999:7:::\n"
+    assert _shadow_dated(shadow, 19000) == b"root:*:19000:0:99999:7:::\nsandbox:!::0:99999:7:::\n"
