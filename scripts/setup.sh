@@ -7,7 +7,7 @@
 # Set-up: a .venv in the repository root with the package; a running Docker
 # engine (installed and started when missing and we are root on Debian or
 # Ubuntu); for the tests, gVisor (runsc) registered with it; the pinned sandbox
-# image, built offline from Debian packages and the locked wheels. Every step is
+# image, built from the locked Debian packages (mmdebstrap) and wheels. Every step is
 # skipped when already done. The tests also start a Docker-in-Docker engine and a
 # Podman service of their own (tests/engines.py; scripts/engines.sh installs
 # debootstrap, podman and catatonit).
@@ -90,10 +90,11 @@ PY
 }
 
 ensure_image() {
-    if ! command -v debootstrap >/dev/null && [ -z "${RUNNER_BASE_IMAGE_DIGEST:-}" ] \
-        && ! docker image inspect experiment-runner/base:bookworm >/dev/null 2>&1; then
-        step "installing debootstrap (to build the base image from Debian packages)"
-        apt_install debootstrap
+    # mmdebstrap installs the locked .deb files into the base; dpkg-deb (dpkg) unpacks
+    # a user image's --debian packages; apt resolves them.
+    if ! command -v mmdebstrap >/dev/null; then
+        step "installing mmdebstrap (to build the base image from the locked Debian packages)"
+        apt_install mmdebstrap
     fi
     step "building the pinned sandbox image (skipped when up to date)"
     .venv/bin/runner image build
@@ -125,7 +126,8 @@ case "${1:-}" in
         NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$site" \
             || { rm -rf "$site"; exit 1; }
         rm -rf "$site"
-        # The first pass starts a Docker-in-Docker engine of its own too (an engine restart).
+        # The first pass starts Docker-in-Docker engines of its own (an engine restart; one
+        # builds the image from the locks with an empty cache: the same image ID).
         command -v debootstrap >/dev/null || apt_install debootstrap
         step "pytest: everything, containers under runc"
         .venv/bin/pytest

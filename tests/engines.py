@@ -131,14 +131,18 @@ def dind_engine(*, timings: Timings | None = None, shared: Path | None = None) -
 
 @contextlib.contextmanager
 def running_dind(
-    *, timings: Timings | None = None, shared: Path | None = None
+    *,
+    timings: Timings | None = None,
+    shared: Path | None = None,
+    images: tuple[str, ...] = SANDBOX_IMAGES,
 ) -> Iterator[DindEngine]:
     """A Docker-in-Docker engine with the sandbox images, started on this machine's own
     engine; yields it (``DindEngine``: its ``DOCKER_HOST``, and ``restart``).
 
     ``shared``: a directory of this machine the engine sees at the same path (for
     measuring, on a private engine, what only an engine that sees the caller's
-    files does: the warm pool's hard links, bind mounts).
+    files does: the warm pool's hard links, bind mounts). ``images``: what is
+    loaded into it (``()``: a fresh, empty engine).
     """
     timings = {} if timings is None else timings
     local = docker.from_env()
@@ -159,7 +163,7 @@ def running_dind(
                     docker_host, lambda: _running(container), lambda: _container_logs(container)
                 )
             with contextlib.closing(client), _timed(timings, "load"):
-                load_images(local, client, SANDBOX_IMAGES)
+                load_images(local, client, images)
             log.info("dind engine at %s ready: %s", docker_host, _format(timings))
             yield DindEngine(docker_host, container)
         finally:

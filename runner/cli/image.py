@@ -12,16 +12,19 @@ from rich.text import Text
 from runner.cli import show
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.settings import ExperimentDefaults
-from runner.image.build import build_image, build_user_image
+from runner.image.build import build_image, build_user_image, lock_image
 from runner.image.definition import (
+    IMAGE_ID,
     LABEL_ADDED,
     LABEL_DEBIAN,
     LABEL_LOCK,
     LABEL_PACKAGES,
     LABEL_PYTHON,
+    image_dir,
+    recorded_image_id,
 )
 from runner.image.listing import parse_listing
-from runner.image.verify import verify_image
+from runner.image.verify import load_image, rebuild_and_compare, save_image, verify_image
 from runner.sandbox.engine import DockerEngine
 
 
@@ -42,6 +45,9 @@ def add_commands(commands: Any) -> None:
     build.add_argument("--lock", type=Path, metavar="FILE",
                        help="the lock to write (with --requirements) or to build from")  # fmt: skip
     build.add_argument("--tag", metavar="NAME", help="the user image's tag (required for one)")
+    build.add_argument("--debian", nargs="+", metavar="PKG", default=[],
+                       help="Debian packages a user image adds (names only), locked into "
+                       "LOCK.debian and unpacked with no maintainer script")  # fmt: skip
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.set_defaults(handler=build_command)
     info = image_commands.add_parser("info", help="show an image's ID, size and versions")
@@ -58,7 +64,33 @@ def add_commands(commands: Any) -> None:
         "name", nargs="?", help="the image (default: RUNNER_IMAGE or the pinned one)"
     )
     verify.add_argument("--lock", type=Path, metavar="FILE", help="the lock it must match")
+    verify.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="rebuild it from its locks (--lock, default the shipped one) with an empty "
+        "cache and compare the image IDs, naming differing files",
+    )
     verify.set_defaults(handler=verify_command)
+    lock = image_commands.add_parser(
+        "lock",
+        help="re-lock the pinned image: Python (uv), Debian (mmdebstrap), and its image ID",
+        description="Resolve requirements.in into requirements.lock with uv, the Debian base "
+        "into debian.lock against RUNNER_DEBIAN_MIRROR with mmdebstrap (each .deb's version "
+        "and SHA-256), build the image from both and record its ID in image-id.",
+    )
+    lock.set_defaults(handler=lock_command)
+    save = image_commands.add_parser("save", help="write an image to an archive file")
+    save.add_argument("name", help="the image")
+    save.add_argument("file", type=Path, help="the archive to write")
+    save.set_defaults(handler=save_command)
+    load = image_commands.add_parser(
+        "load", help="load an image archive, its ID checked against the lock"
+    )
+    load.add_argument("file", type=Path, help="an archive from `runner image save`")
+    load.add_argument("--lock", type=Path, metavar="FILE",
+                      help="a user image's lock (its LOCK.image-id is checked); default: the "
+                      "shipped lock's image-id")  # fmt: skip
+    load.set_defaults(handler=load_command)
 
 
 def build_command(args: argparse.Namespace) -> int:
@@ -72,8 +104,13 @@ def build_command(args: argparse.Namespace) -> int:
             )
         built = build_user_image(
             DockerEngine(), args.tag, requirements=args.requirements, lock=args.lock,
-            force=args.force, log=log,
+            debian=args.debian, force=args.force, log=log,
         )  # fmt: skip
+    elif args.debian:
+        raise ExperimentExecutionError(
+            "--debian adds packages to a user image.",
+            hint="add --requirements FILE (or --lock FILE) and --tag NAME.",
+        )
     else:
         built = build_image(DockerEngine(), force=args.force, log=log)
     if built.lock is not None and args.requirements:
@@ -101,8 +138,50 @@ def info_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log(message: str) -> None:
+    show.errors.print(show.safe_text(message, limit=10_000))
+
+
+def lock_command(args: argparse.Namespace) -> int:
+    built = lock_image(DockerEngine(), log=_log)
+    print(f"{built.tag} {built.image_id}")
+    return 0
+
+
+def save_command(args: argparse.Namespace) -> int:
+    ident = save_image(DockerEngine(), args.name, args.file)
+    print(f"{args.file} {ident}")
+    return 0
+
+
+def load_command(args: argparse.Namespace) -> int:
+    id_file = (
+        args.lock.with_name(args.lock.name + ".image-id") if args.lock else image_dir() / IMAGE_ID
+    )
+    expected = recorded_image_id(id_file)
+    ident = load_image(DockerEngine(), args.file, expected_id=expected)
+    checked = f"matches {id_file}" if expected else f"not checked: {id_file} records no ID"
+    print(f"{ident} ({checked})")
+    return 0
+
+
+def rebuild_command(args: argparse.Namespace, name: str) -> int:
+    result = rebuild_and_compare(DockerEngine(), name, lock=args.lock, log=_log)
+    show.console.print(show.safe_text(f"{name} {result.image_id}"))
+    show.console.print(show.safe_text(f"rebuilt {result.rebuilt_id}"))
+    if result.ok:
+        show.console.print(Text.assemble(("ok  ", "green"), " the rebuild has the same image ID"))
+        return 0
+    show.console.print(Text.assemble(("FAIL", "red"), f" {len(result.differing)} entries differ:"))
+    for entry in result.differing[:200]:
+        show.console.print(show.safe_text(f"  {entry}"))
+    return 1
+
+
 def verify_command(args: argparse.Namespace) -> int:
     name = args.name or ExperimentDefaults().image
+    if args.rebuild:
+        return rebuild_command(args, name)
     report = verify_image(DockerEngine(), name, lock=args.lock)
     show.console.print(show.safe_text(f"{name} ({report.image_id})"))
     for what, problem in report.checks:

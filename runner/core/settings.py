@@ -40,6 +40,8 @@ class ExperimentDefaults(BaseSettings):
 
     experiment_timeout: int = Field(default=300, gt=0)
     image: str = DEFAULT_IMAGE
+    #: The tag the base image (Debian and python3, from the Debian lock) is loaded under.
+    base_image: str = DEFAULT_BASE_IMAGE
     memory_limit: str = "2g"
     cpu_limit: float = Field(default=1.0, gt=0)
     pids_limit: int = Field(default=256, gt=0)
@@ -74,14 +76,11 @@ class ExperimentDefaults(BaseSettings):
     store_max_bytes: str = Field(default="16m", pattern=r"^(0|[0-9]+[bkmg]?)$")
     #: Downloaded wheels and the debootstrap work area.
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "experiment-runner")
-    #: A base image pinned by digest (``name@sha256:...``) to pull instead of
-    #: building one with debootstrap; only where a registry is reachable.
-    base_image_digest: str | None = None
     #: A name for this process's runs (``RUNNER_GROUP``): each container and volume they
     #: make carries it, and ``runner cleanup`` (with ``--all`` too) then touches that
     #: group's alone. For test suites and CI jobs that share an engine with other users.
     group: str | None = Field(default=None, pattern=GROUP_PATTERN)
-    #: The Debian mirror debootstrap builds the base from.
+    #: The Debian mirror the locked ``.deb`` files are downloaded from (and locked against).
     debian_mirror: str = "http://deb.debian.org/debian"
     #: The one package index (PEP 503 simple API) an image build locks and downloads
     #: from. uv and pip are given it on their command line and read no index from

@@ -11,13 +11,11 @@ image against those records from inside a sandboxed container.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
+import hashlib
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,21 +26,39 @@ from runner.core.settings import (
     DEFAULT_INDEX_URL,
     ExperimentDefaults,
 )
+from runner.image import recipe
+from runner.image.debian_lock import (
+    DEBIAN_LOCK,
+    DebEntry,
+    DebianLock,
+    lock_debian,
+    read_debian_lock,
+    read_extra_lock,
+    resolve_extra,
+    valid_package_name,
+    write_extra_lock,
+)
 from runner.image.definition import (
     DEBIAN_SUITE,
-    DEFINITION_FILES,
+    IMAGE_ID,
     LABEL_ADDED,
     LABEL_BASE,
     LABEL_DEBIAN,
+    LABEL_DEBIAN_ADDED,
+    LABEL_DEBIAN_LOCK,
     LABEL_DEFINITION,
     LABEL_LOCK,
     LABEL_PACKAGES,
     LABEL_PYTHON,
+    SITE_FILES,
     definition_digest,
     image_dir,
     lock_digest,
+    recorded_image_id,
 )
-from runner.image.listing import debian_packages, listing
+from runner.image.imports import check_imports
+from runner.image.layers import Layer, image_config, image_id, write_archive
+from runner.image.listing import listing
 from runner.image.python_lock import (
     PIP_PLATFORMS,
     PYTHON_VERSION,
@@ -55,13 +71,10 @@ from runner.image.python_lock import (
 )
 from runner.sandbox.engine import DockerEngine
 
-__all__ = ["BuiltImage", "build_image", "build_user_image"]
+__all__ = ["BuiltImage", "build_image", "build_user_image", "lock_image"]
 
 
 _Log = Callable[[str], None]
-
-
-_DIGEST_REF = re.compile(r"^[\w./:-]+@sha256:[0-9a-f]{64}$")
 
 
 _PLATFORM_ARGS = [
@@ -87,58 +100,134 @@ def build_image(
     *,
     tag: str | None = None,
     lock: Path | None = None,
+    debian: Sequence[DebEntry] = (),
     force: bool = False,
     log: _Log = print,
     labels: Mapping[str, str] | None = None,
+    expected_id: str | None = None,
+    archive: Path | None = None,
+    check_expected: bool = True,
 ) -> BuiltImage:
     """Build an image from ``lock`` (default: the shipped one); reuse an identical build.
 
-    Everything that can fail before the build does: the lock is checked and every
-    wheel downloaded (hashes checked) first.
+    Everything that can fail before the build does: the locks are checked and
+    every wheel and ``.deb`` downloaded (hashes checked) first. The image is
+    assembled layer by layer (``runner.image.recipe``) and loaded as an archive,
+    so the same locks give the same image ID on any engine. ``expected_id``
+    (default: the ID the shipped lock records, for the shipped lock) must be
+    what comes out, else the build fails naming both. ``archive`` keeps the
+    image archive (else it goes with the scratch directory).
     """
     settings = settings or ExperimentDefaults()
     tag = tag or settings.image
     source = image_dir()
+    shipped = lock is None
     lock = lock or source / "requirements.lock"
     packages = check_lock(lock)
+    base_lock = read_debian_lock(source / DEBIAN_LOCK)
     digest = lock_digest(lock)
-    definition = definition_digest(source, lock)
-    if not force and engine.image_exists(tag):
-        current = engine.image_inspect(tag)["Config"].get("Labels") or {}
-        if current.get(LABEL_DEFINITION) == definition:
+    extra = list(debian)
+    extra_names = [entry.package for entry in extra]
+    definition = definition_digest(source, lock, extra=[entry.line() for entry in extra])
+    if expected_id is None and shipped:
+        expected_id = recorded_image_id(source / IMAGE_ID)
+    if not force and archive is None and engine.image_exists(tag):
+        current = engine.image_inspect(tag)
+        if (current["Config"].get("Labels") or {}).get(LABEL_DEFINITION) == definition:
             log(f"{tag} is up to date with {lock}")
-            return BuiltImage(tag, engine.image_id(tag), packages, reused=True, lock=lock)
+            return BuiltImage(tag, str(current["Id"]), packages, reused=True, lock=lock)
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
     wheels = download_wheels(
         lock, settings.cache_dir / "wheels" / digest[:16], index_url=settings.index_url, log=log
     )
-    base_id = ensure_base(engine, settings, log=log)
-    base_labels = engine.image_inspect(base_id)["Config"].get("Labels") or {}
-    # The Dockerfile installs no Debian package: the image has exactly the base's.
-    debian = debian_packages(engine, base_id)
-    with tempfile.TemporaryDirectory(prefix="runner-build-") as tmp:
-        context = Path(tmp)
-        for name in DEFINITION_FILES:
-            shutil.copy2(lock if name == "requirements.lock" else source / name, context / name)
-        shutil.copytree(wheels, context / "wheels")
-        log(f"building {tag} (network disabled during the build)")
-        image_id = engine.build(
-            context,
-            tag,
-            buildargs={"BASE_IMAGE": base_id},
+    epoch = base_lock.source_date_epoch
+    base = recipe.base_layer(base_lock, settings.debian_mirror, settings.cache_dir, log=log)
+    base_id = _ensure_base(engine, settings, base, base_lock)
+    with tempfile.TemporaryDirectory(prefix="runner-build-", dir=settings.cache_dir) as tmp:
+        work = Path(tmp)
+        layers = [base]
+        if extra:
+            unpacked = " ".join(f"{e.package}={e.version}" for e in extra)
+            log(f"unpacking {unpacked} (dpkg-deb -x: no maintainer script runs)")
+            layers.append(
+                recipe.extra_layer(
+                    extra, settings.debian_mirror, settings.cache_dir, work, epoch, log=log
+                )
+            )
+        site = [source / name for name in SITE_FILES]
+        venv, python, dpkg = recipe.venv_layer(
+            engine, base_id, lock, wheels, site, work, epoch, log=log
+        )
+        layers.append(venv)
+        config = image_config(
+            layers,
+            epoch=epoch,
+            env=recipe.ENV,
+            user=recipe.USER,
+            workdir=recipe.WORKDIR,
+            cmd=recipe.CMD,
             labels={
                 LABEL_LOCK: digest,
                 LABEL_DEFINITION: definition,
                 LABEL_PACKAGES: listing(packages, "=="),
-                LABEL_DEBIAN: listing(debian, "="),
-                LABEL_PYTHON: base_labels.get(LABEL_PYTHON, "unknown"),
+                LABEL_DEBIAN: " ".join(sorted(dpkg.split())),
+                LABEL_PYTHON: python,
                 LABEL_BASE: base_id,
+                LABEL_DEBIAN_LOCK: lock_digest(source / DEBIAN_LOCK),
                 "org.opencontainers.image.title": "experiment-runner scikit-learn sandbox",
+                **({LABEL_DEBIAN_ADDED: " ".join(e.line() for e in extra)} if extra else {}),
                 **(labels or {}),
             },
+            history=[
+                f"debian {base_lock.suite}: {len(base_lock.entries)} locked packages",
+                *(["dpkg-deb -x: " + " ".join(extra_names)] if extra else []),
+                f"/opt/venv from {lock.name} (sha256 {digest[:12]})",
+            ],
         )
-    # The build stage and a replaced image are left untagged; they carry the base's label.
-    engine.prune_dangling(LABEL_PYTHON)
-    return BuiltImage(tag, image_id, packages, reused=False, lock=lock)
+        built_id = image_id(config)
+        if check_expected and expected_id is not None and built_id != expected_id:
+            raise ExperimentExecutionError(
+                f"Building {tag} gave image {built_id}, the lock records {expected_id}.",
+                hint="the build did not reproduce: `runner image verify --rebuild` names the "
+                "files that differ; after a deliberate change, `runner image lock` records "
+                "the new ID.",
+            )
+        target = archive or work / "image.tar"
+        write_archive(target, config, layers, tag)
+        log(f"loading {tag} ({built_id[:19]})")
+        engine.load_image(target)
+    loaded = engine.image_id(tag)
+    if loaded != built_id:
+        raise ExperimentExecutionError(
+            f"The engine stored {tag} as {loaded}, not {built_id}.",
+            hint="an engine that rewrites loaded images cannot keep a reproducible ID.",
+        )
+    return BuiltImage(tag, built_id, packages, reused=False, lock=lock)
+
+
+def _ensure_base(
+    engine: DockerEngine, settings: ExperimentDefaults, base: Layer, lock: DebianLock
+) -> str:
+    """The base image (its one layer) on the engine, loaded when missing; its ID."""
+    config = image_config(
+        [base],
+        epoch=lock.source_date_epoch,
+        env=recipe.BASE_ENV,
+        cmd=("python3",),
+        labels={
+            LABEL_DEBIAN_LOCK: hashlib.sha256(lock.text().encode()).hexdigest(),
+            "io.experiment-runner.debian-suite": lock.suite,
+        },
+        history=[f"debian {lock.suite}: {len(lock.entries)} locked packages"],
+    )
+    base_id = image_id(config)
+    if not (engine.image_exists(base_id) and engine.image_exists(settings.base_image)
+            and engine.image_id(settings.base_image) == base_id):  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="runner-base-", dir=settings.cache_dir) as tmp:
+            archive = Path(tmp) / "base.tar"
+            write_archive(archive, config, [base], settings.base_image)
+            engine.load_image(archive)
+    return base_id
 
 
 def build_user_image(
@@ -147,11 +236,20 @@ def build_user_image(
     *,
     requirements: Path | None = None,
     lock: Path | None = None,
+    debian: Sequence[str] = (),
     settings: ExperimentDefaults | None = None,
     force: bool = False,
     log: _Log = print,
 ) -> BuiltImage:
     """Build ``tag``: the default image's packages plus the user's, pinned and hash-locked.
+
+    ``debian`` names Debian packages to add (with what they need beyond the base):
+    resolved against the mirror into ``<lock>.debian`` (package, version, SHA-256 of
+    each file) beside the lock, and unpacked into a layer of their own, no maintainer
+    script run. A build from ``lock`` alone takes that file when it is there. The
+    image's ID is recorded in ``<lock>.image-id`` at the first build, and every later
+    build from the same locks must give it. After the build each top-level module
+    of the image's packages is imported in a sandbox (``check_imports``).
 
     With ``requirements``, they are resolved with the default requirements, the
     default lock's versions kept, into ``lock`` (default: beside them, ``.lock``)
@@ -190,7 +288,25 @@ def build_user_image(
             "A user image needs requirements or a lock.",
             hint="pass --requirements FILE (locked for you) or --lock FILE.",
         )
+    extra_lock = lock.with_name(lock.name + ".debian")
+    if debian:
+        for name in debian:  # before anything runs
+            if not valid_package_name(name):
+                raise ExperimentExecutionError(
+                    f"{name[:100]!r} is not a Debian package name.",
+                    hint="--debian takes package names only (libgomp1, libgl1, ...).",
+                )
+        base = read_debian_lock(image_dir() / DEBIAN_LOCK)
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        # apt resolves against what the base has installed: its own dpkg status file.
+        layer = recipe.base_layer(base, settings.debian_mirror, settings.cache_dir, log=log)
+        entries = resolve_extra(
+            list(debian), base, settings.debian_mirror, settings.cache_dir,
+            status=recipe.dpkg_status(layer), log=log,
+        )  # fmt: skip
+        write_extra_lock(extra_lock, list(debian), entries)
     packages = check_lock(lock)
+    extra = read_extra_lock(extra_lock) if extra_lock.is_file() else []
     default = locked_packages(default_lock)
     moved = {n: v for n, v in default.items() if packages.get(n) != v}
     if moved:
@@ -199,19 +315,38 @@ def build_user_image(
             + ", ".join(f"{n}=={v} (lock: {packages.get(n, 'missing')})" for n, v in moved.items()),
             hint="lock again with `runner image build --requirements FILE --tag NAME`.",
         )
-    added = {n: v for n, v in packages.items() if default.get(n) != v}
-    return build_image(
+    added = added_packages(lock)
+    id_file = lock.with_name(lock.name + ".image-id")
+    built = build_image(
         engine,
         settings,
         tag=tag,
         lock=lock,
+        debian=extra,
         force=force,
         log=log,
-        labels={
-            LABEL_ADDED: listing(added, "=="),
-            "org.opencontainers.image.title": "experiment-runner user sandbox",
-        },
+        labels=user_labels(lock),
+        # A lock made again (or new Debian packages) may differ; a lock as it is may not.
+        expected_id=recorded_image_id(id_file) if requirements is None and not debian else None,
     )
+    check_imports(engine, built.tag, added, log=log)
+    if not built.reused:
+        id_file.write_text(built.image_id + "\n")
+    return built
+
+
+def added_packages(lock: Path) -> dict[str, str]:
+    """A user lock's packages that the default lock lacks or has at another version."""
+    default = locked_packages(image_dir() / "requirements.lock")
+    return {n: v for n, v in locked_packages(lock).items() if default.get(n) != v}
+
+
+def user_labels(lock: Path) -> dict[str, str]:
+    """The labels a user image adds to the recipe's: part of its config, so of its ID."""
+    return {
+        LABEL_ADDED: listing(added_packages(lock), "=="),
+        "org.opencontainers.image.title": "experiment-runner user sandbox",
+    }
 
 
 def download_wheels(
@@ -244,78 +379,41 @@ def download_wheels(
     return dest
 
 
-def ensure_base(engine: DockerEngine, settings: ExperimentDefaults, *, log: _Log = print) -> str:
-    """The base image ID: pulled by digest where asked, else built with debootstrap."""
-    if settings.base_image_digest:
-        ref = settings.base_image_digest
-        if not _DIGEST_REF.match(ref):
-            raise ExperimentExecutionError(
-                f"RUNNER_BASE_IMAGE_DIGEST must pin a digest (name@sha256:...), not {ref!r}.",
-                hint="a tag can move; only a digest makes the base reproducible.",
-            )
-        log(f"pulling base {ref}")
-        return engine.pull(ref)
-    if engine.image_exists(DEFAULT_BASE_IMAGE):
-        return engine.image_id(DEFAULT_BASE_IMAGE)
-    return build_base(engine, settings, log=log)
+def lock_image(
+    engine: DockerEngine,
+    settings: ExperimentDefaults | None = None,
+    *,
+    log: _Log = print,
+    source_date_epoch: int | None = None,
+) -> BuiltImage:
+    """Re-lock the pinned image: its Python lock (uv), its Debian lock (mmdebstrap), its ID.
 
-
-def build_base(engine: DockerEngine, settings: ExperimentDefaults, *, log: _Log = print) -> str:
-    """Debootstrap a minimal Debian with python3 and import it as the base image."""
-    if shutil.which("debootstrap") is None or os.geteuid() != 0:
-        raise ExperimentExecutionError(
-            "Building the base image needs debootstrap, run as root.",
-            hint="as root: apt-get install -y debootstrap (scripts/setup.sh does it), or set "
-            "RUNNER_BASE_IMAGE_DIGEST to a python:3.11 image pinned by digest where a "
-            "registry is reachable.",
-        )
-    work = settings.cache_dir / "base"
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        log(f"debootstrapping Debian {DEBIAN_SUITE} with python3 (about a minute)")
-        _command(["debootstrap", "--variant=minbase", "--include=python3,python3-venv",
-              DEBIAN_SUITE, str(rootfs), settings.debian_mirror])  # fmt: skip
-        version_code = "import platform; print(platform.python_version())"
-        python_version = _command(["chroot", str(rootfs), "python3", "-c", version_code]).strip()
-        _trim_rootfs(rootfs)
-        tarball = Path(tmp) / "rootfs.tar"
-        _command(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."])
-        repository, tag = DEFAULT_BASE_IMAGE.rsplit(":", 1)
-        log(f"importing {DEFAULT_BASE_IMAGE} (python {python_version})")
-        return engine.import_tarball(
-            tarball,
-            repository,
-            tag,
-            changes=[
-                "ENV LANG=C.UTF-8",
-                f"LABEL {LABEL_PYTHON}={python_version}",
-                f"LABEL io.experiment-runner.debian-suite={DEBIAN_SUITE}",
-            ],
-        )
-
-
-def _trim_rootfs(rootfs: Path) -> None:
-    for sub in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
-                "var/lib/apt/lists", "var/cache/apt", "var/cache/debconf"):  # fmt: skip
-        target = rootfs / sub
-        if target.is_dir():
-            for child in target.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-    # Defence in depth: no setuid or setgid programs in the sandbox at all.
-    _command(["find", str(rootfs), "-xdev", "-type", "f", "-perm", "/6000",
-          "-exec", "chmod", "ug-s", "{}", "+"])  # fmt: skip
-
-
-def _command(cmd: list[str]) -> str:
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ExperimentExecutionError(
-            f"{cmd[0]} failed (exit {result.returncode}):\n"
-            f"{(result.stdout + result.stderr)[-3000:]}",
-            hint="read the output above; debootstrap needs access to the Debian mirror.",
-        )
-    return result.stdout
+    The Python lock keeps the versions it has where ``requirements.in`` allows;
+    the Debian lock is resolved against ``RUNNER_DEBIAN_MIRROR`` afresh and dated
+    today (its ``SOURCE_DATE_EPOCH``); then the image is built from both and its
+    ID recorded in ``image-id``, which every later build must reproduce.
+    """
+    settings = settings or ExperimentDefaults()
+    source = image_dir()
+    compile_lock(
+        [source / "requirements.in"],
+        source / "requirements.lock",
+        index_url=settings.index_url,
+        log=log,
+    )
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    epoch = (
+        source_date_epoch if source_date_epoch is not None else int(time.time()) // 86400 * 86400
+    )
+    lock_debian(
+        DEBIAN_SUITE,
+        settings.debian_mirror,
+        source / DEBIAN_LOCK,
+        source_date_epoch=epoch,
+        work=settings.cache_dir,
+        log=log,
+    )
+    built = build_image(engine, settings, force=True, log=log, expected_id=None)
+    (source / IMAGE_ID).write_text(built.image_id + "\n")
+    log(f"{source / IMAGE_ID}: {built.image_id}")
+    return built

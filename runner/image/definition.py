@@ -4,6 +4,8 @@ installed package, or the checkout), the files that shape it, and its labels."""
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from runner.core.exceptions import ExperimentExecutionError
@@ -18,7 +20,7 @@ def image_dir() -> Path:
     package = Path(__file__).resolve().parents[1]  # runner/
     candidates = (package / "images" / "sandbox", package.parent / "images" / "sandbox")
     for candidate in candidates:
-        if (candidate / "Dockerfile").is_file():
+        if (candidate / "requirements.lock").is_file():
             return candidate
     raise ExperimentExecutionError(
         f"The image definition was not found at {candidates[0]}.",
@@ -60,22 +62,47 @@ def lock_digest(lock: Path) -> str:
     return hashlib.sha256(lock.read_bytes()).hexdigest()
 
 
-#: Everything in the image definition that shapes the image.
-DEFINITION_FILES = (
-    "Dockerfile",
-    "requirements.lock",
-    "_experiment_runner_streams.py",
-    "experiment-runner-streams.pth",
-)
+#: The files the image's Python gets besides the lock's packages (its site directory).
+SITE_FILES = ("_experiment_runner_streams.py", "experiment-runner-streams.pth")
 
 
-def definition_digest(source: Path, lock: Path | None = None) -> str:
-    """Digest of everything that shapes the image: the Dockerfile, the lock and site files.
+#: Everything in the image definition that shapes the image (with the recipe's code).
+DEFINITION_FILES = ("debian.lock", "requirements.lock", *SITE_FILES)
 
-    ``lock`` stands in for the definition's own ``requirements.lock`` (a user image).
+
+#: The image ID the shipped locks must produce, recorded by ``runner image lock``.
+IMAGE_ID = "image-id"
+
+
+#: The Debian lock's digest; and a user image's extra Debian packages (``--debian``).
+LABEL_DEBIAN_LOCK = "io.experiment-runner.debian-lock-sha256"
+LABEL_DEBIAN_ADDED = "io.experiment-runner.added-debian-packages"
+
+
+def definition_digest(source: Path, lock: Path | None = None, extra: Sequence[str] = ()) -> str:
+    """Digest of everything that shapes the image: the locks, site files and the recipe.
+
+    ``lock`` stands in for the definition's own ``requirements.lock`` (a user
+    image), ``extra`` names its ``--debian`` packages.
     """
-    digest = hashlib.sha256()
+    from runner.image.recipe import recipe_digest
+
+    digest = hashlib.sha256(recipe_digest().encode() + b"\0")
     for name in DEFINITION_FILES:
         path = lock if lock is not None and name == "requirements.lock" else source / name
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(" ".join(extra).encode())
     return digest.hexdigest()
+
+
+def recorded_image_id(path: Path) -> str | None:
+    """The ``sha256:...`` image ID recorded at ``path``; None when nothing is recorded."""
+    if not path.is_file():
+        return None
+    text = path.read_text().strip()
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", text):
+        raise ExperimentExecutionError(
+            f"{path} holds no image ID ({text[:80]!r}).",
+            hint="record it again with `runner image lock`.",
+        )
+    return text

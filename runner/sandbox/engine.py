@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 
 import docker
 import requests
-from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from runner.core.exceptions import ExperimentExecutionError
 
@@ -220,52 +220,28 @@ class DockerEngine:
         except (DockerException, requests.exceptions.RequestException) as e:
             raise self._failed(e) from e
 
-    def pull(self, ref: str) -> str:
-        """Pull ``ref`` (which should carry a digest) and return its image ID."""
-        try:
-            image = self._client.images.pull(ref)
-        except DockerException as e:
-            raise ExperimentExecutionError(
-                f"Could not pull {ref!r}: {e}",
-                hint="unset RUNNER_BASE_IMAGE_DIGEST to build the base with debootstrap.",
-            ) from e
-        return str(image.id)
+    def load_image(self, archive: Path) -> None:
+        """Load an image archive (``docker save`` format); the engine keeps its config as is."""
+        with archive.open("rb") as file:
+            self._call(self._api.load_image, file, quiet=True)
 
-    def import_tarball(self, tarball: Path, repository: str, tag: str, changes: list[str]) -> str:
-        """Import a root filesystem tarball as ``repository:tag``; return its ID."""
-        try:
-            self._api.import_image_from_file(
-                str(tarball), repository=repository, tag=tag, changes=changes
-            )
-        except (DockerException, requests.exceptions.RequestException) as e:
-            raise self._failed(e) from e
-        return self.image_id(f"{repository}:{tag}")
+    def save_image(self, ref: str, dest: Path) -> None:
+        """Write ``ref`` as an image archive (``docker save``) to ``dest``."""
+        stream = self._call(self._api.get_image, ref, chunk_size=1 << 20)
+        with dest.open("wb") as file:
+            for chunk in stream:
+                file.write(chunk)
 
-    def build(
-        self, context: Path, tag: str, buildargs: dict[str, str], labels: dict[str, str]
-    ) -> str:
-        """Build ``context`` with no network and return the image ID."""
-        try:
-            image, _ = self._client.images.build(
-                path=str(context),
-                tag=tag,
-                buildargs=buildargs,
-                labels=labels,
-                network_mode="none",  # the build must never need the network
-                pull=False,
-                rm=True,
-                forcerm=True,
-                use_config_proxy=False,
-            )
-        except BuildError as e:
-            tail = "".join(str(chunk.get("stream", "")) for chunk in e.build_log)[-3000:]
-            raise ExperimentExecutionError(
-                f"Building {tag} failed: {e.msg}\n{tail}",
-                hint="read the build log above; the lock file and the wheels must match.",
-            ) from e
-        except (DockerException, requests.exceptions.RequestException) as e:
-            raise self._failed(e) from e
-        return str(image.id)
+    def tag_image(self, image_id: str, ref: str) -> None:
+        repository, _, tag = ref.rpartition(":")
+        if not repository or "/" in tag:
+            repository, tag = ref, "latest"
+        self._call(self._api.tag, image_id, repository, tag, force=True)
+
+    def logs(self, container_id: str) -> str:
+        """A (stopped) container's stdout and stderr, for a build step's error message."""
+        data = self._call(self._api.logs, container_id, stdout=True, stderr=True)
+        return bytes(data).decode("utf-8", "replace")
 
     def remove_image(self, ref: str) -> None:
         """Untag ``ref`` and remove its layers no other image uses; gone already is fine."""
@@ -577,6 +553,13 @@ class DockerEngine:
         """The tar of ``path`` in a container (which may never have been started)."""
         stream, _ = self._call(self._api.get_archive, container_id, path)
         return b"".join(stream)
+
+    def get_archive_to(self, container_id: str, path: str, dest: Path) -> None:
+        """Stream the tar of ``path`` in a container into the file ``dest``."""
+        stream, _ = self._call(self._api.get_archive, container_id, path, chunk_size=1 << 20)
+        with dest.open("wb") as file:
+            for chunk in stream:
+                file.write(chunk)
 
     def containers(self, label: str) -> list[ContainerInfo]:
         """All containers, running or not, that carry ``label``."""

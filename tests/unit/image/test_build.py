@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from runner import ExperimentDefaults, ExperimentExecutionError
+from runner import ExperimentExecutionError
 from runner.cli.main import main
 from runner.core.settings import DEFAULT_IMAGE
 from runner.image import python_lock as lock_module
 from runner.image import verify as verify_module
-from runner.image.build import build_user_image, ensure_base
+from runner.image.build import build_user_image
 from runner.image.definition import (
     DEFINITION_FILES,
     LABEL_DEBIAN,
@@ -87,17 +87,17 @@ def test_the_wheel_ships_the_definition(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        for name in (*DEFINITION_FILES, "requirements.in"):
+        for name in (*DEFINITION_FILES, "requirements.in", "image-id"):
             shipped = archive.read(f"runner/images/sandbox/{name}")
             assert shipped == (image_dir() / name).read_bytes()
 
 
-def test_definition_digest_changes_with_the_dockerfile(tmp_path: Path) -> None:
-    """A changed Dockerfile invalidates a previous build even with the same lock."""
+def test_definition_digest_changes_with_the_debian_lock(tmp_path: Path) -> None:
+    """A changed Debian lock invalidates a previous build even with the same Python lock."""
     for name in DEFINITION_FILES:
         (tmp_path / name).write_text((image_dir() / name).read_text())
     before = definition_digest(tmp_path)
-    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "debian.lock").write_text("suite: bookworm\n")
     assert definition_digest(tmp_path) != before
 
 
@@ -105,13 +105,6 @@ def test_definition_digest_covers_a_user_lock(tmp_path: Path) -> None:
     """A user image's lock stands in for the shipped one in the definition's digest."""
     user = write_lock(tmp_path / "user.lock", {"tabulate": "0.9.0"})
     assert definition_digest(image_dir(), user) != definition_digest(image_dir())
-
-
-def test_base_by_tag_is_refused() -> None:
-    """A base image must be pinned by digest; a moving tag is refused before any pull."""
-    settings = ExperimentDefaults(base_image_digest="python:3.11-slim")
-    with pytest.raises(ExperimentExecutionError, match="must pin a digest"):
-        ensure_base(engine=None, settings=settings)  # type: ignore[arg-type]
 
 
 def fake_uv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> Path:
