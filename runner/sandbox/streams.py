@@ -45,6 +45,9 @@ class TailBuffer:
     def truncated(self) -> bool:
         return self.total > self.limit
 
+    def endswith(self, suffix: bytes) -> bool:
+        return self._data.endswith(suffix)
+
     def take_exit_marker(self) -> bool:
         """Take a final ``EXIT_MARKER`` record off the end; True if the output ended with one.
 
@@ -67,6 +70,8 @@ class TailBuffer:
 
 #: Room for the sandbox's exit record behind a full stderr tail.
 EXIT_RECORD_SLACK = len(EXIT_MARKER) + 16
+#: How stderr ends once the sandbox has recorded an exit of 0.
+EXIT_ZERO = EXIT_MARKER + b"0\n"
 
 
 class LineSplitter:
@@ -125,8 +130,16 @@ class OutputCollector:
         on_output: OutputCallback | None = None,
         *,
         artifacts: ArtifactSink | None = None,
+        watch_result: bool = False,
     ) -> None:
         self._stream = stream
+        #: Set once the output has ended, or (``watch_result``) once ``result_in``.
+        self.settled = threading.Event()
+        #: The runner's own program printed its result line and exited with 0 (``stdout``
+        #: ends with ``}`` and a newline, stderr with the exit record of 0); its
+        #: container may still be stopping. Watched for with ``watch_result`` only.
+        self.result_in = False
+        self._watch_result = watch_result
         #: With outputs on, stdout after ``ARTIFACTS_MARKER`` goes here, not to the tail.
         self._artifacts = artifacts
         self._held = b""
@@ -153,6 +166,9 @@ class OutputCollector:
                     self.stderr.write(err)
                     if self._lines:
                         self._lines[1].feed(err)
+                if self._watch_result and not self.result_in and self._result_line_and_exit():
+                    self.result_in = True
+                    self.settled.set()
             if self._held:
                 self._script_stdout(self._held)
             if self._lines:
@@ -161,6 +177,12 @@ class OutputCollector:
         except Exception as e:  # noqa: BLE001 - reported with the result, never lost silently
             if not self._closing:
                 self.error = e
+        finally:
+            self.settled.set()
+
+    def _result_line_and_exit(self) -> bool:
+        # Docker copies stdout and stderr apart: the exit record may come first.
+        return self.stderr.endswith(EXIT_ZERO) and self.stdout.endswith(b"}\n")
 
     def _stdout(self, out: bytes) -> None:
         sink = self._artifacts
