@@ -7,7 +7,7 @@ from pathlib import Path
 
 from runner.core.models import ExperimentSpec, PreprocessingConfig
 from runner.experiment.codegen import CodeGenerator
-from runner.experiment.runner import Job
+from runner.experiment.jobs import Job
 
 TARGET = "churned"
 

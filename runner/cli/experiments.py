@@ -16,7 +16,8 @@ from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import ExperimentSpec
 from runner.core.settings import ExperimentDefaults
 from runner.experiment.codegen import CodeGenerator
-from runner.experiment.runner import ExperimentRunner, Job
+from runner.experiment.jobs import Job
+from runner.experiment.runner import ExperimentRunner
 from runner.results.junit import junit_report
 
 #: Subparsers as ``argparse`` hands them out (its class is private).

@@ -14,7 +14,8 @@ from rich.text import Text
 
 from runner.core.models import ExperimentResult
 from runner.core.text import printable
-from runner.experiment.runner import ExperimentRunner, Job
+from runner.experiment.jobs import Job
+from runner.experiment.runner import ExperimentRunner
 from runner.results.history import best_first, ranking_metric
 
 # Piped output (CI logs, tests) gets a wide fixed width instead of rich's 80 columns.
