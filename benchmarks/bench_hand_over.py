@@ -12,7 +12,9 @@ machine at the same path, interleaved, each pool full before anything is timed:
 - cold, copy: ``transfer="copy"`` without a pool.
 
 Prints the median and p95 of the whole run (``runner.run``) and, for the warm
-ways, of the hand-over alone (the files put into the slot).
+ways, of the hand-over alone (the files put into the slot). With ``--docs``, the
+table also goes into ``docs/performance.md`` (section ``hand-over``), the ratios
+against the cold copy of the same run, with the machine and this command under it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import docs_table
+from bench_sandbox import engine_words
+
 from runner import ExperimentRunner, ExperimentSpec
 from runner.backends.pool import LinkedFiles, VolumeFiles
 from runner.core.settings import ExperimentDefaults
@@ -35,6 +40,8 @@ from tests.engines import dind_engine
 
 ONE_LINE = "print('{\"success\": true}')\n"
 SPEC = ExperimentSpec(experiment_name="bench", model_type="script")
+#: The section of docs/performance.md that ``--docs`` writes.
+DOCS_SECTIONS = ("hand-over",)
 
 
 def p95(values: list[float]) -> float:
@@ -59,7 +66,12 @@ def timing_put(cls: Any, spent: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument(
+        "--docs", action="store_true", help="also write the table into docs/performance.md"
+    )
     args = parser.parse_args()
+    if args.docs:
+        docs_table.check_sections(DOCS_SECTIONS)
     # Not below /tmp (the engine's container has a tmpfs of its own there) nor /root
     # (the image's is private to root): beside this checkout.
     shared = Path(tempfile.mkdtemp(prefix=".bench-shared-", dir=Path(__file__).parents[1]))
@@ -79,9 +91,12 @@ def main() -> None:
         with dind_engine(shared=shared) as docker_host:
             os.environ["DOCKER_HOST"] = docker_host
             times = measure(args.runs, root, script, shared / "cache")
+            engine = engine_words(DockerEngine())
         for spent in hand_overs.values():
             del spent[0]  # the first round warms caches and is dropped
         report(args.runs, times, hand_overs)
+        if args.docs:
+            write_docs(args.runs, times, hand_overs, f"a private Docker-in-Docker {engine}")
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 
@@ -115,7 +130,7 @@ def measure(runs: int, root: Path, script: Path, cache: Path) -> dict[str, list[
                 started = time.perf_counter()
                 result = runner.run(script, SPEC, 0)
                 elapsed = time.perf_counter() - started
-                assert result.success, result.error_message + result.stderr
+                assert result.success, f"{result.error_message}\n{result.stderr}"
                 assert result.warm_start == way.startswith("warm")
                 if round_:
                     times[way].append(elapsed)
@@ -133,6 +148,32 @@ def report(runs: int, times: dict[str, list[float]], hand_overs: dict[str, list[
         spent = hand_overs.get(way)
         tail = f"{ms(statistics.median(spent)):>18}{ms(p95(spent)):>10}" if spent else ""
         print(f"{way:<18}{ms(statistics.median(values)):>12}{ms(p95(values)):>10}{tail}")
+
+
+def write_docs(
+    runs: int, times: dict[str, list[float]], hand_overs: dict[str, list[float]], engine: str
+) -> None:
+    """The table into docs/performance.md, with the machine and this command under it."""
+    cold = statistics.median(times["cold, copy"])
+    rows = []
+    for way, values in times.items():
+        spent = hand_overs.get(way)
+        median = statistics.median(values)
+        rows.append((
+            way, f"{median:.3f}", f"{p95(values):.3f}",
+            f"{statistics.median(spent) * 1000:.1f} ms" if spent else "",
+            f"{p95(spent) * 1000:.1f} ms" if spent else "",
+            docs_table.ratio(median, cold),
+        ))  # fmt: skip
+    table = docs_table.markdown_table(
+        ["way", f"run median s ({runs} runs)", "run p95 s", "hand-over median",
+         "hand-over p95", "vs cold, copy"],
+        rows,
+        align="lrrrrr",
+    )  # fmt: skip
+    where = docs_table.machine([engine])
+    again = docs_table.command(prefix=["sudo"])
+    docs_table.write_sections({"hand-over": docs_table.section(table, where, again)})
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ nodes share it; each node unpacks a run's files where the engine sees them and
 binds them): do not run this beside the test suites, which remove every
 container of the project. ``--dind`` runs them on a private Docker-in-Docker
 engine (``tests/engines.py``) that sees one directory of this machine instead.
+
+With ``--docs``, the tables also go into ``docs/performance.md`` (sections
+``ray``, ``ray-one-at-a-time`` and ``ray-cpu``), each ratio against a baseline
+of the same run, with the machine and this command under each.
 """
 
 from __future__ import annotations
@@ -58,16 +62,19 @@ os.environ.update(LOCAL_RAY_ENVIRONMENT)
 from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_sandbox import ONE_LINE, SHORT, SPEC, bare_env, host_venv, write
+import docs_table
+from bench_sandbox import ONE_LINE, SHORT, SPEC, bare_env, engine_words, host_venv, write
 
 from runner import ExperimentRunner
 from runner.core.settings import ExperimentDefaults
-from runner.sandbox.cleanup import LABEL
+from runner.sandbox.cleanup import build_labels, deadline_after
 from runner.sandbox.engine import DockerEngine
 from tests.engines import dind_engine
 
 #: The issue's target for a local batch, as a share of bare throughput.
 TARGET_LOCAL = 0.95
+#: The sections of docs/performance.md that ``--docs`` writes.
+DOCS_SECTIONS = ("ray", "ray-one-at-a-time", "ray-cpu")
 
 
 def main() -> None:
@@ -83,7 +90,12 @@ def main() -> None:
         help="sandboxes on a private Docker-in-Docker engine, not this machine's (for running "
         "beside the test suites, which remove the machine's engine's project containers)",
     )  # fmt: skip
+    parser.add_argument(
+        "--docs", action="store_true", help="also write the tables into docs/performance.md"
+    )
     args = parser.parse_args()
+    if args.docs:
+        docs_table.check_sections(DOCS_SECTIONS)
     python = host_venv(ExperimentDefaults().cache_dir)
     # Not below /tmp (the engine's container has a tmpfs of its own there): beside this checkout.
     shared = Path(tempfile.mkdtemp(prefix=".bench-ray-", dir=Path(__file__).parents[1]))
@@ -138,13 +150,15 @@ def main() -> None:
                 overhead = one_at_a_time(ways, one, args.runs)
             # With the cluster and the pools gone: their idle CPU would count here.
             floor = container_floor(DockerEngine(), settings.image, local, one, args.floor)
-        report(
-            {way: statistics.median(r) for way, r in rates.items()},
-            {way: statistics.median(c) for way, c in cpu.items()},
-            floor,
-            overhead,
-            args.runs,
-        )
+            engine_used = engine_words(DockerEngine())
+        medians = {way: statistics.median(r) for way, r in rates.items()}
+        cpu_medians = {way: statistics.median(c) for way, c in cpu.items()}
+        report(medians, cpu_medians, floor, overhead, args.runs)
+        if args.docs:
+            where = docs_table.machine(
+                [("a private Docker-in-Docker " if args.dind else "") + engine_used]
+            )
+            write_docs(args, medians, cpu_medians, floor, overhead, where)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 
@@ -205,7 +219,7 @@ def container_floor(
     for index in range(runs + 2):  # the first two warm the engine's caches
         before = busy_seconds()
         container = engine.create(image, ["true"], network_mode="none", network_disabled=True,
-                                  labels={LABEL: "true"})  # fmt: skip
+                                  labels=build_labels(deadline_after(60)))  # fmt: skip
         try:
             engine.start(container)
             engine.wait(container, 60)
@@ -264,6 +278,55 @@ def report(
           f"{(on_ray - bind) * 1000:+.0f} ms a task over a local run (the node unpacks and "
           f"binds the files), {(copy - bind) * 1000:+.0f} ms more where files must be copied "
           f"into a volume")  # fmt: skip
+
+
+def write_docs(
+    args: argparse.Namespace,
+    rates: dict[str, float],
+    cpu: dict[str, float],
+    floor: tuple[float, float],
+    overhead: dict[str, float],
+    where: str,
+) -> None:
+    """The three tables into docs/performance.md, each with the machine and this command."""
+    batch = docs_table.markdown_table(
+        ["way", f"experiments/s (median of {args.rounds} rounds)", "vs bare", "vs local cold",
+         "CPU s an experiment"],
+        [(way, f"{rate:.2f}", docs_table.ratio(rate, rates["bare"]),
+          docs_table.ratio(rate, rates["local cold"]), f"{cpu[way]:.3f}")
+         for way, rate in rates.items()],
+        align="lrrrr",
+    )  # fmt: skip
+    bind = overhead["local, bind"]
+    one = docs_table.markdown_table(
+        ["way", f"seconds (median of {args.runs})", "over local, bind", "vs local, bind"],
+        [(way, f"{seconds:.3f}", f"{(seconds - bind) * 1000:+.0f} ms",
+          docs_table.ratio(seconds, bind))
+         for way, seconds in overhead.items()],
+        align="lrrr",
+    )  # fmt: skip
+    least, one_line = floor
+    allowed = cpu["bare"] * (1 / TARGET_LOCAL - 1)
+    machine_cpu = docs_table.markdown_table(
+        ["what", "machine CPU"],
+        [
+            (f"a minimal fresh container (`true`, no network; median of {args.floor})",
+             f"{least * 1000:.0f} ms"),
+            ("a cold one-line run through the runner, interleaved with those",
+             f"{one_line * 1000:.0f} ms"),
+            ("a short experiment, bare", f"{cpu['bare'] * 1000:.0f} ms"),
+            ("a short experiment, local cold, over bare",
+             f"{(cpu['local cold'] - cpu['bare']) * 1000:+.0f} ms"),
+            (f"what a container may cost for local cold to reach {TARGET_LOCAL}x bare",
+             f"{allowed * 1000:.0f} ms"),
+        ],
+        align="lr",
+    )  # fmt: skip
+    again = docs_table.command()
+    docs_table.write_sections({
+        name: docs_table.section(table, where, again)
+        for name, table in (("ray", batch), ("ray-one-at-a-time", one), ("ray-cpu", machine_cpu))
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ Then the batch mode: ``--batch`` short experiments through ``run_many``, cold
 and warm, in experiments per second; and the cost of copying a run's files
 through the engine's API (``transfer="copy"``) against bind-mounting them, for
 the one-line script alone and with a 50 MB input.
+
+With ``--docs``, the three tables also go into ``docs/performance.md``
+(sections ``sandbox``, ``sandbox-batch`` and ``sandbox-transfer``), with the
+machine and this command under each.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import docs_table
 
 from runner import ExperimentRunner, ExperimentSpec
 from runner.core.settings import ExperimentDefaults
@@ -59,6 +65,8 @@ print(json.dumps({"success": True, "metrics": {"accuracy": accuracy}}))
 """
 SPEC = ExperimentSpec(experiment_name="bench", model_type="RandomForestClassifier")
 Measure = Callable[[], None]
+#: The sections of docs/performance.md that ``--docs`` writes.
+DOCS_SECTIONS = ("sandbox", "sandbox-batch", "sandbox-transfer")
 
 
 def host_venv(cache: Path) -> Path:
@@ -67,7 +75,10 @@ def host_venv(cache: Path) -> Path:
     venv = cache / "bench-venv"
     python = venv / "bin" / "python"
     if not python.exists():
-        wheels = download_wheels(lock, cache / "bench-wheels", log=lambda m: None)
+        index_url = ExperimentDefaults().index_url
+        wheels = download_wheels(
+            lock, cache / "bench-wheels", index_url=index_url, log=lambda m: None
+        )
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "--quiet", "--no-index", "--require-hashes",
@@ -109,7 +120,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument(
+        "--docs", action="store_true", help="also write the tables into docs/performance.md"
+    )
     args = parser.parse_args()
+    if args.docs:
+        docs_table.check_sections(DOCS_SECTIONS)
     cores = len(os.sched_getaffinity(0))
     python = host_venv(ExperimentDefaults().cache_dir)
     has_runsc = "runsc" in DockerEngine().runtimes()
@@ -186,7 +202,15 @@ def main() -> None:
             )
             print(f"{label:<15}{budget:<12}{way:<12}{median:>8.3f}{p95(values):>8.3f}{delta:>18}")
 
+        per_run = [
+            (label, budget, way, f"{statistics.median(values):.3f}", f"{p95(values):.3f}",
+             versus(statistics.median(values), statistics.median(times[(label, budget, "bare")]))
+             if way != "bare" else "")
+            for (label, budget, way), values in times.items()
+        ]  # fmt: skip
+
         print(f"\nbatch: {args.batch} short experiments (logistic regression on iris), run_many")
+        batch_rows: list[tuple[str, float, int, float]] = []
         batch = [
             (write(pool_root / f"b{i}", "short.py", SHORT), SPEC, i) for i in range(args.batch)
         ]
@@ -200,6 +224,7 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             assert all(r.success for r in results)
             warm_share = sum(r.warm_start for r in results) / len(results)
+            batch_rows.append((way, len(batch) / elapsed, runner.default_workers(), warm_share))
             print(f"  {way:<5} {len(batch) / elapsed:6.2f} experiments/s "
                   f"({elapsed:.1f} s, {runner.default_workers()} at once, "
                   f"{warm_share:.0%} warm starts)")  # fmt: skip
@@ -228,14 +253,71 @@ def main() -> None:
                 elapsed = timed(copied_run(runner, cases[case]))
                 if round_:
                     values.append(elapsed)
+        transfer_rows = []
         for case in cases:
             bind = statistics.median(spent[(case, "bind")])
             copy = statistics.median(spent[(case, "copy")])
             print(f"  {case:<24} bind {bind:6.3f}  copy {copy:6.3f}  "
                   f"copy adds {(copy - bind) * 1000:+.0f} ms")  # fmt: skip
+            transfer_rows.append((case, f"{bind:.3f}", f"{copy:.3f}",
+                                  f"{(copy - bind) * 1000:+.0f} ms",
+                                  docs_table.ratio(copy, bind)))  # fmt: skip
+        if args.docs:
+            write_docs(args, per_run, batch_rows, transfer_rows)
     finally:
         for runner in runners:
             runner.close()
+
+
+def versus(median: float, base: float) -> str:
+    """A median against its baseline of the same run: the difference and the ratio."""
+    return f"{(median - base) * 1000:+.0f} ms, {docs_table.ratio(median, base)}"
+
+
+def engine_words(engine: DockerEngine) -> str:
+    """The engine in a few words, for the line under a table."""
+    info = engine.info()
+    runtimes = ", ".join(sorted(r for r in engine.runtimes() if not r.startswith("io.")))
+    return (
+        f"engine {info.get('ServerVersion', '?')} on {info.get('OperatingSystem', '?')} "
+        f"(runtimes: {runtimes})"
+    )
+
+
+def write_docs(
+    args: argparse.Namespace,
+    per_run: list[tuple[str, ...]],
+    batch_rows: list[tuple[str, float, int, float]],
+    transfer_rows: list[tuple[str, ...]],
+) -> None:
+    """The three tables into docs/performance.md, each with the machine and this command."""
+    where = docs_table.machine([engine_words(DockerEngine()), ExperimentDefaults().image])
+    again = docs_table.command()
+    cold_rate = next(rate for way, rate, _, _ in batch_rows if way == "cold")
+    batch = [
+        (way, f"{rate:.2f}", workers, f"{share:.0%}", docs_table.ratio(rate, cold_rate))
+        for way, rate, workers, share in batch_rows
+    ]
+    tables = {
+        "sandbox": docs_table.markdown_table(
+            ["script", "CPU budget", "way", f"median s ({args.runs} runs)", "p95 s", "vs bare"],
+            per_run,
+            align="lllrrr",
+        ),
+        "sandbox-batch": docs_table.markdown_table(
+            ["way", "experiments/s", "at once", "warm starts", "vs cold"],
+            batch,
+            align="lrrrr",
+        ),
+        "sandbox-transfer": docs_table.markdown_table(
+            ["case", "bind s", "copy s", "copy adds", "copy vs bind"],
+            transfer_rows,
+            align="lrrrr",
+        ),
+    }
+    docs_table.write_sections(
+        {name: docs_table.section(table, where, again) for name, table in tables.items()}
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from runner.results.mlflow import MlflowTracker
 def add_commands(commands: Any) -> None:
     history = commands.add_parser("history", help="show recorded results, best first")
     history.add_argument(
-        "--results", type=Path, help="the JSON Lines file (default: results.jsonl)"
+        "--results",
+        type=Path,
+        help="the JSON Lines file (default: RUNNER_RESULTS_FILE, else results.jsonl)",
     )
     history.add_argument("--name", help="only experiments whose name contains this")
     history.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")

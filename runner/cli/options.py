@@ -65,7 +65,8 @@ WHERE = _group([
 #: Where results are recorded (run, batch, demo, mcp).
 RESULTS = _group([
     (("--results",), {"type": Path, "metavar": "FILE",
-                      "help": "append results to this JSON Lines file (default: results.jsonl)"}),
+                      "help": "append results to this JSON Lines file (default: "
+                      "RUNNER_RESULTS_FILE, else results.jsonl)"}),
     (("--no-record",), {"action": "store_true", "help": "do not record the results"}),
     (("--mlflow",), {"dest": "tracking_uri", "metavar": "URI",
                      "help": "also log each result as an MLflow run (default: "

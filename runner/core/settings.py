@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The tag ``runner image build`` gives the pinned scikit-learn image. It names what
@@ -20,6 +21,8 @@ Transfer = Literal["auto", "bind", "copy"]
 TRANSFERS: tuple[Transfer, ...] = ("auto", "bind", "copy")
 #: What a group's name may be (it goes into labels and a volume's name).
 GROUP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+#: The package index an image build takes wheels from unless ``RUNNER_INDEX_URL`` says another.
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
 
 
 class ExperimentDefaults(BaseSettings):
@@ -62,7 +65,7 @@ class ExperimentDefaults(BaseSettings):
     #: The JSON Lines results history the CLI appends to.
     results_file: Path = Path("results.jsonl")
     #: Downloaded wheels and the debootstrap work area.
-    cache_dir: Path = Path.home() / ".cache" / "experiment-runner"
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "experiment-runner")
     #: A base image pinned by digest (``name@sha256:...``) to pull instead of
     #: building one with debootstrap; only where a registry is reachable.
     base_image_digest: str | None = None
@@ -72,3 +75,17 @@ class ExperimentDefaults(BaseSettings):
     group: str | None = Field(default=None, pattern=GROUP_PATTERN)
     #: The Debian mirror debootstrap builds the base from.
     debian_mirror: str = "http://deb.debian.org/debian"
+    #: The one package index (PEP 503 simple API) an image build locks and downloads
+    #: from. uv and pip are given it on their command line and read no index from
+    #: their own configuration, the environment or a requirements file.
+    index_url: str = DEFAULT_INDEX_URL
+
+    @field_validator("index_url")
+    @classmethod
+    def _index_is_a_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http", "file") or not (parts.netloc or parts.path):
+            raise ValueError(f"an index is an https://, http:// or file:// URL, not {value!r}")
+        if any(c.isspace() for c in value):
+            raise ValueError("an index URL holds no whitespace")
+        return value

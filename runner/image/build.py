@@ -22,7 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.core.exceptions import ExperimentExecutionError
-from runner.core.settings import DEFAULT_BASE_IMAGE, DEFAULT_IMAGE, ExperimentDefaults
+from runner.core.settings import (
+    DEFAULT_BASE_IMAGE,
+    DEFAULT_IMAGE,
+    DEFAULT_INDEX_URL,
+    ExperimentDefaults,
+)
 from runner.image.definition import (
     DEBIAN_SUITE,
     DEFINITION_FILES,
@@ -43,7 +48,10 @@ from runner.image.python_lock import (
     PYTHON_VERSION,
     check_lock,
     compile_lock,
+    lock_text,
     locked_packages,
+    read_lock,
+    run_tool,
 )
 from runner.sandbox.engine import DockerEngine
 
@@ -100,7 +108,9 @@ def build_image(
         if current.get(LABEL_DEFINITION) == definition:
             log(f"{tag} is up to date with {lock}")
             return BuiltImage(tag, engine.image_id(tag), packages, reused=True, lock=lock)
-    wheels = download_wheels(lock, settings.cache_dir / "wheels" / digest[:16], log=log)
+    wheels = download_wheels(
+        lock, settings.cache_dir / "wheels" / digest[:16], index_url=settings.index_url, log=log
+    )
     base_id = ensure_base(engine, settings, log=log)
     base_labels = engine.image_inspect(base_id)["Config"].get("Labels") or {}
     # The Dockerfile installs no Debian package: the image has exactly the base's.
@@ -154,6 +164,7 @@ def build_user_image(
             f"{tag} is the project's own image; a user image needs a tag of its own.",
             hint="pass --tag NAME, for example --tag my-experiments:1.",
         )
+    settings = settings or ExperimentDefaults()
     default_lock = image_dir() / "requirements.lock"
     if requirements is not None:
         if not requirements.is_file():
@@ -171,6 +182,7 @@ def build_user_image(
             [image_dir() / "requirements.in", requirements],
             lock,
             constraints=default_lock,
+            index_url=settings.index_url,
             log=log,
         )
     elif lock is None:
@@ -202,19 +214,32 @@ def build_user_image(
     )
 
 
-def download_wheels(lock: Path, dest: Path, *, log: _Log = print) -> Path:
-    """Fetch the locked wheels for the image's Python with the host's pip, checking every hash."""
+def download_wheels(
+    lock: Path, dest: Path, *, index_url: str = DEFAULT_INDEX_URL, log: _Log = print
+) -> Path:
+    """Fetch the locked wheels for the image's Python with the host's pip, checking every hash.
+
+    The lock is read first (``read_lock``: hashed exact pins and nothing else);
+    pip is given a copy written from its entries, wheels only, from ``index_url``
+    alone, and never the file itself.
+    """
+    entries = read_lock(lock)
+    dest = dest.absolute()
     dest.mkdir(parents=True, exist_ok=True)
     log(f"downloading locked wheels into {dest}")
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-           "--no-deps", "--require-hashes", *_PLATFORM_ARGS,
-           "-d", str(dest), "-r", str(lock)]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    with tempfile.TemporaryDirectory(prefix="runner-download-") as tmp:
+        copy = Path(tmp) / "requirements.lock"
+        copy.write_text(lock_text(entries))
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+               "--no-deps", "--require-hashes", "--index-url", index_url, *_PLATFORM_ARGS,
+               "-d", str(dest), "-r", str(copy)]  # fmt: skip
+        result = run_tool(cmd, Path(tmp), log=log)
     if result.returncode != 0:
         raise ExperimentExecutionError(
             f"Downloading the locked wheels failed:\n{result.stderr[-3000:]}",
             hint=f"every package needs a wheel for CPython {PYTHON_VERSION} on manylinux "
-            "x86_64; the host needs pip and access to PyPI (or a pip cache holding the wheels).",
+            "x86_64; the host needs pip and access to the configured index (RUNNER_INDEX_URL, "
+            "default PyPI), or a pip cache holding the wheels.",
         )
     return dest
 

@@ -285,9 +285,8 @@ def _tags(result: ExperimentResult, runtime: str | None) -> dict[str, str]:
     if result.holdout is not None:
         tags["runner.holdout"] = result.holdout.model_dump_json()
     # A backend that runs scripts on several machines says which one ran this.
-    node = getattr(result, "node", None)
-    if node:
-        tags["runner.node"] = str(node)
+    if result.node:
+        tags["runner.node"] = result.node
     digest = script_sha256(Path(result.code_path))
     if digest is not None:
         tags["runner.script_sha256"] = digest

@@ -20,7 +20,7 @@ With a warm pool (``start_pool``), each node keeps its own: one ``NodePool``
 actor per node, pinned there, holds a ``DockerBackend`` with the pool and runs
 that node's jobs. The actor books the node's sandboxes (their CPUs and memory)
 for as long as the runner lives, so Ray places nothing else on them; each run
-takes one of those sandboxes (``Leases``: the first free one on any node, or
+takes one of those sandboxes (``Leases``: a free one on the node with the most, or
 it waits), and a node that dies takes its sandboxes away, its runs going once
 more to another node. Files reach a warm slot packed, through the node's
 engine, as they reach a cold run there.

@@ -8,10 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
+from typing import Any
 
 from runner.backends.ray.placement import LOCAL_RAY_ENVIRONMENT, LOOPBACK, import_ray
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from runner.backends.base import PoolSpec
 from runner.backends.local import DockerBackend
@@ -28,10 +27,6 @@ from runner.sandbox.engine import DockerEngine, Engine
 from runner.sandbox.lifecycle import Execution
 from runner.sandbox.policy import SandboxPolicy
 from runner.sandbox.request import RunRequest
-
-if TYPE_CHECKING:
-    pass
-
 
 #: Each run's container and volumes carry this label, valued with the run's ID.
 LABEL_RUN = "io.experiment-runner.ray-run"
