@@ -235,10 +235,11 @@ class DockerBackend:
         spec, main = self._spec, self._pool
         if spec is None or main is None or not may_be_pool_root(root):
             return
+        maker = self._slot_maker(spec, outputs)  # takes the lock itself (prepare)
         with self._lock:
             if (root, outputs) in self._kept:
                 return
-            pool = WarmPool(main.size, self._slot_maker(spec, outputs), root)
+            pool = WarmPool(main.size, maker, root)
             self._kept[(root, outputs)] = pool
         self._finalizers.append(weakref.finalize(self, pool.close))
 

@@ -44,7 +44,11 @@ from runner.core.models import Artifact, Verdict
 from runner.core.text import printable
 from runner.experiment.checks import RunChecks
 from runner.experiment.holdout import PREDICTIONS_NAME, Holdout, refuse_leaks, stage
-from runner.experiment.predictions import PredictionsRefused, read_predictions
+from runner.experiment.predictions import (
+    MAX_PREDICTIONS_BYTES,
+    PredictionsRefused,
+    read_predictions,
+)
 from runner.experiment.scorer import SCORER_NAME, SOURCE, TASK_NAME
 from runner.experiment.verdict import find_result_line, last_line, parse_metrics
 from runner.sandbox.lifecycle import Execution
@@ -119,6 +123,8 @@ class HeldOutRuns:
         with self._run_directory() as directory:
             staged = stage(split, script.expanduser().resolve(), directory / "sandbox")
             own_outputs = checks.outputs(outputs_dir) is None
+            if own_outputs:
+                checks = _predictions_only(checks)
             request = checks.request(
                 staged.script,
                 inputs=inputs,
@@ -214,6 +220,18 @@ def _predictions(execution: Execution, request: RunRequest) -> Path | None:
             f"back. {message}"
         )
     return None
+
+
+def _predictions_only(checks: RunChecks) -> RunChecks:
+    """The checks for a run whose outputs are the runner's alone: no file over the
+    predictions' cap comes back (the collector leaves it in the sandbox)."""
+    limits = checks.output_limits
+    if limits is None:
+        raise ValueError("outputs need output_limits")
+    capped = dataclasses.replace(
+        limits, max_file_size=min(limits.max_file_size, MAX_PREDICTIONS_BYTES)
+    )
+    return dataclasses.replace(checks, output_limits=capped)
 
 
 def _without_outputs(execution: Execution) -> Execution:
