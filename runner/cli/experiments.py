@@ -11,7 +11,16 @@ from typing import Any
 from runner.backends.pool import pool_root_for
 from runner.cli import show
 from runner.cli.demo import demo_jobs
-from runner.cli.options import FILES, POLICY, RESULTS, WHERE, history_for, runner_options
+from runner.cli.options import (
+    FILES,
+    HOLDOUT,
+    POLICY,
+    RESULTS,
+    WHERE,
+    history_for,
+    holdout_for,
+    runner_options,
+)
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import ExperimentSpec
 from runner.core.settings import ExperimentDefaults
@@ -27,7 +36,7 @@ Commands = Any
 def add_commands(commands: Commands) -> None:
     run = commands.add_parser(
         "run",
-        parents=[POLICY, FILES, WHERE, RESULTS],
+        parents=[POLICY, FILES, HOLDOUT, WHERE, RESULTS],
         help="run one script in the sandbox and print its result",
         description="Run one script in a fresh hardened container and print its result.",
         usage="%(prog)s [options] script [-- script arguments...]",
@@ -41,7 +50,7 @@ def add_commands(commands: Commands) -> None:
 
     batch = commands.add_parser(
         "batch",
-        parents=[POLICY, FILES, WHERE, RESULTS],
+        parents=[POLICY, FILES, HOLDOUT, WHERE, RESULTS],
         help="run many scripts at once and show a leaderboard",
         description="Run every given script (files, or directories of *.py) in parallel, "
         "each in a fresh sandbox, here or on a Ray cluster (--ray); show progress and a "
@@ -87,13 +96,14 @@ def _warm_up(args: argparse.Namespace, runner: ExperimentRunner) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
+    holdout = holdout_for(args)
     files = [args.script.resolve().parent, *(Path(i).resolve() for i in args.inputs or ())]
     with _runner(args, settings, files) as runner:
         _warm_up(args, runner)
         if args.warm_pool:
             runner.wait_for_warm(120)
         spec = ExperimentSpec(experiment_name=args.name or args.script.stem, model_type="script")
-        result = runner.run(args.script, spec, 0, args=args.script_args)
+        result = runner.run(args.script, spec, 0, args=args.script_args, holdout=holdout)
     if args.json:
         # ensure_ascii also escapes C1 and bidi characters (and DEL), which JSON allows raw.
         print(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=True))
@@ -104,6 +114,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def batch_command(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
+    holdout = holdout_for(args)
     scripts = _scripts(args.paths)
     files = [
         *(script.parent for script in scripts),
@@ -127,7 +138,9 @@ def batch_command(args: argparse.Namespace) -> int:
             )
         )
         report = show.print_json_line if args.json else show.print_outcome
-        results = show.run_with_progress(runner, jobs, workers, "scripts", screen, report)
+        results = show.run_with_progress(
+            runner, jobs, workers, "scripts", screen, report, holdout=holdout
+        )
     if args.junit:
         args.junit.write_bytes(junit_report(results, suite="runner batch"))
     if not args.json:
