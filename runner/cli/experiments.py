@@ -10,7 +10,7 @@ from typing import Any
 
 from runner.backends.pool import pool_root_for
 from runner.cli import show
-from runner.cli.demo import demo_jobs
+from runner.cli.demo import demo_holdout, demo_jobs
 from runner.cli.options import (
     FILES,
     HOLDOUT,
@@ -73,6 +73,9 @@ def add_commands(commands: Commands) -> None:
         "run them in parallel in the sandbox, and rank them. Works offline.",
     )
     demo.add_argument("--workers", type=int, help="runs at once (default: what the host fits)")
+    demo.add_argument("--no-holdout", action="store_true",
+                      help="rank by the scripts' own metrics instead of the runner's scores "
+                      "on held-out rows")  # fmt: skip
     demo.set_defaults(handler=demo_command)
 
 
@@ -151,7 +154,8 @@ def batch_command(args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
     with _runner(args, settings) as runner:
-        jobs = demo_jobs(CodeGenerator(settings.experiments_dir))
+        holdout = None if args.no_holdout else demo_holdout()
+        jobs = demo_jobs(CodeGenerator(settings.experiments_dir), holdout=holdout is not None)
         workers = args.workers or runner.default_workers()
         _warm_up(args, runner)
         warm = f", {runner.warm_pool_size} kept warm" if runner.warm_pool_size else ""
@@ -159,10 +163,12 @@ def demo_command(args: argparse.Namespace) -> int:
             f"Running {len(jobs)} experiments on the churn demo data, {workers} at once, "
             f"each in a fresh sandbox ({runner.policy.image}, {runner.policy.cpu_limit:g} CPU, "
             f"{runner.policy.memory_limit}{warm})"
+            + (", scored by the runner on held-out rows" if holdout else "")
         )
         results = show.run_with_progress(
-            runner, jobs, workers, "experiments", show.console, show.print_outcome
-        )
+            runner, jobs, workers, "experiments", show.console, show.print_outcome,
+            holdout=holdout,
+        )  # fmt: skip
     show.print_leaderboard(show.console, results, "Leaderboard")
     return 0 if all(r.success for r in results) else 1
 

@@ -80,10 +80,10 @@ def print_leaderboard(screen: Console, results: Sequence[ExperimentResult], titl
 
 
 def leaderboard(results: Sequence[ExperimentResult]) -> Table:
-    """The results best first: rank, name, model, main metric, who scored it, time,
-    outcome, when."""
+    """The results best first: rank, name, model, main metric, whether the runner scored
+    it (``verified``) or the script claims it, time, outcome, when."""
     table = Table()
-    columns = ("#", "experiment", "model", "main metric", "scored by", "time", "outcome",
+    columns = ("#", "experiment", "model", "main metric", "metrics", "time", "outcome",
                "when (UTC)")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="right" if column in ("#", "time") else "left")
@@ -103,11 +103,9 @@ def leaderboard(results: Sequence[ExperimentResult]) -> Table:
 
 
 def scored_by(result: ExperimentResult) -> str:
-    """Who computed a result's metrics: the runner on held-out rows (verified), or the
-    script itself (its claim)."""
-    if result.verified:
-        return "runner, held out (verified)"
-    return "script (unverified)"
+    """Who computed a result's metrics, in a word: ``verified`` (the runner, on held-out
+    rows) or ``claimed`` (the script itself)."""
+    return "verified" if result.verified else "claimed"
 
 
 def outcome(result: ExperimentResult) -> Text:

@@ -94,6 +94,12 @@ class Holdout:
             held = set(test_indices(labels, self.task_type, self.test_size, self.seed))
             train = [row for i, row in enumerate(kept) if i not in held]
             test = [row for i, row in enumerate(kept) if i in held]
+            if not test:
+                raise _bad(
+                    self.data,
+                    f"holding {self.test_size:g} of its rows out leaves no test row (each "
+                    "class keeps one training row); pass more rows or a larger test_size",
+                )
             indices = sorted(held)
             test_digest = None
         else:

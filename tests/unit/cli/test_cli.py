@@ -358,8 +358,8 @@ def test_a_verified_result_is_marked_and_ranks_before_claims(
     claimed = result(experiment_name="claimed", metrics={"accuracy": 0.99})
     show.print_leaderboard(show.console, [claimed, scored], "board")
     rows = [line for line in terminal.getvalue().splitlines() if "accuracy" in line]
-    assert "scored" in rows[0] and "runner, held out (verified)" in rows[0]
-    assert "claimed" in rows[1] and "script (unverified)" in rows[1]
+    assert "scored" in rows[0] and "verified" in rows[0]
+    assert "claimed" in rows[1] and rows[1].count("claimed") == 2  # its name, its mark
     show.summary(scored)
     out = terminal.getvalue()
     assert "verified: the runner's scores on 1 held-out rows" in out
