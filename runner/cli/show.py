@@ -19,8 +19,9 @@ from runner.experiment.jobs import Job
 from runner.experiment.runner import ExperimentRunner
 from runner.results.history import best_first, ranking_metric
 
-# Piped output (CI logs, tests) gets a wide fixed width instead of rich's 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+# Piped output (CI logs, tests) gets a wide fixed width instead of rich's 80 columns: wide
+# enough for a leaderboard of the demo's longest model names, unwrapped.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 errors = Console(stderr=True, highlight=False)
 
 
