@@ -235,6 +235,9 @@ class DockerBackend:
         spec, main = self._spec, self._pool
         if spec is None or main is None or not may_be_pool_root(root):
             return
+        with self._lock:
+            if (root, outputs) in self._kept:
+                return
         maker = self._slot_maker(spec, outputs)  # takes the lock itself (prepare)
         with self._lock:
             if (root, outputs) in self._kept:

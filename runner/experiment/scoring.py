@@ -142,7 +142,10 @@ class HeldOutRuns:
             record = split.record
             artifacts = [] if own_outputs else list(execution.artifacts)
             if not verdict.success:
-                return Scored(execution, verdict.model_copy(update={"holdout": record}), artifacts)
+                failed = verdict.model_copy(
+                    update={"holdout": record, "metrics_source": "holdout", "metrics": {}}
+                )
+                return Scored(execution, failed, artifacts)
             try:
                 task = read_predictions(_predictions(execution, request), split)
             except PredictionsRefused as e:
