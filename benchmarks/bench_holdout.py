@@ -58,9 +58,9 @@ if "TRAIN_PATH" in os.environ:
 else:
     data = pd.read_csv(sys.argv[1])
     train, test = train_test_split(data, test_size=0.25, random_state=0)
-features = [c for c in train.columns if c != target and train[c].dtype != object]
-model = LogisticRegression(max_iter=1000).fit(train[features], train[target])
-predicted = model.predict(test[features])
+features = train.drop(columns=[target]).select_dtypes(include="number").columns.tolist()
+model = LogisticRegression(max_iter=1000).fit(train[features].fillna(0), train[target])
+predicted = model.predict(test[features].fillna(0))
 if "PREDICTIONS_PATH" in os.environ:
     pd.DataFrame({"prediction": predicted}).to_csv(os.environ["PREDICTIONS_PATH"], index=False)
     print(json.dumps({"success": True, "metrics": {}}))
