@@ -33,9 +33,11 @@ y_pred = np.asarray(task["y_pred"])
 scores = {}
 if task["task_type"] == "classification":
     scores["accuracy"] = metrics.accuracy_score(y_true, y_pred)
-    for name, score in (("precision", metrics.precision_score),
-                        ("recall", metrics.recall_score), ("f1", metrics.f1_score)):
-        scores[name] = score(y_true, y_pred, average="weighted", zero_division=0)
+    # One call for the three (what precision_score, recall_score and f1_score each compute).
+    precision, recall, f1, _ = metrics.precision_recall_fscore_support(
+        y_true, y_pred, average="weighted", zero_division=0
+    )
+    scores.update(precision=precision, recall=recall, f1=f1)
     if task["proba"] is not None:
         proba = np.asarray(task["proba"], dtype=float)
         classes = list(range(len(task["classes"])))

@@ -221,3 +221,21 @@ def test_bad_predictions_fail_naming_the_predictions(
     assert result.error_message is not None
     assert "predictions" in result.error_message and "$PREDICTIONS_PATH" in result.error_message
     assert why in result.error_message
+
+
+def test_runner_run_prints_the_verified_metrics(
+    engine: DockerEngine, data: Path, write_script: Callable[..., Path]
+) -> None:
+    """`runner run exp.py --holdout DATA --target COL --task classification` prints the
+    runner's scores, says they are verified, and shows the script's claim apart."""
+    from tests.integration.test_cli import runner_cli
+
+    script = write_script(LIAR)
+    out = runner_cli(
+        "run", str(script), "--holdout", str(data), "--target", "label",
+        "--task", "classification", "--seed", "3", "--no-record",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "accuracy=0.5000" in out.stdout
+    assert "verified: the runner's scores on 20 held-out rows" in out.stdout
+    assert "the script reported: accuracy=1.0000" in out.stdout

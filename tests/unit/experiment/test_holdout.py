@@ -203,3 +203,48 @@ def test_a_generated_script_of_the_protocol_predicts_every_test_row(tmp_path: Pa
     assert '"accuracy"' in done.stdout
     task = read_predictions(out, split)
     assert len(task.y_pred) == len(split.test) and task.proba is not None
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_scorer_computes_scikit_learns_metrics(tmp_path: Path, task: str) -> None:
+    """The scorer's program (run here on the host's Python) gives scikit-learn's own
+    numbers: weighted precision, recall, f1 and roc_auc, or rmse, mae and r2."""
+    import json
+    import random
+
+    from sklearn import metrics
+
+    from runner.experiment.scorer import SOURCE
+
+    rng = random.Random(1)  # noqa: S311 - test data, not a secret
+    if task == "classification":
+        y_true = [rng.randrange(2) for _ in range(100)]
+        y_pred = [rng.randrange(2) for _ in range(100)]
+        ones = [rng.random() for _ in range(100)]
+        proba: list[list[float]] | None = [[1 - p, p] for p in ones]
+        expected = {
+            "accuracy": metrics.accuracy_score(y_true, y_pred),
+            "roc_auc": metrics.roc_auc_score(y_true, ones),
+            **{name: f(y_true, y_pred, average="weighted", zero_division=0)
+               for name, f in (("precision", metrics.precision_score),
+                               ("recall", metrics.recall_score), ("f1", metrics.f1_score))},
+        }  # fmt: skip
+    else:
+        y_true = [rng.gauss(0, 1) for _ in range(50)]
+        y_pred = [rng.gauss(0, 1) for _ in range(50)]
+        proba = None
+        expected = {
+            "rmse": metrics.mean_squared_error(y_true, y_pred) ** 0.5,
+            "mae": metrics.mean_absolute_error(y_true, y_pred),
+            "r2": metrics.r2_score(y_true, y_pred),
+        }
+    (tmp_path / "score.py").write_text(SOURCE)
+    task_file = {"task_type": task, "classes": ["0", "1"], "y_true": y_true,
+                 "y_pred": y_pred, "proba": proba}  # fmt: skip
+    (tmp_path / "task.json").write_text(json.dumps(task_file))
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "score.py")], capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    scores = json.loads(done.stdout)["metrics"]
+    assert scores == pytest.approx(expected, rel=1e-12)
