@@ -174,7 +174,7 @@ def write_docs(
         ))  # fmt: skip
     table = docs_table.markdown_table(
         ["run", f"without s (median of {runs})", "held out s", "overhead",
-         "vs without", "of which the scorer"],
+         "vs without", "scorer alone"],
         rows,
         align="lrrrrr",
     )  # fmt: skip
