@@ -5,6 +5,8 @@ from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import ExperimentResult, ExperimentSpec, PreprocessingConfig
 from runner.core.settings import ExperimentDefaults
 from runner.experiment.codegen import CodeGenerator
+from runner.experiment.holdout import Holdout
+from runner.experiment.jobs import BatchJob
 from runner.experiment.runner import ExperimentRunner
 from runner.results.history import ResultsHistory
 from runner.sandbox.cleanup import cleanup
@@ -12,12 +14,14 @@ from runner.sandbox.cleanup import cleanup
 _moved.install()
 
 __all__ = [
+    "BatchJob",
     "CodeGenerator",
     "ExperimentDefaults",
     "ExperimentExecutionError",
     "ExperimentResult",
     "ExperimentRunner",
     "ExperimentSpec",
+    "Holdout",
     "PreprocessingConfig",
     "ResultsHistory",
     "cleanup",

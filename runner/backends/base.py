@@ -88,6 +88,11 @@ class Backend(Protocol):
         """Block until every pool slot is ready; False on timeout or without a pool."""
         ...
 
+    def keep_warm(self, root: Path, outputs: OutputLimits | None) -> None:
+        """With a warm pool, also keep slots for runs below ``root`` (a directory of the
+        runner's own, which never moves) with ``outputs``; a backend may do nothing."""
+        ...
+
     def describe_files(self) -> str:
         """How files reach the sandboxes, in words (for ``runner doctor``)."""
         ...

@@ -3,7 +3,8 @@
 It is passed to ``python -c`` with the modules to preload as arguments. While it
 imports them its stdout and stderr point at /dev/null; it then announces it is
 ready with one line on the real stdout, and reads one line from stdin: the
-hand-over (``hand_over_line``), the script's absolute path and its arguments.
+hand-over (``hand_over_line``): the run's own variables, the script's absolute path and
+its arguments.
 From there on the script sees what it would see in a cold container:
 ``__name__ == "__main__"``, ``__file__`` and ``sys.argv[0]`` its path,
 ``sys.argv[1:]`` its arguments, its directory as working directory (with
@@ -19,7 +20,9 @@ the run.
 The hand-over is one line of space-separated fields, each the hex of a UTF-8
 string: hex has no newline or space in it whatever the arguments hold, and
 decoding it needs no import (a JSON line would load ``json`` into the
-script's ``sys.modules``).
+script's ``sys.modules``). The first field is the run's own variables
+(``NAME=VALUE`` entries separated by NUL, often none), which a cold run has in
+its container's environment; then the script's path, then its arguments.
 """
 
 from collections.abc import Sequence
@@ -70,12 +73,15 @@ _line = sys.stdin.buffer.readline()
 if not _line.endswith(b"\n"):
     os._exit(3)
 try:
-    _path, *_args = [
+    _variables, _path, *_args = [
         bytes.fromhex(_field).decode("utf-8", "surrogateescape")
         for _field in _line[:-1].decode("ascii").split(" ")
     ]
 except ValueError:
     os._exit(3)
+for _entry in _variables.split("\0") if _variables else ():
+    _name, _, _value = _entry.partition("=")
+    os.environ[_name] = _value
 _stdin = os.open("/dev/null", os.O_RDONLY)
 os.dup2(_stdin, 0)
 os.close(_stdin)
@@ -143,9 +149,16 @@ _finish(0)
 )
 
 
-def hand_over_line(script: str, args: Sequence[str]) -> bytes:
-    """What the runner writes to a pool container's stdin: the script's path, then its arguments."""
-    fields = (value.encode("utf-8", "surrogateescape").hex() for value in (script, *args))
+def hand_over_line(
+    script: str, args: Sequence[str], environment: Sequence[tuple[str, str]] = ()
+) -> bytes:
+    """What the runner writes to a pool container's stdin: the run's own variables
+    (checked by ``runner.sandbox.policy.run_environment``), the script's path, then
+    its arguments."""
+    variables = "\0".join(f"{name}={value}" for name, value in environment)
+    fields = (
+        value.encode("utf-8", "surrogateescape").hex() for value in (variables, script, *args)
+    )
     return " ".join(fields).encode("ascii") + b"\n"
 
 

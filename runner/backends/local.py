@@ -17,6 +17,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from runner.backends.base import Backend, BackendOptions, PoolSpec, sandboxes_that_fit
 from runner.backends.bootstrap import DEFAULT_PRELOAD, SOURCE
@@ -32,10 +33,11 @@ from runner.backends.pool import (
 )
 from runner.core.provenance import EngineRecord
 from runner.core.settings import TRANSFERS, ExperimentDefaults, Transfer
+from runner.sandbox.artifacts import OutputLimits
 from runner.sandbox.cleanup import cleanup
 from runner.sandbox.cold import ColdRuns
 from runner.sandbox.engine import DockerEngine, Engine, EngineError, EngineUnavailable
-from runner.sandbox.lifecycle import ActiveRuns, Execution
+from runner.sandbox.lifecycle import ActiveRuns, Execution, Reaper
 from runner.sandbox.policy import SandboxPolicy
 from runner.sandbox.probe import EngineFacts, FileRoute, engine_record, probe
 from runner.sandbox.request import RunRequest
@@ -105,8 +107,14 @@ class DockerBackend:
         self._active = ActiveRuns()
         self._spec: PoolSpec | None = None
         self._pool: WarmPool | None = None
+        #: Pools of slots for runs below a fixed root with given outputs (``keep_warm``).
+        self._kept: dict[tuple[Path, OutputLimits | None], WarmPool] = {}
+        self._finalizers: list[weakref.finalize[Any, Any]] = []
         #: Why a warm pool that was asked for is not kept, if it is not.
         self.pool_unavailable: str | None = None
+        self._reaper = Reaper()
+        # Removals still under way finish before the interpreter exits.
+        weakref.finalize(self, self._reaper.drain)
 
     @property
     def engine(self) -> Engine:
@@ -127,7 +135,7 @@ class DockerBackend:
                 cleanup(engine, telemetry=facts.telemetry, slots_dir=self.slots_dir)
                 self._cold = ColdRuns(
                     engine, self.policy, facts, self.route(facts), self._active,
-                    self.python_executable,
+                    self.python_executable, self._reaper,
                 )  # fmt: skip
                 self._facts = facts
             return self._facts
@@ -181,7 +189,7 @@ class DockerBackend:
         starts where the first script's files are. With ``spec.outputs``, the
         pool serves runs with outputs within those limits (and only those).
         """
-        facts = self.prepare()
+        self.prepare()
         root: Path | None = spec.root
         if not may_be_pool_root(spec.root):
             why = (
@@ -193,12 +201,22 @@ class DockerBackend:
             self.pool_unavailable = f"{why}; the pool starts where the first script is"
             root = None
         self.engine.image_id(self.policy.image)  # fail now, with a hint, if it is missing
-        maker = SlotMaker(
+        pool = WarmPool(
+            min(spec.size, self.default_workers()), self._slot_maker(spec, spec.outputs), root
+        )
+        self._spec = spec
+        self._pool = pool
+        # The pool goes with the backend, or at interpreter exit, whichever comes first.
+        self._finalizers = [weakref.finalize(self, pool.close)]
+
+    def _slot_maker(self, spec: PoolSpec, outputs: OutputLimits | None) -> SlotMaker:
+        facts = self.prepare()
+        return SlotMaker(
             engine=self.engine,
             image=self.policy.image,
             policy=self.policy,
             command=[self.python_executable, "-c", SOURCE, *spec.preload],
-            outputs=spec.outputs,
+            outputs=outputs,
             slots_dir=self.slots_dir,
             lifetime=POOL_IDLE_MAX + spec.timeout,
             telemetry=facts.telemetry,
@@ -207,28 +225,52 @@ class DockerBackend:
             podman=facts.podman,
             through_engine=self.route(facts).through_engine,
         )
-        pool = WarmPool(min(spec.size, self.default_workers()), maker, root)
-        self._spec = spec
-        self._pool = pool
-        # The pool goes with the backend, or at interpreter exit, whichever comes first.
-        self._finalizer = weakref.finalize(self, pool.close)
+
+    def keep_warm(self, root: Path, outputs: OutputLimits | None) -> None:
+        """Also keep slots ready for runs whose files lie below ``root`` (which never
+        moves), with ``outputs`` (None: runs without outputs), as many as the pool has.
+
+        For the runs a runner makes for itself (a held-out split's script and its
+        scorer, in a directory of the runner's): they never move the caller's pool.
+        Without a warm pool, nothing; the run that first asks is cold.
+        """
+        spec, main = self._spec, self._pool
+        if spec is None or main is None or not may_be_pool_root(root):
+            return
+        with self._lock:
+            if (root, outputs) in self._kept:
+                return
+        maker = self._slot_maker(spec, outputs)  # takes the lock itself (prepare)
+        with self._lock:
+            if (root, outputs) in self._kept:
+                return
+            pool = WarmPool(main.size, maker, root)
+            self._kept[(root, outputs)] = pool
+        self._finalizers.append(weakref.finalize(self, pool.close))
 
     def wait_for_warm(self, timeout: float) -> bool:
         """Block until every slot is ready; False on timeout or without a pool. A pool
         whose slots fail to start raises why."""
-        pool = self._pool
-        if pool is None:
+        if self._pool is None:
             return False
-        ready = pool.wait_ready(timeout)
-        if not ready and pool.error is not None:
-            raise pool.error
-        return ready
+        until = time.monotonic() + timeout
+        for pool in (self._pool, *self._kept.values()):
+            ready = pool.wait_ready(max(until - time.monotonic(), 0.0))
+            if not ready:
+                if pool.error is not None:
+                    raise pool.error
+                return False
+        return True
 
     def close(self) -> None:
-        """Remove the warm pool's containers; runs are cold from then on."""
+        """Remove the warm pool's containers (and wait for those being removed); runs are
+        cold from then on."""
         if self._pool is not None:
-            self._finalizer()
+            for finalizer in self._finalizers:
+                finalizer()
             self._pool = None
+            self._kept.clear()
+        self._reaper.drain()
 
     # running ---------------------------------------------------------------
 
@@ -326,7 +368,10 @@ class DockerBackend:
         slot = self._warm_slot(request)
         if slot is not None:
             try:
-                return run_in_slot(slot, request, on_output, token, self._active, readable=copies)
+                return run_in_slot(
+                    slot, request, on_output, token, self._active, readable=copies,
+                    reaper=self._reaper,
+                )  # fmt: skip
             except SlotUnusable:
                 pass  # run cold instead
         if self._cold is None:
@@ -342,7 +387,11 @@ class DockerBackend:
         pool, spec = self._pool, self._spec
         if pool is None or spec is None:
             return None
-        if spec.outputs != (request.outputs.limits if request.outputs else None):
+        outputs = request.outputs.limits if request.outputs else None
+        for (kept_root, kept_for), kept in list(self._kept.items()):
+            if kept_for == outputs and fits_pool(kept_root, request.script, request.mounts[1:]):
+                return kept.take()  # the runner's own runs never move the caller's pool
+        if spec.outputs != outputs:
             return None  # the slots were made for runs with (or without) these outputs
         root = pool.root
         if root is not None and fits_pool(root, request.script, request.mounts[1:]):

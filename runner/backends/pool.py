@@ -46,7 +46,14 @@ from runner.sandbox.engine import Engine
 from runner.sandbox.files.transfer import FileDrop, copy_budget, reroot, unpack
 from runner.sandbox.files.tree import Budget, Entry, TreeExpired, TreeRefused, read_chunks, walk
 from runner.sandbox.identity import lease_uid
-from runner.sandbox.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
+from runner.sandbox.lifecycle import (
+    ActiveRuns,
+    Execution,
+    Reaper,
+    Resources,
+    Sandbox,
+    registered,
+)
 from runner.sandbox.policy import Run, SandboxPolicy, SupportFiles, self_limited
 from runner.sandbox.request import RunRequest
 from runner.sandbox.streams import OutputCallback
@@ -541,12 +548,15 @@ def run_in_slot(
     active: ActiveRuns,
     *,
     readable: bool,
+    reaper: Reaper | None = None,
 ) -> Execution:
     """Hand ``request`` to a started slot and see it through; the slot goes with it.
 
     ``readable``: the sandbox user could not read the files in place (they arrive
     readable, as a cold run's copied files do). ``SlotUnusable`` when the slot
     cannot show the files exactly as a cold run would, or died while it waited.
+    ``reaper`` removes the slot of a run that ends with its result
+    (``RunRequest.ends_with_result``) in the background.
     """
     sandbox = slot.sandbox
     with sandbox, registered(active, token, sandbox):
@@ -571,10 +581,11 @@ def run_in_slot(
             request.timeout,
             request.output_limit,
             on_output,
-            hand_over=hand_over_line(str(request.script), request.args),
+            hand_over=hand_over_line(str(request.script), request.args, request.environment),
             started=started,
             cpu_before=cpu_before,
             outputs=request.outputs,
+            reaper=reaper if request.ends_with_result else None,
         )
         return execution.model_copy(update={"facts": slot.facts})
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from runner.core.models import ExperimentSpec, PreprocessingConfig
 from runner.experiment.codegen import CodeGenerator
-from runner.experiment.runner import Job
+from runner.experiment.holdout import Holdout
+from runner.experiment.jobs import Job
 
 TARGET = "churned"
 
@@ -72,9 +73,15 @@ def demo_specs() -> list[ExperimentSpec]:
     ]
 
 
-def demo_jobs(generator: CodeGenerator) -> list[Job]:
-    """One generated script per demo spec, each in its own directory."""
+def demo_holdout() -> Holdout:
+    """The demo's held-out split: a quarter of the churn rows, whose labels no script sees."""
+    return Holdout(demo_data(), TARGET, "classification")
+
+
+def demo_jobs(generator: CodeGenerator, *, holdout: bool = True) -> list[Job]:
+    """One generated script per demo spec, each in its own directory; with ``holdout``
+    (the default), scripts of the held-out protocol (run them with ``demo_holdout()``)."""
     return [
-        (generator.generate(spec, demo_data(), TARGET, "classification"), spec, 0)
+        (generator.generate(spec, demo_data(), TARGET, "classification", holdout=holdout), spec, 0)
         for spec in demo_specs()
     ]

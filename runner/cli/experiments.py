@@ -10,13 +10,23 @@ from typing import Any
 
 from runner.backends.pool import pool_root_for
 from runner.cli import show
-from runner.cli.demo import demo_jobs
-from runner.cli.options import FILES, POLICY, RESULTS, WHERE, history_for, runner_options
+from runner.cli.demo import demo_holdout, demo_jobs
+from runner.cli.options import (
+    FILES,
+    HOLDOUT,
+    POLICY,
+    RESULTS,
+    WHERE,
+    history_for,
+    holdout_for,
+    runner_options,
+)
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import ExperimentSpec
 from runner.core.settings import ExperimentDefaults
 from runner.experiment.codegen import CodeGenerator
-from runner.experiment.runner import ExperimentRunner, Job
+from runner.experiment.jobs import Job
+from runner.experiment.runner import ExperimentRunner
 from runner.results.junit import junit_report
 from runner.results.summary import markdown_summary
 
@@ -27,7 +37,7 @@ Commands = Any
 def add_commands(commands: Commands) -> None:
     run = commands.add_parser(
         "run",
-        parents=[POLICY, FILES, WHERE, RESULTS],
+        parents=[POLICY, FILES, HOLDOUT, WHERE, RESULTS],
         help="run one script in the sandbox and print its result",
         description="Run one script in a fresh hardened container and print its result.",
         usage="%(prog)s [options] script [-- script arguments...]",
@@ -41,7 +51,7 @@ def add_commands(commands: Commands) -> None:
 
     batch = commands.add_parser(
         "batch",
-        parents=[POLICY, FILES, WHERE, RESULTS],
+        parents=[POLICY, FILES, HOLDOUT, WHERE, RESULTS],
         help="run many scripts at once and show a leaderboard",
         description="Run every given script (files, or directories of *.py) in parallel, "
         "each in a fresh sandbox, here or on a Ray cluster (--ray); show progress and a "
@@ -67,6 +77,9 @@ def add_commands(commands: Commands) -> None:
         "run them in parallel in the sandbox, and rank them. Works offline.",
     )
     demo.add_argument("--workers", type=int, help="runs at once (default: what the host fits)")
+    demo.add_argument("--no-holdout", action="store_true",
+                      help="rank by the scripts' own metrics instead of the runner's scores "
+                      "on held-out rows")  # fmt: skip
     demo.set_defaults(handler=demo_command)
 
 
@@ -90,13 +103,14 @@ def _warm_up(args: argparse.Namespace, runner: ExperimentRunner) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
+    holdout = holdout_for(args)
     files = [args.script.resolve().parent, *(Path(i).resolve() for i in args.inputs or ())]
     with _runner(args, settings, files) as runner:
         _warm_up(args, runner)
         if args.warm_pool:
             runner.wait_for_warm(120)
         spec = ExperimentSpec(experiment_name=args.name or args.script.stem, model_type="script")
-        result = runner.run(args.script, spec, 0, args=args.script_args)
+        result = runner.run(args.script, spec, 0, args=args.script_args, holdout=holdout)
     if args.json:
         # ensure_ascii also escapes C1 and bidi characters (and DEL), which JSON allows raw.
         print(json.dumps(result.model_dump(mode="json"), indent=2, ensure_ascii=True))
@@ -107,6 +121,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def batch_command(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
+    holdout = holdout_for(args)
     scripts = _scripts(args.paths)
     files = [
         *(script.parent for script in scripts),
@@ -130,7 +145,9 @@ def batch_command(args: argparse.Namespace) -> int:
             )
         )
         report = show.print_json_line if args.json else show.print_outcome
-        results = show.run_with_progress(runner, jobs, workers, "scripts", screen, report)
+        results = show.run_with_progress(
+            runner, jobs, workers, "scripts", screen, report, holdout=holdout
+        )
     if args.junit:
         args.junit.write_bytes(junit_report(results, suite="runner batch"))
     if args.summary:
@@ -145,7 +162,8 @@ def batch_command(args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     settings = ExperimentDefaults()
     with _runner(args, settings) as runner:
-        jobs = demo_jobs(CodeGenerator(settings.experiments_dir))
+        holdout = None if args.no_holdout else demo_holdout()
+        jobs = demo_jobs(CodeGenerator(settings.experiments_dir), holdout=holdout is not None)
         workers = args.workers or runner.default_workers()
         _warm_up(args, runner)
         warm = f", {runner.warm_pool_size} kept warm" if runner.warm_pool_size else ""
@@ -153,10 +171,12 @@ def demo_command(args: argparse.Namespace) -> int:
             f"Running {len(jobs)} experiments on the churn demo data, {workers} at once, "
             f"each in a fresh sandbox ({runner.policy.image}, {runner.policy.cpu_limit:g} CPU, "
             f"{runner.policy.memory_limit}{warm})"
+            + (", scored by the runner on held-out rows" if holdout else "")
         )
         results = show.run_with_progress(
-            runner, jobs, workers, "experiments", show.console, show.print_outcome
-        )
+            runner, jobs, workers, "experiments", show.console, show.print_outcome,
+            holdout=holdout,
+        )  # fmt: skip
     show.print_leaderboard(show.console, results, "Leaderboard")
     return 0 if all(r.success for r in results) else 1
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from runner.core.exceptions import ExperimentExecutionError
 from runner.core.options import RunnerOptions
 from runner.core.settings import TRANSFERS, ExperimentDefaults
+from runner.experiment.holdout import Holdout
 from runner.results.history import ResultsHistory
 
 
@@ -72,6 +74,48 @@ RESULTS = _group([
                      "help": "also log each result as an MLflow run (default: "
                      "RUNNER_TRACKING_URI)"}),
 ])  # fmt: skip
+
+
+#: Held-out scoring of each run (run, batch): the runner splits the data and scores.
+HOLDOUT = _group([
+    (("--holdout",), {"type": Path, "metavar": "DATA",
+                      "help": "score each script on rows of this CSV file it never sees the "
+                      "labels of: it reads $TRAIN_PATH and $TEST_PATH and writes "
+                      "$PREDICTIONS_PATH (needs --target and --task)"}),
+    (("--target",), {"metavar": "COLUMN", "help": "with --holdout: the column to predict"}),
+    (("--task",), {"choices": ("classification", "regression"),
+                   "help": "with --holdout: the kind of task (what the runner scores)"}),
+    (("--test-size",), {"type": float, "default": 0.25, "metavar": "F",
+                        "help": "with --holdout: the share of rows held out (default 0.25)"}),
+    (("--seed",), {"type": int, "default": 0,
+                   "help": "with --holdout: the split's seed (default 0)"}),
+    (("--test-data",), {"type": Path, "metavar": "FILE",
+                        "help": "with --holdout: score on this file's rows instead of a split"}),
+])  # fmt: skip
+
+
+def holdout_for(args: argparse.Namespace) -> Holdout | None:
+    """The held-out split the command line asks for (None: the script's own metrics);
+    ``ExperimentExecutionError`` for a half-given one."""
+    if args.holdout is None:
+        if args.target or args.task or args.test_data:
+            raise ExperimentExecutionError(
+                "--target, --task and --test-data go with --holdout.",
+                hint="add --holdout DATA, e.g. --holdout data.csv --target label "
+                "--task classification.",
+            )
+        return None
+    if not args.target or not args.task:
+        raise ExperimentExecutionError(
+            "--holdout needs --target and --task.",
+            hint="e.g. --holdout data.csv --target label --task classification.",
+        )
+    try:
+        return Holdout(
+            args.holdout, args.target, args.task, args.test_size, args.seed, args.test_data
+        )
+    except ValueError as e:
+        raise ExperimentExecutionError(str(e), hint="see `runner run --help`.") from e
 
 
 def runner_options(args: argparse.Namespace) -> RunnerOptions:

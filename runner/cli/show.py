@@ -14,11 +14,14 @@ from rich.text import Text
 
 from runner.core.models import ExperimentResult
 from runner.core.text import printable
-from runner.experiment.runner import ExperimentRunner, Job
+from runner.experiment.holdout import Holdout
+from runner.experiment.jobs import Job
+from runner.experiment.runner import ExperimentRunner
 from runner.results.history import best_first, ranking_metric
 
-# Piped output (CI logs, tests) gets a wide fixed width instead of rich's 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+# Piped output (CI logs, tests) gets a wide fixed width instead of rich's 80 columns: wide
+# enough for a leaderboard of the demo's longest model names, unwrapped.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 errors = Console(stderr=True, highlight=False)
 
 
@@ -37,8 +40,11 @@ def run_with_progress(
     what: str,
     screen: Console,
     report: Callable[[Console, ExperimentResult], None],
+    *,
+    holdout: Holdout | None = None,
 ) -> list[ExperimentResult]:
-    """``run_many`` under a progress bar on ``screen``, each result reported as it comes."""
+    """``run_many`` under a progress bar on ``screen``, each result reported as it comes
+    (with ``holdout``, every job scored on it)."""
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -52,7 +58,7 @@ def run_with_progress(
             progress.advance(task)
             report(progress.console, result)
 
-        return runner.run_many(jobs, max_workers=workers, on_result=done)
+        return runner.run_many(jobs, max_workers=workers, on_result=done, holdout=holdout)
 
 
 def print_outcome(screen: Console, result: ExperimentResult) -> None:
@@ -75,9 +81,12 @@ def print_leaderboard(screen: Console, results: Sequence[ExperimentResult], titl
 
 
 def leaderboard(results: Sequence[ExperimentResult]) -> Table:
-    """The results best first: rank, name, model, main metric, time, outcome, when."""
+    """The results best first: rank, name, model, main metric, whether the runner scored
+    it (``verified``) or the script claims it, time, outcome, when."""
     table = Table()
-    for column in ("#", "experiment", "model", "main metric", "time", "outcome", "when (UTC)"):
+    columns = ("#", "experiment", "model", "main metric", "metrics", "time", "outcome",
+               "when (UTC)")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right" if column in ("#", "time") else "left")
     for rank, result in enumerate(best_first(results), 1):
         metric = ranking_metric(result)
@@ -86,11 +95,18 @@ def leaderboard(results: Sequence[ExperimentResult]) -> Table:
             safe_text(result.experiment_name),
             safe_text(result.model_type),
             f"{metric[0]} {metric[1]:.4f}" if metric and result.success else "-",
+            scored_by(result),
             f"{result.execution_time:.2f}s",
             outcome(result),
             result.timestamp.strftime("%Y-%m-%d %H:%M"),
         )
     return table
+
+
+def scored_by(result: ExperimentResult) -> str:
+    """Who computed a result's metrics, in a word: ``verified`` (the runner, on held-out
+    rows) or ``claimed`` (the script itself)."""
+    return "verified" if result.verified else "claimed"
 
 
 def outcome(result: ExperimentResult) -> Text:
@@ -122,6 +138,14 @@ def summary(result: ExperimentResult) -> None:
     )
     for line in more:
         console.print(safe_text(line, limit=10_000))
+    if result.verified and result.holdout is not None:
+        console.print(
+            f"  verified: the runner's scores on {result.holdout.test_rows} held-out rows "
+            f"(test rows sha256 {result.holdout.test_rows_sha256[:12]})"
+        )
+        if result.reported_metrics:
+            claimed = ", ".join(f"{k}={v:.4f}" for k, v in result.reported_metrics.items())
+            console.print(Text.assemble("  the script reported: ", safe_text(claimed)))
     for artifact in result.artifacts:
         console.print(
             Text.assemble("  artifact ", safe_text(artifact.path), f" ({artifact.size} bytes)")

@@ -13,6 +13,9 @@ MissingValues = Literal["mean", "median", "most_frequent", "none"]
 Scaling = Literal["standard", "minmax", "robust", "none"]
 Encoding = Literal["onehot", "ordinal", "none"]
 TaskType = Literal["classification", "regression"]
+#: Who computed ``result.metrics``: the runner, on rows the script never saw the labels
+#: of ("holdout"), or the script itself, as it printed them ("script").
+MetricsSource = Literal["holdout", "script"]
 
 
 class PreprocessingConfig(BaseModel):
@@ -88,12 +91,56 @@ class RunOutcome(BaseModel):
     node: str | None = None
 
 
+class HoldoutRecord(BaseModel):
+    """How a held-out run was scored: which rows, of which data, and how long it took.
+
+    Enough to tell two results scored on the same rows (the same digests) from
+    results scored on other ones, without the rows or their labels.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    target_column: str
+    task_type: TaskType
+    #: The share of the rows held out, and the split's seed (None: a test file was given).
+    test_size: float | None = None
+    seed: int | None = None
+    train_rows: int
+    test_rows: int
+    #: Rows left out of both because their target was empty.
+    dropped_rows: int = 0
+    #: SHA-256 of the test rows' indices (in the data file, or the test file), one a line.
+    test_rows_sha256: str
+    #: SHA-256 of the data file (and of the test file, when one was given).
+    data_sha256: str
+    test_data_sha256: str | None = None
+    #: For classification: the classes, as the data file spells them.
+    classes: list[str] = Field(default_factory=list)
+    #: Seconds the runner's scorer took, its sandbox included.
+    scoring_time: float | None = None
+
+
 class Verdict(BaseModel):
-    """What the runner made of a run: success, the metrics, or why it failed."""
+    """What the runner made of a run: success, the metrics, or why it failed.
+
+    ``metrics`` are the ones a leaderboard ranks by: the runner's own scores on the
+    held-out rows (``metrics_source == "holdout"``), or, without a held-out split,
+    what the script printed (``"script"``). ``reported_metrics`` is always what the
+    script printed, kept apart so a claim is never mistaken for a score.
+    """
 
     success: bool
     error_message: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    reported_metrics: dict[str, float] = Field(default_factory=dict)
+    metrics_source: MetricsSource = "script"
+    #: With a held-out split: which rows the metrics were computed on.
+    holdout: HoldoutRecord | None = None
+
+    @property
+    def verified(self) -> bool:
+        """The metrics are the runner's own scores, not the script's claim."""
+        return self.metrics_source == "holdout"
 
 
 class Tracking(BaseModel):

@@ -78,8 +78,18 @@ class CodeGenerator:
         data_path: Path | str,
         target_column: str,
         task_type: TaskType = "classification",
+        *,
+        holdout: bool = False,
     ) -> Path:
-        """Write the script and a copy of the data; return the script's path."""
+        """Write the script and a copy of the data; return the script's path.
+
+        With ``holdout``, a script of the held-out protocol (run it with
+        ``holdout=Holdout(data_path, target_column, task_type)``) and no copy of
+        the data: it trains on ``$TRAIN_PATH``, reports its own metrics on a
+        validation split of those rows, refits on all of them and writes a
+        prediction (and, where the model gives them, each class's probability)
+        for every row of ``$TEST_PATH`` to ``$PREDICTIONS_PATH``.
+        """
         module = _estimator_module(spec.model_type, task_type)
         params = _literal_params(spec.model_params)
         data = Path(data_path)
@@ -95,7 +105,8 @@ class CodeGenerator:
             raise ValueError(f"The data file may not be called {data.name}")
 
         directory = self._new_directory(spec.experiment_name)
-        shutil.copyfile(data, directory / data.name)
+        if not holdout:
+            shutil.copyfile(data, directory / data.name)
         script = directory / SCRIPT_NAME
         script.write_text(
             render_script(
@@ -107,6 +118,7 @@ class CodeGenerator:
                 task_type=task_type,
                 test_size=self.test_size,
                 random_state=self.random_state,
+                holdout=holdout,
             )
         )
         (directory / SPEC_NAME).write_text(spec.model_dump_json(indent=2) + "\n")
@@ -162,6 +174,7 @@ def render_script(
     task_type: TaskType,
     test_size: float,
     random_state: int,
+    holdout: bool = False,
 ) -> str:
     """The Python source of one experiment. Every value goes in as a JSON literal."""
     settings = {
@@ -176,6 +189,7 @@ def render_script(
         "task_type": task_type,
         "test_size": test_size,
         "random_state": random_state,
+        "protocol": "holdout" if holdout else "own split",
     }
     return _TEMPLATE.format(
         name=json.dumps(spec.experiment_name),
@@ -190,6 +204,10 @@ _TEMPLATE = '''\
 
 Reads the CSV beside this file, fits a scikit-learn Pipeline, evaluates it on a
 held-out split and prints one JSON line: {{"success": ..., "metrics": {{...}}}}.
+Under the runner's held-out protocol (SETTINGS["protocol"] == "holdout") it reads
+$TRAIN_PATH instead, evaluates on a split of those rows, then refits on all of them
+and writes its predictions for $TEST_PATH to $PREDICTIONS_PATH, which the runner
+scores.
 Where $OUTPUT_DIR is set (the runner's outputs are on), the fitted pipeline is
 saved there as model.pkl.
 """
@@ -287,11 +305,28 @@ def regression_metrics(y_test, predicted):
     }}
 
 
+def write_predictions(pipeline, features, classification):
+    import pandas as pd
+
+    test = pd.read_csv(os.environ["TEST_PATH"])[list(features.columns)]
+    columns = {{"prediction": pipeline.predict(test)}}
+    if classification and hasattr(pipeline, "predict_proba"):
+        try:
+            proba = pipeline.predict_proba(test)
+        except (AttributeError, ValueError):
+            proba = None  # this model gives no probabilities
+        if proba is not None:
+            for index, name in enumerate(pipeline.classes_):
+                columns[f"proba_{{name}}"] = proba[:, index]
+    pd.DataFrame(columns).to_csv(os.environ["PREDICTIONS_PATH"], index=False)
+
+
 def main():
     import pandas as pd
     from sklearn.model_selection import train_test_split
 
-    data = pd.read_csv(SETTINGS["data_file"])
+    holdout = SETTINGS["protocol"] == "holdout"
+    data = pd.read_csv(os.environ["TRAIN_PATH"] if holdout else SETTINGS["data_file"])
     target = SETTINGS["target_column"]
     if target not in data.columns:
         raise ValueError(f"Target column not found: {{target}}")
@@ -314,6 +349,9 @@ def main():
         scores = classification_metrics(pipeline, x_test, y_test, predicted)
     else:
         scores = regression_metrics(y_test, predicted)
+    if holdout:
+        pipeline.fit(features, labels)  # every training row, for the runner's test rows
+        write_predictions(pipeline, features, classification)
     output_dir = os.environ.get("OUTPUT_DIR")
     if output_dir:
         import pickle

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,10 @@ from runner.core.sizes import parse_size
 from runner.core.text import printable
 from runner.experiment.checks import RunChecks
 from runner.experiment.hints import Context, Evidence, explain
-from runner.experiment.verdict import Ending, interpret
+from runner.experiment.holdout import Holdout
+from runner.experiment.jobs import Asked, BatchJob, Job
+from runner.experiment.scoring import HeldOutRuns
+from runner.experiment.verdict import Ending, interpret, interpret_held_out
 from runner.results.history import ResultsHistory
 from runner.results.mlflow import MlflowTracker, track
 from runner.results.provenance import before_run, describe
@@ -41,33 +44,6 @@ from runner.sandbox.lifecycle import Execution
 from runner.sandbox.policy import SandboxPolicy
 from runner.sandbox.request import RunRequest
 from runner.sandbox.streams import OutputCallback
-
-#: One job of a batch: (script_path, spec, iteration), or with the script's
-#: arguments: (script_path, spec, iteration, args).
-Job = tuple[Path | str, ExperimentSpec, int] | tuple[Path | str, ExperimentSpec, int, Sequence[str]]
-
-
-@dataclass(frozen=True)
-class _Asked:
-    """One run as the caller asked for it, before any check."""
-
-    script: Path
-    spec: ExperimentSpec
-    iteration: int
-    inputs: tuple[str | Path, ...] = ()
-    args: Sequence[str] = ()
-    outputs_dir: Path | str | None = None
-    #: Directories under the outputs directory for this run's outputs (a batch job's).
-    outputs_below: tuple[str, ...] = ()
-
-    def record(self, timestamp: datetime) -> ExperimentRecord:
-        """The result's fields that come from the request rather than from the run."""
-        return ExperimentRecord(
-            **fields_of(self.spec, ExperimentSpec),
-            iteration=self.iteration,
-            code_path=str(self.script),
-            timestamp=timestamp,
-        )
 
 
 class ExperimentRunner:
@@ -99,6 +75,13 @@ class ExperimentRunner:
 
     With ``tracking_uri`` (MLflow), each result is also logged as an MLflow run;
     a tracking server that fails only adds ``result.tracking_error``.
+
+    With ``holdout=`` (``run``, ``arun``, ``run_many``), the runner splits the data
+    itself and the script sees only the training rows and the test rows' features
+    (``$TRAIN_PATH``, ``$TEST_PATH``); it writes predictions to ``$PREDICTIONS_PATH``
+    and the runner's scorer, in a sandbox of its own, computes ``result.metrics``
+    (``metrics_source == "holdout"``); what the script printed is
+    ``result.reported_metrics`` (``runner.experiment.scoring``, docs/holdout.md).
 
     With ``cluster`` (a Ray address, or ``auto``), each run is a Ray task that
     runs the same sandbox on its node's engine (``runner.backends.ray``); a warm
@@ -170,6 +153,9 @@ class ExperimentRunner:
         self.tracker = MlflowTracker(uri) if uri else None
         #: The Ray cluster runs go to (None or empty: this machine's engine).
         self.cluster = asked.cluster if asked.cluster is not None else defaults.cluster
+        #: Tokens of runs cancelled by their caller: a held-out run is then never scored.
+        self._cancelled: set[object] = set()
+        self._cancel_lock = threading.Lock()
         self._backend: Backend = open_backend(
             BackendOptions(
                 self.policy,
@@ -183,6 +169,7 @@ class ExperimentRunner:
                 build_missing=asked.build_missing,
             )
         )
+        self._held_out = HeldOutRuns(self._backend)
 
     @property
     def checks(self) -> RunChecks:
@@ -215,6 +202,7 @@ class ExperimentRunner:
         on_output: OutputCallback | None = None,
         args: Sequence[str] = (),
         outputs_dir: Path | str | None = None,
+        holdout: Holdout | None = None,
     ) -> ExperimentResult:
         """Run ``script_path`` in the sandbox and return its typed result.
 
@@ -225,8 +213,12 @@ class ExperimentRunner:
         another thread, with each line as the script prints it. With a
         ``history``, the result is also appended to it. ``outputs_dir``
         (default: the runner's) is where the script's outputs come back.
+        With ``holdout``, the runner scores the script's predictions on held-out
+        rows (the class docstring; docs/holdout.md).
         """
-        asked = _Asked(Path(script_path), spec, iteration, tuple(inputs), args, outputs_dir)
+        asked = Asked(
+            Path(script_path), spec, iteration, tuple(inputs), args, outputs_dir, holdout=holdout
+        )
         return self._keep(self._result(asked, on_output, object()))
 
     async def arun(
@@ -239,14 +231,17 @@ class ExperimentRunner:
         on_output: OutputCallback | None = None,
         args: Sequence[str] = (),
         outputs_dir: Path | str | None = None,
+        holdout: Holdout | None = None,
     ) -> ExperimentResult:
         """``run`` for asyncio; cancelling the task removes its container."""
-        asked = _Asked(Path(script_path), spec, iteration, tuple(inputs), args, outputs_dir)
+        asked = Asked(
+            Path(script_path), spec, iteration, tuple(inputs), args, outputs_dir, holdout=holdout
+        )
         token = object()
         try:
             result = await asyncio.to_thread(self._result, asked, on_output, token)
         except asyncio.CancelledError:
-            await asyncio.to_thread(self._backend.abort, [token])
+            await asyncio.to_thread(self._abort, [token])
             raise
         return await asyncio.to_thread(self._keep, result)
 
@@ -262,10 +257,59 @@ class ExperimentRunner:
             self.history.append(result)
         return result
 
+    def _abort(self, tokens: Sequence[object]) -> None:
+        with self._cancel_lock:
+            self._cancelled.update(tokens)
+        self._backend.abort(tokens)
+
     def _result(
-        self, asked: _Asked, on_output: OutputCallback | None, token: object
+        self, asked: Asked, on_output: OutputCallback | None, token: object
     ) -> ExperimentResult:
         """Check, execute and judge one run; what the caller got wrong raises."""
+        try:
+            if asked.holdout is not None:
+                return self._held_out_result(asked, on_output, token)
+            return self._script_result(asked, on_output, token)
+        finally:
+            with self._cancel_lock:
+                self._cancelled.discard(token)
+
+    def _held_out_result(
+        self, asked: Asked, on_output: OutputCallback | None, token: object
+    ) -> ExperimentResult:
+        """A run whose metrics the runner computes on held-out rows (``HeldOutRuns``)."""
+        if asked.holdout is None:
+            raise AssertionError("a held-out run needs its holdout")
+        record = asked.record(datetime.now(UTC))
+
+        def cancelled() -> bool:
+            with self._cancel_lock:
+                return token in self._cancelled
+
+        scored = self._held_out.run(
+            asked.script,
+            asked.holdout,
+            self.checks,
+            lambda execution, request: self._judge(execution, request, interpret_held_out),
+            inputs=asked.inputs,
+            args=asked.args,
+            outputs_dir=asked.outputs_dir,
+            outputs_below=asked.outputs_below,
+            on_output=on_output,
+            token=token,
+            cancelled=cancelled,
+        )
+        return ExperimentResult(
+            **fields_of(record, ExperimentRecord),
+            **scored.verdict.model_dump(),
+            **fields_of(scored.execution, RunOutcome),
+            artifacts=scored.artifacts,
+        )
+
+    def _script_result(
+        self, asked: Asked, on_output: OutputCallback | None, token: object
+    ) -> ExperimentResult:
+        """A run judged by what its script printed."""
         record = asked.record(datetime.now(UTC))
         started = time.monotonic()
         try:
@@ -291,7 +335,12 @@ class ExperimentRunner:
             provenance=describe(described, request, self.policy, execution),
         )
 
-    def _judge(self, execution: Execution, request: RunRequest) -> Verdict:
+    def _judge(
+        self,
+        execution: Execution,
+        request: RunRequest,
+        interpreter: Callable[..., Verdict] = interpret,
+    ) -> Verdict:
         """The verdict on a run, with one more line on what to do when the sandbox was why."""
         ending = Ending(
             execution.exit_code,
@@ -299,7 +348,7 @@ class ExperimentRunner:
             execution.oom_killed,
             exit_reported=execution.exit_reported,
         )
-        verdict = interpret(
+        verdict = interpreter(
             ending,
             execution.stdout,
             execution.stderr,
@@ -376,8 +425,10 @@ class ExperimentRunner:
         return self._backend.wait_for_warm(timeout)
 
     def close(self) -> None:
-        """Remove the warm pool's containers; the runner then runs scripts cold."""
+        """Remove the warm pool's containers and the held-out runs' directory; the runner
+        then runs scripts cold."""
         self._backend.close()
+        self._held_out.close()
 
     def __enter__(self) -> ExperimentRunner:
         return self
@@ -402,6 +453,7 @@ class ExperimentRunner:
         max_workers: int | None = None,
         *,
         on_result: Callable[[int, ExperimentResult], None] | None = None,
+        holdout: Holdout | None = None,
     ) -> list[ExperimentResult]:
         """Run jobs in parallel; results come back in the order of the jobs.
 
@@ -409,7 +461,8 @@ class ExperimentRunner:
         at all (say, its script is missing) gets a failed result instead of
         raising, so it never costs the others theirs. ``on_result(index,
         result)`` is called as each finishes. Interrupting the batch (Ctrl-C)
-        removes every container it started, then re-raises.
+        removes every container it started, then re-raises. ``holdout`` scores
+        every job on held-out rows but a ``BatchJob`` that names its own.
         """
         batch: Sequence[Job] = list(jobs)
         workers = max_workers if max_workers is not None else self.default_workers()
@@ -420,7 +473,7 @@ class ExperimentRunner:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="runner-job")
         try:
             futures: dict[Future[ExperimentResult], int] = {
-                pool.submit(self._job_result, job, token, index): index
+                pool.submit(self._job_result, job, token, index, holdout): index
                 for index, (job, token) in enumerate(zip(batch, tokens, strict=True))
             }
             for future in as_completed(futures):
@@ -430,21 +483,27 @@ class ExperimentRunner:
                     on_result(index, result)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
-            self._backend.abort(tokens)
+            self._abort(tokens)
             raise
         pool.shutdown()
         return [result for result in results if result is not None]
 
-    def _job_result(self, job: Job, token: object, index: int) -> ExperimentResult:
+    def _job_result(
+        self, job: Job, token: object, index: int, holdout: Holdout | None = None
+    ) -> ExperimentResult:
         """One job of a batch: whatever goes wrong becomes its failed result, never the batch's."""
-        script_path, spec, iteration = job[:3]
-        args: Sequence[str] = job[3] if len(job) > 3 else ()
+        if isinstance(job, BatchJob):
+            script_path, spec, iteration, args = job.script, job.spec, job.iteration, job.args
+            holdout = job.holdout or holdout
+        else:
+            script_path, spec, iteration = job[:3]
+            args = job[3] if len(job) > 3 else ()
         # Each job of a batch brings its outputs back into a directory of its own.
         below: tuple[str, ...] = ()
         if self.outputs_dir is not None:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.experiment_name).strip("-.")[:60]
             below = (f"{index:04d}-{slug or 'job'}",)
-        asked = _Asked(Path(script_path), spec, iteration, (), args, None, below)
+        asked = Asked(Path(script_path), spec, iteration, (), args, None, below, holdout)
         try:
             return self._result(asked, None, token)
         except ExperimentExecutionError as e:

@@ -133,7 +133,31 @@ def interpret(
     metrics, problem = parse_metrics(payload.get("metrics"))
     if problem is not None:
         return Verdict(success=False, error_message=problem)
-    return Verdict(success=True, metrics=metrics)
+    return Verdict(success=True, metrics=metrics, reported_metrics=metrics)
+
+
+def interpret_held_out(
+    ending: Ending, stdout: str, stderr: str, *, timeout: float, memory_limit: str
+) -> Verdict:
+    """How a script of the held-out protocol ended, before its predictions are scored.
+
+    It needs no result line: an exit of 0 is a success so far (its predictions
+    decide the rest). A result line it printed anyway counts for two things
+    only: ``"success": false`` is a failure in its own words, and its metrics
+    are kept as ``reported_metrics`` (a claim, never the score; left out when
+    they are not numbers). Every other ending reads as ``interpret`` has it.
+    """
+    if ending.timed_out or ending.oom_killed or not ending.exit_reported or ending.exit_code != 0:
+        return interpret(ending, stdout, stderr, timeout=timeout, memory_limit=memory_limit)
+    payload = find_result_line(stdout)
+    if payload is None:
+        return Verdict(success=True, metrics_source="holdout")
+    if payload.get("success") is False:
+        error = payload.get("error")
+        message = printable(str(error)) if error else "Script reported failure"
+        return Verdict(success=False, error_message=message, metrics_source="holdout")
+    reported, _ = parse_metrics(payload.get("metrics"))
+    return Verdict(success=True, reported_metrics=reported, metrics_source="holdout")
 
 
 def _seconds(timeout: float) -> str:

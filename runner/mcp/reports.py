@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from runner.core.models import (
     ArtifactInfo,
     ExperimentResult,
+    MetricsSource,
     RunOutcome,
     Tracking,
     Verdict,
@@ -81,6 +82,8 @@ class ResultSummary(BaseModel):
     model_type: str
     success: bool
     metrics: dict[str, float]
+    #: Who computed ``metrics``: the server, on held-out rows ("holdout"), or the script.
+    metrics_source: MetricsSource = "script"
     execution_time: float
     timed_out: bool
     oom_killed: bool
@@ -214,7 +217,14 @@ def text_of(report: RunReport) -> str:
         outcome = "failed"
     lines = [f"{outcome} in {report.execution_time:.2f} s, exit code {report.exit_code}"]
     if report.metrics:
-        lines.append("metrics: " + ", ".join(f"{k}={v:.6g}" for k, v in report.metrics.items()))
+        lines.append(
+            ("verified metrics (the server's scores on held-out rows): " if report.verified
+             else "metrics (the script's own, unverified): ")
+            + ", ".join(f"{k}={v:.6g}" for k, v in report.metrics.items())
+        )  # fmt: skip
+    if report.verified and report.reported_metrics:
+        claimed = report.reported_metrics.items()
+        lines.append("the script reported: " + ", ".join(f"{k}={v:.6g}" for k, v in claimed))
     if report.error_message:
         lines.append(f"error: {report.error_message}")
     if report.artifacts:

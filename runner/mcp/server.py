@@ -117,10 +117,19 @@ def build_server(service: SandboxService) -> "MCPServer[Any]":
         reasoning: str = "",
         timeout: float | None = None,
         memory_limit: str | None = None,
+        holdout: Annotated[
+            bool,
+            Field(
+                description="score on rows the script never sees the labels of (the "
+                "metrics are then the server's, metrics_source 'holdout'); false: the "
+                "script's own split and its own numbers"
+            ),
+        ] = True,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, RunReport]:
         """Train and evaluate a scikit-learn model on one of the server's data sets, in a
-        fresh sandbox; returns the metrics and how the run ended."""
+        fresh sandbox; returns the metrics (by default the server's scores on held-out
+        rows) and how the run ended."""
 
         async def call() -> Outcome:
             spec = spec_of(
@@ -133,7 +142,7 @@ def build_server(service: SandboxService) -> "MCPServer[Any]":
             )
             return await service.run_experiment(
                 spec, dataset, target_column, task_type, timeout, memory_limit,
-                client=_client(ctx),
+                client=_client(ctx), holdout=holdout,
             )  # fmt: skip
 
         return await guarded(call)

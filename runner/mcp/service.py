@@ -36,6 +36,7 @@ from runner.core.settings import ExperimentDefaults
 from runner.core.sizes import parse_size
 from runner.experiment.checks import check_args
 from runner.experiment.codegen import CodeGenerator
+from runner.experiment.holdout import Holdout
 from runner.experiment.runner import ExperimentRunner
 from runner.mcp.reports import (
     Limits,
@@ -323,9 +324,12 @@ class SandboxService:
         timeout: float | None = None,
         memory_limit: str | None = None,
         client: object = None,
+        holdout: bool = True,
     ) -> Outcome:
         """Generate the spec's script for a known data set and run it (``client``: as for
-        ``run_python``)."""
+        ``run_python``). With ``holdout`` (the default) the runner holds a quarter of the
+        rows out, the script never sees their labels, and the metrics are the runner's
+        scores of its predictions; the client never sees the labels either."""
         data = self.policy.data.get(dataset)
         if data is None:
             known = ", ".join(sorted(self.policy.data)) or "none (start the server with --data)"
@@ -334,11 +338,14 @@ class SandboxService:
         with self._call_directory(spec.experiment_name) as directory:
             try:
                 script = CodeGenerator(directory / "experiments").generate(
-                    spec, data, target_column, task_type
+                    spec, data, target_column, task_type, holdout=holdout
                 )
+                split = Holdout(data, target_column, task_type) if holdout else None
             except (ValueError, FileNotFoundError) as e:
                 raise Refused(str(e)) from e
-            return await self._run_script(script, spec, limits, (), directory, client)
+            return await self._run_script(
+                script, spec, limits, (), directory, client, holdout=split
+            )
 
     def list_results(self, name: str | None, limit: int) -> ResultList:
         """The recorded results (whose name contains ``name``), best first."""
@@ -371,13 +378,16 @@ class SandboxService:
         args: Sequence[str],
         directory: Path,
         client: object,
+        *,
+        holdout: Holdout | None = None,
     ) -> Outcome:
         runner = self._runner(limits.timeout, limits.memory_limit)
         iteration = next(self._iterations.setdefault(spec.experiment_name, itertools.count()))
         async with self.gate.turn(client):
             result = await runner.arun(
-                script, spec, iteration, args=args, outputs_dir=directory / "outputs"
-            )
+                script, spec, iteration, args=args, outputs_dir=directory / "outputs",
+                holdout=holdout,
+            )  # fmt: skip
         if self._history is None:
             self._memory.append(result)
         images = images_of(result)

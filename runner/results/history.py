@@ -81,12 +81,15 @@ def ranking_metric(result: ExperimentResult) -> tuple[str, float] | None:
 
 
 def best_first(results: Iterable[ExperimentResult]) -> list[ExperimentResult]:
-    """Successful results by ranking metric, highest first; failures last, newest first."""
+    """Successful results by ranking metric, highest first, those the runner scored on
+    held-out rows (``verified``) before the scripts' own claims; failures last, newest
+    first."""
 
-    def key(result: ExperimentResult) -> tuple[int, float, float]:
+    def key(result: ExperimentResult) -> tuple[int, int, float, float]:
         metric = ranking_metric(result) if result.success else None
         return (
             0 if metric else 1,
+            0 if result.verified else 1,
             -metric[1] if metric else 0.0,
             -result.timestamp.timestamp(),
         )

@@ -38,7 +38,9 @@ def junit_report(results: Sequence[ExperimentResult], *, suite: str = "experimen
     A failed run is a ``failure`` whose message is the first line of the
     runner's reason (the kind of failure as its type) and whose text is the
     whole reason; the tails of its stdout and stderr go to ``system-out`` and
-    ``system-err``.
+    ``system-err``. Each case's properties say who computed its metrics
+    (``metrics_source``: ``holdout``, the runner's scores, or ``script``) and give
+    them (``metric.NAME``), and what the script claimed (``reported.NAME``).
     """
     failures = sum(not r.success for r in results)
     root = ET.Element(
@@ -59,6 +61,13 @@ def junit_report(results: Sequence[ExperimentResult], *, suite: str = "experimen
             file=xml_text(result.code_path),
             time=f"{result.execution_time:.3f}",
         )
+        properties = ET.SubElement(case, "properties")
+        named: list[tuple[str, str]] = [("metrics_source", result.metrics_source)]
+        named += [(f"metric.{k}", repr(v)) for k, v in result.metrics.items()]
+        if result.verified:
+            named += [(f"reported.{k}", repr(v)) for k, v in result.reported_metrics.items()]
+        for name, value in named:
+            ET.SubElement(properties, "property", name=xml_text(name), value=value)
         if result.success:
             continue
         reason = result.error_message or "failed"

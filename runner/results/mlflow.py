@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from runner.core.exceptions import ExperimentExecutionError
-from runner.core.models import ExperimentResult, PreprocessingConfig
+from runner.core.models import ExperimentResult, HoldoutRecord, PreprocessingConfig
 from runner.core.provenance import Provenance
 from runner.core.text import printable
 
@@ -37,6 +37,9 @@ RECORDER = "experiment-runner"
 #: The runner's own metrics, beside the script's (prefixed so they never collide).
 OWN_METRICS = ("execution_time", "peak_memory_bytes", "cpu_seconds")
 _PREFIX = "runner."
+#: With held-out scoring, what the script printed is logged under this prefix, apart from
+#: the runner's scores (the run's metrics, which the tag ``runner.metrics_source`` names).
+REPORTED = "reported."
 #: MLflow's limits (mlflow.utils.validation), checked here so a long value is cut, not refused.
 MAX_KEY = 250
 MAX_PARAM = 6000
@@ -162,6 +165,11 @@ class MlflowTracker:
 
         stamp = int(result.timestamp.timestamp() * 1000)
         metrics = [Metric(metric_key(k), v, stamp, 0) for k, v in result.metrics.items()]
+        if result.verified:
+            metrics += [
+                Metric(metric_key(REPORTED + k), v, stamp, 0)
+                for k, v in result.reported_metrics.items()
+            ]
         for name in OWN_METRICS:
             value = getattr(result, name)
             if value is not None:
@@ -245,6 +253,12 @@ def _params(result: ExperimentResult) -> dict[str, str]:
         params[metric_key(f"model_params.{key}")] = json.dumps(value, sort_keys=True)
     for key, value in result.preprocessing.model_dump().items():
         params[f"preprocessing.{key}"] = str(value)
+    if result.holdout is not None:
+        for key in ("target_column", "task_type", "test_size", "seed", "test_rows",
+                    "test_rows_sha256", "data_sha256"):  # fmt: skip
+            value = getattr(result.holdout, key)
+            if value is not None:
+                params[f"holdout.{key}"] = str(value)
     return params
 
 
@@ -264,7 +278,13 @@ def _tags(result: ExperimentResult, runtime: str | None) -> dict[str, str]:
         "runner.hypothesis": result.hypothesis,
         "runner.reasoning": result.reasoning,
         "runner.error": result.error_message or "",
+        # Whether the run's metrics are the runner's scores on held-out rows or the
+        # script's own claim ("holdout" or "script").
+        "runner.metrics_source": result.metrics_source,
+        "runner.metrics_verified": str(result.verified).lower(),
     }
+    if result.holdout is not None:
+        tags["runner.holdout"] = result.holdout.model_dump_json()
     # A backend that runs scripts on several machines says which one ran this.
     if result.node:
         tags["runner.node"] = result.node
@@ -327,14 +347,26 @@ def _result(run: Any) -> ExperimentResult | None:
     }
     exit_code = tags.get("runner.exit_code", "")
     stamp = tags.get("runner.timestamp")
+    source = "holdout" if tags.get("runner.metrics_source") == "holdout" else "script"
+    scores = {k: v for k, v in metrics.items() if not k.startswith(_PREFIX)}
+    reported = dict(scores)
+    if source == "holdout":
+        reported = {
+            k.removeprefix(REPORTED): v for k, v in scores.items() if k.startswith(REPORTED)
+        }
+        scores = {k: v for k, v in scores.items() if not k.startswith(REPORTED)}
     try:
+        holdout = tags.get("runner.holdout")
         return ExperimentResult(
             experiment_name=tags.get("runner.experiment_name", ""),
             iteration=int(params.get("iteration", "0")),
             model_type=params.get("model_type", ""),
             model_params=model_params,
             preprocessing=PreprocessingConfig.model_validate(preprocessing),
-            metrics={k: v for k, v in metrics.items() if not k.startswith(_PREFIX)},
+            metrics=scores,
+            reported_metrics=reported,
+            metrics_source=source,
+            holdout=HoldoutRecord.model_validate_json(holdout) if holdout else None,
             hypothesis=tags.get("runner.hypothesis", ""),
             reasoning=tags.get("runner.reasoning", ""),
             execution_time=metrics.get(_PREFIX + "execution_time", 0.0),

@@ -17,7 +17,14 @@ from runner.sandbox.cleanup import build_labels, deadline_after
 from runner.sandbox.engine import Engine, SandboxRefused, SandboxStartError
 from runner.sandbox.files.transfer import copy_to_engine, unpack_here
 from runner.sandbox.identity import lease_uid
-from runner.sandbox.lifecycle import ActiveRuns, Execution, Resources, Sandbox, registered
+from runner.sandbox.lifecycle import (
+    ActiveRuns,
+    Execution,
+    Reaper,
+    Resources,
+    Sandbox,
+    registered,
+)
 from runner.sandbox.policy import Run, SandboxPolicy, self_limited
 from runner.sandbox.probe import EngineFacts, FileRoute, probe
 from runner.sandbox.request import RunRequest
@@ -35,6 +42,7 @@ class ColdRuns:
         route: FileRoute,
         active: ActiveRuns,
         python_executable: str = "python",
+        reaper: Reaper | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy
@@ -42,6 +50,8 @@ class ColdRuns:
         self.route = route
         self.active = active
         self.python_executable = python_executable
+        #: Removes the containers of runs that end with their result (None: waited for).
+        self.reaper = reaper
 
     def run(
         self, request: RunRequest, on_output: OutputCallback | None, token: object
@@ -109,6 +119,7 @@ class ColdRuns:
             outputs=outputs,
             support=self.facts.support.files,
             podman=self.facts.podman,
+            environment=request.environment,
         )
         with (
             Sandbox.create(self.engine, image_id, self.policy, run, resources) as sandbox,
@@ -121,6 +132,7 @@ class ColdRuns:
                 on_output,
                 outputs=request.outputs,
                 facts=True,
+                reaper=self.reaper if request.ends_with_result else None,
             )
 
     def _files(

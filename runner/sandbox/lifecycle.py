@@ -97,6 +97,44 @@ class ActiveRuns:
             return found
 
 
+class Reaper:
+    """Removes containers in the background: those of runs that were over before their
+    container had stopped (``Sandbox.result_before_exit``), so no one waits for that.
+
+    ``drain`` waits until every removal it was given is done (a backend's ``close``).
+    A removal that fails is left to the sweep of containers past their deadline
+    (``runner.sandbox.cleanup``), as a crashed caller's would be.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+
+    def remove(self, step: Callable[[], None]) -> None:
+        thread = threading.Thread(
+            target=self._remove, args=(step,), name="runner-reaper", daemon=True
+        )
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _remove(self, step: Callable[[], None]) -> None:
+        try:
+            with contextlib.suppress(ExperimentExecutionError):
+                step()
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Wait (up to ``timeout`` seconds) until every removal handed over is done."""
+        until = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(until - time.monotonic(), 0.0))
+
+
 @dataclass
 class Resources:
     """What was made for one container and goes with it: its user ID, cgroup, files."""
@@ -140,6 +178,8 @@ class Sandbox:
         self._destroyed = False
         #: The memory cap, where the engine never reports an OOM kill itself (Podman).
         self.infer_oom_at: int | None = None
+        #: Removes the container in the background, once the run is over (see ``run``).
+        self._reaper: Reaper | None = None
 
     @classmethod
     def create(
@@ -214,13 +254,19 @@ class Sandbox:
         artifacts: ArtifactSink | None = None,
         *,
         facts: bool = False,
+        watch_result: bool = False,
     ) -> OutputCollector:
         """A started collector of the rest of the output (after anything already read);
         with ``facts``, stderr starts with the sandbox's facts record."""
         if self._stream is None or self._frames is None:
             raise RuntimeError("attach() first")
         collector = OutputCollector(
-            _Rest(self._stream, self._frames), limit, on_output, artifacts=artifacts, facts=facts
+            _Rest(self._stream, self._frames),
+            limit,
+            on_output,
+            artifacts=artifacts,
+            facts=facts,
+            watch_result=watch_result,
         )
         collector.start()
         return collector
@@ -261,6 +307,30 @@ class Sandbox:
             self.engine.kill(self.container_id)
             exit_code = self.engine.wait(self.container_id, 5.0)
         return exit_code, timed_out, collector.finish(DRAIN_GRACE)
+
+    def result_before_exit(
+        self, collector: OutputCollector, timeout: float, started: float, *, warm: bool
+    ) -> Execution | None:
+        """The record of a run of the runner's own program, once its result line and its
+        exit of 0 are in (the container may still be stopping); None when the output
+        ended first, or the deadline came: then the run is supervised as any other."""
+        collector.settled.wait(max(timeout - (time.monotonic() - started), 0.0))
+        if not collector.result_in:
+            return None
+        output = collector.finish(0.0)
+        usage = self.resources.usage()
+        return Execution(
+            exit_code=0,
+            stdout=output.stdout,
+            stderr=output.stderr,
+            stdout_truncated=output.stdout_truncated,
+            stderr_truncated=output.stderr_truncated,
+            execution_time=time.monotonic() - started,
+            image_id=self.image_id,
+            peak_memory_bytes=usage.peak_memory_bytes,
+            cpu_seconds=usage.cpu_seconds,
+            warm_start=warm,
+        )
 
     def record(
         self,
@@ -313,6 +383,7 @@ class Sandbox:
         cpu_before: float = 0.0,
         outputs: Outputs | None = None,
         facts: bool = False,
+        reaper: Reaper | None = None,
     ) -> Execution:
         """Start the container (or hand it ``hand_over``), supervise it, and record the run.
 
@@ -320,16 +391,28 @@ class Sandbox:
         before this call (a warm hand-over counts its staging). With ``outputs``
         (the container must have been made for them), what the script wrote is
         copied back, however the run ended. With ``facts``, the command asks the
-        machine's facts first (``self_limited(facts=True)``).
+        machine's facts first (``self_limited(facts=True)``). With a ``reaper`` (the
+        runner's own program, ``RunRequest.ends_with_result``), the run is over once its
+        result line and exit of 0 are in, and ``reaper`` removes the container.
         """
         sink = ArtifactSink(outputs.limits.stream_limit) if outputs is not None else None
         try:
-            collector = self.collector(output_limit, on_output, sink, facts=facts)
+            watch = reaper is not None and outputs is None
+            collector = self.collector(
+                output_limit, on_output, sink, facts=facts, watch_result=watch
+            )
             begun = time.monotonic() if started is None else started
             if hand_over is None:
                 self.start()
             else:
                 self.hand_over(hand_over)
+            if watch:
+                early = self.result_before_exit(
+                    collector, timeout, begun, warm=hand_over is not None
+                )
+                if early is not None:
+                    self._reaper = reaper
+                    return early
             try:
                 exit_code, timed_out, output = self.supervise(
                     collector, timeout, begun, outputs=outputs is not None
@@ -363,10 +446,20 @@ class Sandbox:
     # the end ----------------------------------------------------------------
 
     def destroy(self) -> None:
-        """Remove the container and release what was made for it; safe to call twice."""
+        """Remove the container and release what was made for it; safe to call twice.
+
+        A run that was over before its container stopped (``result_before_exit``)
+        leaves that to its reaper, in the background."""
         if self._destroyed:
             return
         self._destroyed = True
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.remove(self._remove)
+            return
+        self._remove()
+
+    def _remove(self) -> None:
         try:
             if self._stream is not None:
                 with contextlib.suppress(Exception):

@@ -7,6 +7,7 @@ named argument of ``ExperimentRunner``.
 from __future__ import annotations
 
 import math
+import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -129,6 +130,8 @@ class Run:
     #: mounts (target, volume name) are made by ``Sandbox.create``.
     podman: bool = False
     tmp_volumes: tuple[tuple[str, str], ...] = ()
+    #: Variables besides the sandbox's own (``run_environment``), e.g. ``$TRAIN_PATH``.
+    environment: tuple[tuple[str, str], ...] = ()
 
 
 #: The last line of a run's stderr, written once the script has exited, with its status.
@@ -259,6 +262,24 @@ def sandbox_environment(cpu_limit: float, *, outputs: bool = False) -> dict[str,
     return env
 
 
+#: What a run's own variable may be called: upper case, and none of the sandbox's own.
+_VARIABLE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+
+def run_environment(extra: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """A run's own variables, checked: new names only (never ``PATH``, ``HOME``, a thread
+    count or anything else the sandbox sets), values without NUL."""
+    own = set(sandbox_environment(1.0, outputs=True))
+    checked = []
+    for name, value in extra:
+        if not _VARIABLE.match(name) or name in own:
+            raise ValueError(f"a run may not set the variable {name!r}")
+        if "\0" in value or "\0" in name:
+            raise ValueError(f"the variable {name} may not hold a NUL character")
+        checked.append((name, value))
+    return tuple(checked)
+
+
 def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
     """Keyword arguments for ``docker.DockerClient.containers.create``."""
     pairs = [(path, path) for path in run.read_only_paths] + list(run.relocated)
@@ -272,7 +293,8 @@ def container_config(policy: SandboxPolicy, run: Run) -> dict[str, Any]:
     config: dict[str, Any] = {
         "working_dir": str(run.workdir),
         "user": f"{run.uid}:{run.uid}",
-        "environment": sandbox_environment(policy.cpu_limit, outputs=run.outputs is not None),
+        "environment": sandbox_environment(policy.cpu_limit, outputs=run.outputs is not None)
+        | dict(run_environment(run.environment)),
         "use_config_proxy": False,  # never hand the caller's proxy settings in
         "labels": run.labels,
         "hostname": "sandbox",

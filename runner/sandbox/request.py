@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.sandbox.artifacts import Outputs
+from runner.sandbox.policy import run_environment
 
 
 @dataclass(frozen=True)
@@ -29,3 +30,14 @@ class RunRequest:
     #: Labels the run's container and volumes carry besides the project's own
     #: (a Ray batch marks its runs so that cancelling it finds them on every node).
     labels: tuple[tuple[str, str], ...] = ()
+    #: Variables the script finds in its environment besides the sandbox's own (the
+    #: held-out protocol's file paths), checked by ``runner.sandbox.policy.run_environment``.
+    environment: tuple[tuple[str, str], ...] = ()
+    #: The runner's own program, which ends by printing one JSON line (the scorer): the
+    #: run is over once the sandbox records its exit 0 after that line, and the
+    #: container is removed in the background (``runner.sandbox.lifecycle.Reaper``)
+    #: rather than waited for.
+    ends_with_result: bool = False
+
+    def __post_init__(self) -> None:
+        run_environment(self.environment)  # a name the sandbox sets itself raises

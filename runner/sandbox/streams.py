@@ -47,6 +47,9 @@ class TailBuffer:
     def truncated(self) -> bool:
         return self.total > self.limit
 
+    def endswith(self, suffix: bytes) -> bool:
+        return self._data.endswith(suffix)
+
     def take_exit_marker(self) -> bool:
         """Take a final ``EXIT_MARKER`` record off the end; True if the output ended with one.
 
@@ -69,6 +72,8 @@ class TailBuffer:
 
 #: Room for the sandbox's exit record behind a full stderr tail.
 EXIT_RECORD_SLACK = len(EXIT_MARKER) + 16
+#: How stderr ends once the sandbox has recorded an exit of 0.
+EXIT_ZERO = EXIT_MARKER + b"0\n"
 
 
 class LineSplitter:
@@ -130,12 +135,20 @@ class OutputCollector:
         *,
         artifacts: ArtifactSink | None = None,
         facts: bool = False,
+        watch_result: bool = False,
     ) -> None:
         self._stream = stream
         #: With ``facts``, stderr's first line is the sandbox's facts record
         #: (``runner.sandbox.facts``), held here until it is complete.
         self._facts_head: bytearray | None = bytearray() if facts else None
         self._facts_line: bytes | None = None
+        #: Set once the output has ended, or (``watch_result``) once ``result_in``.
+        self.settled = threading.Event()
+        #: The runner's own program printed its result line and exited with 0 (``stdout``
+        #: ends with ``}`` and a newline, stderr with the exit record of 0); its
+        #: container may still be stopping. Watched for with ``watch_result`` only.
+        self.result_in = False
+        self._watch_result = watch_result
         #: With outputs on, stdout after ``ARTIFACTS_MARKER`` goes here, not to the tail.
         self._artifacts = artifacts
         self._held = b""
@@ -160,6 +173,9 @@ class OutputCollector:
                     self._stdout(out)
                 if err:
                     self._stderr(err)
+                if self._watch_result and not self.result_in and self._result_line_and_exit():
+                    self.result_in = True
+                    self.settled.set()
             if self._facts_head is not None:
                 head, self._facts_head = bytes(self._facts_head), None
                 self._script_stderr(head)
@@ -171,6 +187,12 @@ class OutputCollector:
         except Exception as e:  # noqa: BLE001 - reported with the result, never lost silently
             if not self._closing:
                 self.error = e
+        finally:
+            self.settled.set()
+
+    def _result_line_and_exit(self) -> bool:
+        # Docker copies stdout and stderr apart: the exit record may come first.
+        return self.stderr.endswith(EXIT_ZERO) and self.stdout.endswith(b"}\n")
 
     def _stderr(self, err: bytes) -> None:
         head = self._facts_head

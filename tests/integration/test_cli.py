@@ -85,8 +85,11 @@ def test_demo_shows_progress_and_a_leaderboard(tmp_path: Path) -> None:
                   "HistGradientBoostingClassifier"):  # fmt: skip
         assert model in out.stdout
     assert out.stdout.count("accuracy 0.") == 5
+    assert "scored by the runner on held-out rows" in out.stdout
+    assert out.stdout.count(" verified ") == 5  # the leaderboard marks the runner's scores
     recorded, _ = ResultsHistory(tmp_path / "results.jsonl").read()
     assert len(recorded) == 5
+    assert all(r.metrics_source == "holdout" and r.holdout for r in recorded)
 
 
 def test_history_lists_best_first_and_filters(

@@ -117,10 +117,14 @@ def test_an_agent_runs_code_through_the_stdio_server(engine: DockerEngine, tmp_p
             )
             assert not experiment.is_error, text(experiment)
             assert "accuracy" in experiment.structured_content["metrics"]
+            # Scored by the server on rows the script never saw the labels of.
+            assert experiment.structured_content["metrics_source"] == "holdout"
 
             listed = await client.call_tool("list_results", {"limit": 2})
             assert listed.structured_content["total"] == 5  # the over-limit call never ran
-            assert listed.structured_content["results"][0]["experiment_name"] == "iris"
+            # The server's own score ranks before the scripts' claims.
+            ranked = [r["experiment_name"] for r in listed.structured_content["results"]]
+            assert ranked == ["churn_lr", "iris"]
 
     asyncio.run(session())
     # The client closed the session: the server is gone, and so are its containers

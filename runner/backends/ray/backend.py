@@ -65,7 +65,7 @@ from runner.backends.ray.placement import (
 )
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.sizes import parse_size
-from runner.sandbox.artifacts import Outputs, extract
+from runner.sandbox.artifacts import OutputLimits, Outputs, extract
 from runner.sandbox.engine import Engine
 from runner.sandbox.files.transfer import pack
 from runner.sandbox.lifecycle import Execution
@@ -298,6 +298,10 @@ class RayBackend:
         ready = ray.get([pool.wait_ready.remote(timeout) for pool in pools], timeout=timeout + 30)
         return all(ready)
 
+    def keep_warm(self, root: Path, outputs: OutputLimits | None) -> None:
+        """Nothing: a node's pool serves the runs whose files it can show; the runner's own
+        runs there are cold."""
+
     def _start_pools(self, ray: ModuleType, nodes: Sequence[NodeCapacity], pool: PoolSpec) -> None:
         """One ``NodePool`` actor on each node, booking the node's sandboxes."""
         actor = ray.remote(NodePool)
@@ -356,6 +360,7 @@ class RayBackend:
             output_limit=request.output_limit,
             args=request.args,
             outputs=request.outputs.limits if request.outputs is not None else None,
+            environment=request.environment,
         )
         if self._leases is not None:
             return self._execute_pooled(ray, request, job, packed, token)

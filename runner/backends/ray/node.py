@@ -45,6 +45,8 @@ class NodeJob:
     output_limit: int
     args: tuple[str, ...]
     outputs: OutputLimits | None
+    #: The run's own variables (``RunRequest.environment``).
+    environment: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ def run_job(
                 outputs=outputs,
                 packed=tuple(packed),
                 labels=((LABEL_RUN, job.run_id),),
+                environment=job.environment,
             )
             execution = backend.execute(request, None, token or object())
             artifacts = _repack(Path(tmp), execution) if outputs is not None else None

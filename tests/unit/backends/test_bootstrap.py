@@ -31,6 +31,7 @@ def hand_over(
     preload: list[str],
     args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    variables: Sequence[tuple[str, str]] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run the bootstrap on this host's Python, as a pool container would, and hand over."""
     (tmp_path / "setsenv.py").write_text("import os\nos.environ['SET_BY_PRELOAD'] = '1'\n")
@@ -51,7 +52,7 @@ def hand_over(
     assert process.stdout is not None and process.stdin is not None
     assert facts.parse(process.stdout.readline()[:-1]) is not None
     assert process.stdout.readline() == READY
-    out, err = process.communicate(hand_over_line(str(script), args), timeout=60)
+    out, err = process.communicate(hand_over_line(str(script), args, variables), timeout=60)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
@@ -73,6 +74,19 @@ def test_bootstrap_hands_over_like_a_cold_start(tmp_path: Path) -> None:
         "path0": str(tmp_path / "exp"), "marker": "1", "stdin": "", "preloaded": True,
         "set_by_preload": False,
     }  # fmt: skip
+
+
+def test_bootstrap_sets_the_runs_own_variables(tmp_path: Path) -> None:
+    """The run's variables reach the script's environment, values exactly (an '=' too),
+    beside what it had before."""
+    code = (
+        "import json, os\n"
+        "print(json.dumps([os.environ.get(n) for n in ('A_PATH', 'B', 'MARKER')]))\n"
+    )
+    variables = [("A_PATH", "/tmp/x y/train.csv"), ("B", "a=b \u00e9")]
+    done = hand_over(tmp_path, code, [], variables=variables)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["/tmp/x y/train.csv", "a=b \u00e9", "1"]
 
 
 def test_bootstrap_hands_arguments_over_exactly(tmp_path: Path) -> None:

@@ -90,6 +90,7 @@ class FakeRunner:
     cluster = None
     script_args: ClassVar[list[str]] = []
     jobs: ClassVar[list[str]] = []
+    holdouts: ClassVar[list[object]] = []
     policy = SimpleNamespace(image="image", cpu_limit=1.0, memory_limit="1g")
 
     def __init__(self, **options: object) -> None:
@@ -105,15 +106,27 @@ class FakeRunner:
         return 1
 
     def run(
-        self, script: Path, spec: object, iteration: int, *, args: Sequence[str] = ()
+        self,
+        script: Path,
+        spec: object,
+        iteration: int,
+        *,
+        args: Sequence[str] = (),
+        holdout: object = None,
     ) -> ExperimentResult:
         FakeRunner.script_args = list(args)
+        FakeRunner.holdouts = [holdout]
         return self.results[0]
 
     def run_many(
-        self, jobs: list[Any], max_workers: int, on_result: Callable[[int, ExperimentResult], None]
+        self,
+        jobs: list[Any],
+        max_workers: int,
+        on_result: Callable[[int, ExperimentResult], None],
+        holdout: object = None,
     ) -> list[ExperimentResult]:
         FakeRunner.jobs = [job[1].experiment_name for job in jobs]
+        FakeRunner.holdouts = [holdout]
         done = [self.results[i % len(self.results)] for i in range(len(jobs))]
         for index, each in enumerate(done):
             on_result(index, each)
@@ -317,3 +330,54 @@ def test_every_runner_option_of_the_command_line_reaches_the_runner() -> None:
         assert (options.timeout, options.memory_limit, options.tracking_uri) == (
             7.0, "1g", "sqlite:///m.db",
         )  # fmt: skip
+
+
+def test_run_and_batch_take_a_held_out_split(
+    fake_runs: type[FakeRunner], tmp_path: Path, terminal: io.StringIO
+) -> None:
+    """--holdout DATA --target COL --task ... (--test-size, --seed) reach run and run_many
+    as a Holdout; a half-given split is a caller's error (exit 2)."""
+    from runner import Holdout
+
+    data = tmp_path / "data.csv"
+    data.write_text("x,label\n1,a\n2,b\n")
+    script = tmp_path / "exp.py"
+    script.write_text("print(1)\n")
+    words = ["--holdout", str(data), "--target", "label", "--task", "classification",
+             "--test-size", "0.5", "--seed", "9", "--no-record"]  # fmt: skip
+    expected = Holdout(data, "label", "classification", test_size=0.5, seed=9)
+    main(["run", str(script), *words])
+    assert FakeRunner.holdouts == [expected]
+    main(["batch", str(script), *words])
+    assert FakeRunner.holdouts == [expected]
+    main(["run", str(script), "--no-record"])
+    assert FakeRunner.holdouts == [None]
+    assert main(["run", str(script), "--holdout", str(data), "--no-record"]) == 2
+    assert main(["run", str(script), "--target", "label", "--no-record"]) == 2
+
+
+def test_a_verified_result_is_marked_and_ranks_before_claims(
+    fake_runs: type[FakeRunner], tmp_path: Path, terminal: io.StringIO
+) -> None:
+    """The leaderboard says who scored each result, and a higher claim of a script ranks
+    below the runner's score of another; the summary shows the claim apart."""
+    from runner.cli import show
+    from runner.core.models import HoldoutRecord
+
+    record = HoldoutRecord(
+        target_column="label", task_type="classification", train_rows=3, test_rows=1,
+        test_rows_sha256="ab" * 32, data_sha256="cd" * 32,
+    )  # fmt: skip
+    scored = result(
+        experiment_name="scored", metrics={"accuracy": 0.7}, metrics_source="holdout",
+        reported_metrics={"accuracy": 1.0}, holdout=record,
+    )  # fmt: skip
+    claimed = result(experiment_name="claimed", metrics={"accuracy": 0.99})
+    show.print_leaderboard(show.console, [claimed, scored], "board")
+    rows = [line for line in terminal.getvalue().splitlines() if "accuracy" in line]
+    assert "scored" in rows[0] and "verified" in rows[0]
+    assert "claimed" in rows[1] and rows[1].count("claimed") == 2  # its name, its mark
+    show.summary(scored)
+    out = terminal.getvalue()
+    assert "verified: the runner's scores on 1 held-out rows" in out
+    assert "the script reported: accuracy=1.0000" in out

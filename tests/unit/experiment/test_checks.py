@@ -98,7 +98,8 @@ def test_run_many_jobs_may_carry_arguments(script: Path) -> None:
 def test_warm_run_hands_over_the_arguments(
     warm_runner: tuple[ExperimentRunner, FakeEngine, Path],
 ) -> None:
-    """A warm slot gets the script and its arguments in one line of hex fields."""
+    """A warm slot gets the run's variables (none), the script and its arguments in one line
+    of hex fields."""
     runner, engine, script = warm_runner
     result = runner.run(script, SPEC, 0, args=ARGS)
     assert result.warm_start
@@ -106,4 +107,4 @@ def test_warm_run_hands_over_the_arguments(
     assert handed == hand_over_line(str(script), ARGS)
     assert handed.count(b"\n") == 1 and handed.endswith(b"\n")
     fields = [bytes.fromhex(f).decode() for f in handed[:-1].decode("ascii").split(" ")]
-    assert fields == [str(script), *ARGS]
+    assert fields == ["", str(script), *ARGS]

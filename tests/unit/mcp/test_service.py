@@ -211,6 +211,7 @@ def test_run_experiment_uses_only_the_servers_data_sets(tmp_path: Path) -> None:
             "model_type": "LogisticRegression",
             "target_column": "y",
             "model_params": {"C": 0.5},
+            "holdout": False,
         }
         result = await call("run_experiment", {**spec, "dataset": "iris"})
         assert not result.is_error and result.structured_content["experiment_name"] == "lr"
@@ -225,6 +226,37 @@ def test_run_experiment_uses_only_the_servers_data_sets(tmp_path: Path) -> None:
     assert len(engine.created) == 1
     script = Path(engine.created[0]["command"][-1])
     assert script.name == "experiment.py"
+
+
+def test_run_experiment_scores_on_held_out_rows_by_default(tmp_path: Path) -> None:
+    """By default the script sees neither the data file nor the test labels, and the
+    answer's metrics are the runner's scorer's, marked verified, the script's claim apart."""
+    csv = tmp_path / "iris.csv"
+    csv.write_text("x,y\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(8)))
+    claim = b'{"success": true, "metrics": {"accuracy": 0.75}}\n'
+    predictions = tar_of(file("predictions.csv", b"prediction\na\nb\n"))
+    engine = FakeEngine(stdout=claim + ARTIFACTS_MARKER + predictions, wait_results=[0, 0])
+
+    async def body(call: Call) -> None:
+        spec = {"experiment_name": "lr", "model_type": "LogisticRegression",
+                "target_column": "y", "dataset": "iris"}  # fmt: skip
+        result = await call("run_experiment", spec)
+        assert not result.is_error, text(result)
+        report = result.structured_content
+        assert report["metrics_source"] == "holdout"
+        assert report["reported_metrics"] == {"accuracy": 0.75}
+        assert report["holdout"]["test_rows"] == 2 and "classes" in report["holdout"]
+        assert "verified metrics (the server's scores on held-out rows)" in text(result)
+        listed = await call("list_results", {})
+        assert listed.structured_content["results"][0]["metrics_source"] == "holdout"
+
+    serve(engine, tmp_path, data={"iris": csv})(body)
+    script_run, scorer = engine.created
+    assert Path(script_run["command"][-1]).name == "experiment.py"
+    assert Path(scorer["command"][-1]).name == "score.py"
+    shown = {m["Target"] for m in script_run["mounts"] if m.get("Type") == "bind"}
+    assert not any(csv.is_relative_to(path) for path in shown)
+    assert not any(str(csv) in value for value in script_run["environment"].values())
 
 
 def test_list_results_reads_the_servers_history_best_first(tmp_path: Path) -> None:

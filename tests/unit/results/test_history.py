@@ -99,3 +99,10 @@ def test_ranking_metric_prefers_accuracy() -> None:
     """Accuracy ranks a classification result even when other metrics are present."""
     assert ranking_metric(result(f1=0.2, accuracy=0.8)) == ("accuracy", 0.8)
     assert ranking_metric(result(rmse=3.0)) is None
+
+
+def test_best_first_ranks_the_runners_scores_before_the_scripts_claims() -> None:
+    """A held-out score of 0.6 ranks before a script's own claim of 1.0."""
+    claimed = result("claimed", accuracy=1.0)
+    scored = result("scored", accuracy=0.6).model_copy(update={"metrics_source": "holdout"})
+    assert [r.experiment_name for r in best_first([claimed, scored])] == ["scored", "claimed"]

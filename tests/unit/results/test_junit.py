@@ -40,3 +40,23 @@ def test_one_case_per_script_with_outcome_time_reason_and_output_tails() -> None
     assert slow.findtext("system-out") == "out\\x1b[2J"  # escaped, never raw
     err = slow.findtext("system-err") or ""
     assert err.endswith("END") and len(err) == 4000
+
+
+def test_a_case_says_who_computed_its_metrics() -> None:
+    """Properties name the metrics' source and values, and a held-out run's claim apart."""
+    report = junit_report(
+        [
+            result("scored", metrics={"accuracy": 0.5}, metrics_source="holdout",
+                   reported_metrics={"accuracy": 1.0}),
+            result("claimed", metrics={"accuracy": 0.9}),
+        ]
+    )  # fmt: skip
+    suite = ET.fromstring(report)  # noqa: S314 - the report this test just made
+    scored, claimed = (
+        {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in suite.findall("testcase")
+    )
+    assert scored == {
+        "metrics_source": "holdout", "metric.accuracy": "0.5", "reported.accuracy": "1.0"
+    }  # fmt: skip
+    assert claimed == {"metrics_source": "script", "metric.accuracy": "0.9"}

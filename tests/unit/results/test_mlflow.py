@@ -285,3 +285,34 @@ def test_runner_batch_logs_every_script_to_mlflow(
     assert code == 0
     logged = MlflowTracker(store).read()
     assert sorted(r.experiment_name for r in logged) == ["other", "script"]
+
+
+def test_a_held_out_result_keeps_scores_and_claim_apart(store: str, tmp_path: Path) -> None:
+    """The runner's scores are the run's metrics, the script's claim is under reported.*,
+    the split is in params and tags; all of it reads back as it was."""
+    from datetime import UTC, datetime
+
+    from runner.core.models import ExperimentResult, HoldoutRecord
+
+    script = tmp_path / "exp.py"
+    script.write_text("print(1)\n")
+    record = HoldoutRecord(
+        target_column="label", task_type="classification", test_size=0.25, seed=3,
+        train_rows=30, test_rows=10, test_rows_sha256="ab" * 32, data_sha256="cd" * 32,
+        classes=["a", "b"], scoring_time=0.1,
+    )  # fmt: skip
+    result = ExperimentResult(
+        experiment_name="forest", iteration=0, model_type="RandomForestClassifier",
+        code_path=str(script), timestamp=datetime(2026, 1, 1, tzinfo=UTC), success=True,
+        execution_time=1.0, metrics={"accuracy": 0.5}, reported_metrics={"accuracy": 1.0},
+        metrics_source="holdout", holdout=record,
+    )  # fmt: skip
+    tracker = MlflowTracker(store)
+    run = MlflowClient(tracking_uri=store).get_run(tracker.log(result))
+    assert run.data.metrics["accuracy"] == 0.5 and run.data.metrics["reported.accuracy"] == 1.0
+    assert run.data.params["holdout.test_rows_sha256"] == "ab" * 32
+    assert run.data.tags["runner.metrics_source"] == "holdout"
+    assert run.data.tags["runner.metrics_verified"] == "true"
+    (back,) = tracker.read()
+    assert back.metrics == {"accuracy": 0.5} and back.reported_metrics == {"accuracy": 1.0}
+    assert back.verified and back.holdout == record

@@ -62,3 +62,34 @@ def test_copied_files_reach_the_sandbox_from_a_volume_at_their_own_paths(script:
     (bind,) = [m for m in config["mounts"] if m["Target"] == str(script.parent)]
     assert bind["Source"] != str(script.parent) and bind["ReadOnly"]
     assert engine.volumes_removed  # the run's volume went with it
+
+
+def test_the_runners_own_program_is_over_at_its_result_line(script: Path) -> None:
+    """A run that ends with its result (the scorer) is over once the result line and the
+    exit of 0 are in: no wait for the container, whose removal the reaper does."""
+    from runner.sandbox.lifecycle import Reaper
+
+    engine = FakeEngine(stdout=b'{"success": true, "metrics": {"accuracy": 0.5}}\n')
+    facts = probe(engine, POLICY, "bind")
+    reaper = Reaper()
+    runs = ColdRuns(engine, POLICY, facts, FileRoute("bind", True), ActiveRuns(), reaper=reaper)
+    request = RunRequest(script, (script.parent,), 5, 1000, ends_with_result=True)
+    execution = runs.run(request, None, object())
+    reaper.drain()
+    assert execution.exit_code == 0 and execution.exit_reported
+    assert execution.stdout.endswith('{"accuracy": 0.5}}\n')
+    assert "wait" not in engine.calls
+    assert engine.removed == ["c1"]
+
+
+def test_a_failing_program_of_the_runner_is_waited_for(script: Path) -> None:
+    """Without its result line and an exit of 0 the run is supervised as any other."""
+    from runner.sandbox.lifecycle import Reaper
+
+    engine = FakeEngine(stdout=b"no result\n", exit_reported=False, wait_results=[1])
+    facts = probe(engine, POLICY, "bind")
+    runs = ColdRuns(engine, POLICY, facts, FileRoute("bind", True), ActiveRuns(), reaper=Reaper())
+    request = RunRequest(script, (script.parent,), 5, 1000, ends_with_result=True)
+    execution = runs.run(request, None, object())
+    assert execution.exit_code == 1
+    assert engine.calls[-2:] == ["wait", "remove"]

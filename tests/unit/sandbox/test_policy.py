@@ -152,3 +152,29 @@ def test_no_host_nameserver_inside() -> None:
 def test_output_is_not_left_unbuffered() -> None:
     """PYTHONUNBUFFERED is not set: unbuffered streams drop the rest of a short write."""
     assert "PYTHONUNBUFFERED" not in sandbox_environment(1.0)
+
+
+def test_a_runs_own_variables_join_the_sandbox_environment() -> None:
+    """Variables a run brings ($TRAIN_PATH, ...) are in its container's environment."""
+    from runner.sandbox.policy import Run, SandboxPolicy, container_config
+
+    run = Run(
+        command=["python", "x.py"], workdir=Path("/w"), read_only_paths=(), deadline=0.0,
+        uid=20000, environment=(("TRAIN_PATH", "/w/train.csv"),),
+    )  # fmt: skip
+    environment = container_config(SandboxPolicy(image="img"), run)["environment"]
+    assert environment["TRAIN_PATH"] == "/w/train.csv"
+    assert environment["PATH"] == "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PATH", "/evil"), ("HOME", "/"), ("OMP_NUM_THREADS", "64"), ("lower", "x"),
+     ("A=B", "x"), ("TRAIN_PATH", "a\0b")],
+)  # fmt: skip
+def test_a_run_may_not_set_the_sandboxs_own_variables(name: str, value: str) -> None:
+    """A run's variables never replace one the sandbox sets, nor carry a NUL."""
+    from runner.sandbox.policy import run_environment
+
+    with pytest.raises(ValueError, match="variable"):
+        run_environment([(name, value)])
