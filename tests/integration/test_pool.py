@@ -286,7 +286,10 @@ def pool_root_on_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A pool root on /dev/shm: another filesystem than the pool's cache, so links fail."""
     root = Path(tempfile.mkdtemp(prefix="runner-test-", dir="/dev/shm"))
     root.chmod(0o755)
-    if root.stat().st_dev == ExperimentDefaults().cache_dir.parent.stat().st_dev:
+    cache = ExperimentDefaults().cache_dir
+    while not cache.exists():  # a new machine has no cache yet; the pool makes it there
+        cache = cache.parent
+    if root.stat().st_dev == cache.stat().st_dev:
         pytest.fail("/dev/shm is on the cache directory's filesystem; the test needs two")
     yield root
     shutil.rmtree(root, ignore_errors=True)
