@@ -145,6 +145,13 @@ def replay(
             f"The result {recorded.run_id} has no provenance: it never reached a sandbox.",
             hint="only a result that ran can be replayed.",
         )
+    if recorded.metrics_source == "holdout":
+        raise CannotReplay(
+            f"The result {recorded.run_id} was scored on a held-out split: its metrics are "
+            "the runner's scores of the split it made, which a replay does not make again.",
+            hint="run the script again with the same Holdout (data, seed, test size): the "
+            "split is seeded, and its test rows' digest is in result.holdout.",
+        )
     store = store or ScriptStore(store_dir_for(history.path), 0)
     if provenance.stored is None or not store.has(provenance.stored):
         raise CannotReplay(

@@ -298,12 +298,17 @@ class ExperimentRunner:
             on_output=on_output,
             token=token,
             cancelled=cancelled,
+            store=self.store,
         )
+        provenance = describe(scored.described, scored.request, self.policy, scored.execution)
         return ExperimentResult(
             **fields_of(record, ExperimentRecord),
             **scored.verdict.model_dump(),
             **fields_of(scored.execution, RunOutcome),
             artifacts=scored.artifacts,
+            run_id=new_run_id(),
+            # The sandbox ran a staged copy of the script; the caller's is the one to name.
+            provenance=provenance.model_copy(update={"script_path": str(asked.script)}),
         )
 
     def _script_result(

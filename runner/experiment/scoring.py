@@ -51,6 +51,8 @@ from runner.experiment.predictions import (
 )
 from runner.experiment.scorer import SCORER_NAME, SOURCE, TASK_NAME
 from runner.experiment.verdict import find_result_line, last_line, parse_metrics
+from runner.results.provenance import Described, before_run
+from runner.results.store import ScriptStore
 from runner.sandbox.lifecycle import Execution
 from runner.sandbox.request import RunRequest
 from runner.sandbox.streams import OutputCallback
@@ -71,6 +73,10 @@ class Scored:
     execution: Execution
     verdict: Verdict
     artifacts: list[Artifact]
+    #: The script's run as it was asked for (its staged directory and the split's
+    #: files), and what was digested of it before it started: for its provenance.
+    request: RunRequest
+    described: Described
 
 
 class HeldOutRuns:
@@ -113,6 +119,7 @@ class HeldOutRuns:
         on_output: OutputCallback | None = None,
         token: object,
         cancelled: Callable[[], bool] = lambda: False,
+        store: ScriptStore | None = None,
     ) -> Scored:
         """Run ``script`` on ``holdout``'s training rows and score its predictions."""
         if not script.expanduser().is_file():
@@ -135,6 +142,7 @@ class HeldOutRuns:
             refuse_leaks(holdout, request.mounts[1:])
             request = dataclasses.replace(request, environment=staged.environment())
             self._keep_warm(request)
+            described = before_run(request, store)
             execution = self.backend.execute(request, on_output, token)
             if own_outputs:
                 execution = _without_outputs(execution)
@@ -145,7 +153,7 @@ class HeldOutRuns:
                 failed = verdict.model_copy(
                     update={"holdout": record, "metrics_source": "holdout", "metrics": {}}
                 )
-                return Scored(execution, failed, artifacts)
+                return Scored(execution, failed, artifacts, request, described)
             try:
                 task = read_predictions(_predictions(execution, request), split)
             except PredictionsRefused as e:
@@ -153,7 +161,7 @@ class HeldOutRuns:
                     update={"success": False, "error_message": printable(str(e), limit=2000),
                             "holdout": record}
                 )  # fmt: skip
-                return Scored(execution, failed, artifacts)
+                return Scored(execution, failed, artifacts, request, described)
             if cancelled():
                 raise ExperimentExecutionError("The run was cancelled before it was scored.")
             started = time.monotonic()
@@ -162,7 +170,7 @@ class HeldOutRuns:
         update: dict[str, object] = {"holdout": record, "metrics": scores}
         if problem is not None:
             update |= {"success": False, "error_message": problem, "metrics": {}}
-        return Scored(execution, verdict.model_copy(update=update), artifacts)
+        return Scored(execution, verdict.model_copy(update=update), artifacts, request, described)
 
     def _keep_warm(self, request: RunRequest) -> None:
         """With a warm pool: slots for held-out scripts and for the scorer, in ``base``."""

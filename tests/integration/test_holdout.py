@@ -7,6 +7,7 @@ each run is one sandbox for the script and one for the scorer.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -150,6 +151,12 @@ def test_an_honest_script_is_scored_by_the_runner(
     assert result.holdout.scoring_time is not None
     assert result.warm_start == bool(runner.warm_pool_size)
     assert result.code_path == str(script)
+    # A held-out result carries its provenance too: the caller's script, the split's files.
+    prov = result.provenance
+    assert result.run_id and prov is not None
+    assert prov.script_path == str(script)
+    assert prov.script_sha256 == hashlib.sha256(script.read_bytes()).hexdigest()
+    assert prov.image_id == result.image_id and prov.limits.timeout == 60
 
 
 def test_a_claim_of_a_perfect_score_gets_the_real_one(

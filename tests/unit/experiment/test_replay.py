@@ -7,7 +7,7 @@ import pytest
 
 from runner import ExperimentResult
 from runner.core.provenance import EngineRecord, InputDigest, Limits, Provenance, SandboxFacts
-from runner.experiment.replay import CannotReplay, check_inputs, compare, find
+from runner.experiment.replay import CannotReplay, check_inputs, compare, find, replay
 from runner.results.history import ResultsHistory
 
 
@@ -106,3 +106,12 @@ def test_the_replay_directory_goes_without_touching_what_its_links_name(tmp_path
     _remove(work)
     assert not work.exists()
     assert outside.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_held_out_result_is_not_replayed_and_says_what_to_do(tmp_path: Path) -> None:
+    """Its metrics are the runner's scores of a split a replay would not make again."""
+    history = ResultsHistory(tmp_path / "h.jsonl")
+    history.append(result("h1").model_copy(update={"metrics_source": "holdout"}))
+    with pytest.raises(CannotReplay, match="held-out split") as raised:
+        replay("h1", history=history)
+    assert "Holdout" in (raised.value.hint or "")
