@@ -33,14 +33,14 @@ import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import docs_table
 from bench_sandbox import engine_words
 
-# Its own group: what it makes is its own, whatever else runs on the engine.
-os.environ.setdefault("RUNNER_GROUP", f"bench-holdout-{uuid.uuid4().hex[:8]}")
+# Its own group: what it makes is its own, whatever else runs on the engine. One name
+# for every run of it, so the group's support volume is kept once, not once a run.
+os.environ.setdefault("RUNNER_GROUP", "bench-holdout")
 
 from runner import ExperimentResult, ExperimentRunner, ExperimentSpec, Holdout
 from runner.cli.demo import TARGET, demo_data
