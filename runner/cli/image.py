@@ -91,6 +91,12 @@ def add_commands(commands: Any) -> None:
                       help="a user image's lock (its LOCK.image-id is checked); default: the "
                       "shipped lock's image-id")  # fmt: skip
     load.set_defaults(handler=load_command)
+    ident = image_commands.add_parser(
+        "id", help="print the image ID the locks must give (a cache key for CI), no engine needed"
+    )
+    ident.add_argument("--lock", type=Path, metavar="FILE",
+                       help="a user image's lock (default: the pinned image's)")  # fmt: skip
+    ident.set_defaults(handler=id_command)
 
 
 def build_command(args: argparse.Namespace) -> int:
@@ -154,10 +160,25 @@ def save_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _id_file(lock: Path | None) -> Path:
+    """Where the image ID of ``lock`` (default: the pinned image's locks) is recorded."""
+    return lock.with_name(lock.name + ".image-id") if lock else image_dir() / IMAGE_ID
+
+
+def id_command(args: argparse.Namespace) -> int:
+    id_file = _id_file(args.lock)
+    expected = recorded_image_id(id_file)
+    if expected is None:
+        show.errors.print(
+            show.safe_text(f"{id_file} records no image ID: build the image once to record it")
+        )
+        return 1
+    print(expected)
+    return 0
+
+
 def load_command(args: argparse.Namespace) -> int:
-    id_file = (
-        args.lock.with_name(args.lock.name + ".image-id") if args.lock else image_dir() / IMAGE_ID
-    )
+    id_file = _id_file(args.lock)
     expected = recorded_image_id(id_file)
     ident = load_image(DockerEngine(), args.file, expected_id=expected)
     checked = f"matches {id_file}" if expected else f"not checked: {id_file} records no ID"

@@ -381,3 +381,20 @@ def test_a_verified_result_is_marked_and_ranks_before_claims(
     out = terminal.getvalue()
     assert "verified: the runner's scores on 1 held-out rows" in out
     assert "the script reported: accuracy=1.0000" in out
+
+
+def test_image_id_prints_the_id_the_locks_must_give_without_an_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`runner image id` reads the recorded ID (the CI cache's key); a lock with none says
+    so and exits 1; a file that holds no ID is an error naming it."""
+    from runner.image.definition import IMAGE_ID, image_dir, recorded_image_id
+
+    assert main(["image", "id"]) == 0
+    assert capsys.readouterr().out.strip() == recorded_image_id(image_dir() / IMAGE_ID)
+    lock = tmp_path / "user.lock"
+    assert main(["image", "id", "--lock", str(lock)]) == 1
+    assert "records no image ID" in capsys.readouterr().err
+    (tmp_path / "user.lock.image-id").write_text("sha256:" + "ab" * 32 + "\n")
+    assert main(["image", "id", "--lock", str(lock)]) == 0
+    assert capsys.readouterr().out.strip() == "sha256:" + "ab" * 32
