@@ -71,3 +71,7 @@ def engine() -> Iterator[DockerEngine]:
                 pytest.fail(f"CI needs Docker and the sandbox image: {e}")
             pytest.skip(f"needs Docker and the sandbox image: {e}")
         yield engine
+        # The session's support volume goes too: a test session leaves nothing of its own.
+        for volume in engine.volumes(OURS):
+            with contextlib.suppress(ExperimentExecutionError):
+                engine.remove_volume(volume.name)
