@@ -18,7 +18,8 @@ from runner.conformance.suite import Conformance, run_conformance
 from runner.core.config_file import find_policy_file
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.settings import ExperimentDefaults
-from runner.image.definition import LABEL_DEFINITION, definition_digest, image_dir
+from runner.image.definition import LABEL_DEFINITION, image_dir
+from runner.image.recipe import definition_digest
 from runner.sandbox.cleanup import cleanup
 from runner.sandbox.cold import run_code
 from runner.sandbox.engine import DockerEngine

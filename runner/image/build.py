@@ -51,7 +51,6 @@ from runner.image.definition import (
     LABEL_PACKAGES,
     LABEL_PYTHON,
     SITE_FILES,
-    definition_digest,
     image_dir,
     lock_digest,
     recorded_image_id,
@@ -128,7 +127,7 @@ def build_image(
     digest = lock_digest(lock)
     extra = list(debian)
     extra_names = [entry.package for entry in extra]
-    definition = definition_digest(source, lock, extra=[entry.line() for entry in extra])
+    definition = recipe.definition_digest(source, lock, extra=[entry.line() for entry in extra])
     if expected_id is None and shipped:
         expected_id = recorded_image_id(source / IMAGE_ID)
     if not force and archive is None and engine.image_exists(tag):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 from runner.core.exceptions import ExperimentExecutionError
@@ -77,22 +76,6 @@ IMAGE_ID = "image-id"
 #: The Debian lock's digest; and a user image's extra Debian packages (``--debian``).
 LABEL_DEBIAN_LOCK = "io.experiment-runner.debian-lock-sha256"
 LABEL_DEBIAN_ADDED = "io.experiment-runner.added-debian-packages"
-
-
-def definition_digest(source: Path, lock: Path | None = None, extra: Sequence[str] = ()) -> str:
-    """Digest of everything that shapes the image: the locks, site files and the recipe.
-
-    ``lock`` stands in for the definition's own ``requirements.lock`` (a user
-    image), ``extra`` names its ``--debian`` packages.
-    """
-    from runner.image.recipe import recipe_digest
-
-    digest = hashlib.sha256(recipe_digest().encode() + b"\0")
-    for name in DEFINITION_FILES:
-        path = lock if lock is not None and name == "requirements.lock" else source / name
-        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(" ".join(extra).encode())
-    return digest.hexdigest()
 
 
 def recorded_image_id(path: Path) -> str | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from runner.core.exceptions import ExperimentExecutionError
 from runner.image import debian_lock
 from runner.image.debian_lock import DebEntry, DebianLock
-from runner.image.definition import LOCK_IN_IMAGE
+from runner.image.definition import DEFINITION_FILES, LOCK_IN_IMAGE
 from runner.image.layers import DROPPED_FILES, DROPPED_TREES, Layer, file_sha256, normalize_tar
 from runner.sandbox.cleanup import LABEL_DEADLINE
 from runner.sandbox.engine import DockerEngine
@@ -244,3 +244,17 @@ def _member_text(tar: tarfile.TarFile, name: str) -> str:
 def copy_layer(layer: Layer, dest: Path) -> Layer:
     shutil.copyfile(layer.path, dest)
     return Layer(dest, f"sha256:{file_sha256(dest)}")
+
+
+def definition_digest(source: Path, lock: Path | None = None, extra: Sequence[str] = ()) -> str:
+    """Digest of everything that shapes the image: the locks, site files and the recipe.
+
+    ``lock`` stands in for the definition's own ``requirements.lock`` (a user
+    image), ``extra`` names its ``--debian`` packages.
+    """
+    digest = hashlib.sha256(recipe_digest().encode() + b"\0")
+    for name in DEFINITION_FILES:
+        path = lock if lock is not None and name == "requirements.lock" else source / name
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(" ".join(extra).encode())
+    return digest.hexdigest()

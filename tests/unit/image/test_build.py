@@ -19,12 +19,12 @@ from runner.image.definition import (
     LABEL_DEBIAN,
     LABEL_LOCK,
     LABEL_PACKAGES,
-    definition_digest,
     image_dir,
     lock_digest,
 )
 from runner.image.listing import parse_listing
 from runner.image.python_lock import check_lock, compile_lock, locked_packages
+from runner.image.recipe import definition_digest
 from runner.image.verify import verify_image
 
 REPO = Path(__file__).resolve().parents[3]

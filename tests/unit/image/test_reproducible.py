@@ -23,7 +23,7 @@ from runner.image.debian_lock import (
     resolve_extra,
     write_extra_lock,
 )
-from runner.image.definition import IMAGE_ID, definition_digest, image_dir, recorded_image_id
+from runner.image.definition import IMAGE_ID, image_dir, recorded_image_id
 from runner.image.imports import check_imports
 from runner.image.layers import (
     archive_layers,
@@ -33,6 +33,7 @@ from runner.image.layers import (
     normalize_tar,
     write_archive,
 )
+from runner.image.recipe import definition_digest
 from runner.image.verify import load_image
 
 EPOCH = 1_700_000_000
