@@ -179,7 +179,9 @@ def podman_engine(*, timings: Timings | None = None) -> Iterator[str]:
     if shutil.which("podman") is None or os.geteuid() != 0:
         raise EngineError("needs podman, run as root: run `bash scripts/engines.sh` as root first.")
     local = docker.from_env()
-    with tempfile.TemporaryDirectory(prefix="er-podman-") as tmp:
+    # Below /tmp itself, not TMPDIR: Podman refuses a runroot of more than 50 characters,
+    # and a CI run's TMPDIR is already long (.ci/run makes a new one).
+    with tempfile.TemporaryDirectory(prefix="er-podman-", dir="/tmp") as tmp:
         work = Path(tmp)
         docker_host = f"unix://{work}/podman.sock"
         logfile = work / "service.log"
