@@ -23,6 +23,7 @@ from runner.conformance.probes import MASKED, UNWRITABLE, Expected, Finding, See
 from runner.conformance.script import PROBE
 from runner.conformance.verification import refusal
 from runner.core.exceptions import ExperimentExecutionError
+from runner.core.options import RunnerOptions
 from runner.core.settings import DEFAULT_IMAGE, ExperimentDefaults
 from runner.core.sizes import parse_size
 from runner.image.definition import image_dir
@@ -30,7 +31,7 @@ from runner.image.verify import verify_image
 from runner.sandbox.cold import ColdRuns
 from runner.sandbox.engine import DockerEngine
 from runner.sandbox.lifecycle import ActiveRuns, Execution
-from runner.sandbox.policy import SandboxPolicy, sandbox_environment
+from runner.sandbox.policy import SandboxPolicy, policy_from, sandbox_environment
 from runner.sandbox.probe import EngineFacts, FileRoute, probe
 from runner.sandbox.request import RunRequest
 
@@ -70,14 +71,7 @@ class Conformance:
 
 def policy_of(settings: ExperimentDefaults) -> SandboxPolicy:
     """The sandbox policy the settings (``RUNNER_*``, the policy file) configure."""
-    return SandboxPolicy(
-        image=settings.image,
-        memory_limit=settings.memory_limit,
-        cpu_limit=settings.cpu_limit,
-        pids_limit=settings.pids_limit,
-        runtime=settings.runtime,
-        tmpfs_size=settings.tmpfs_size,
-    )
+    return policy_from(RunnerOptions(), settings)
 
 
 @dataclass(frozen=True)

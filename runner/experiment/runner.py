@@ -41,7 +41,7 @@ from runner.results.store import ScriptStore, store_dir_for
 from runner.sandbox.artifacts import OutputLimits
 from runner.sandbox.engine import Engine
 from runner.sandbox.lifecycle import Execution
-from runner.sandbox.policy import SandboxPolicy
+from runner.sandbox.policy import policy_from
 from runner.sandbox.request import RunRequest
 from runner.sandbox.streams import OutputCallback
 
@@ -130,7 +130,7 @@ class ExperimentRunner:
         self.options = asked
         self.timeout: float = asked.timeout or defaults.experiment_timeout
         self.python_executable = asked.python_executable
-        self.policy = _policy(asked, defaults)
+        self.policy = policy_from(asked, defaults)
         outputs = asked.outputs_dir or defaults.outputs_dir
         #: Where outputs come back (None: off); ``output_limits`` bound them.
         self.outputs_dir = Path(outputs).expanduser().resolve() if outputs is not None else None
@@ -553,18 +553,6 @@ class ExperimentRunner:
     def engine(self) -> Engine:
         """The Docker seam, connected on first use (this machine's runs only)."""
         return self._backend.engine
-
-
-def _policy(asked: RunnerOptions, defaults: ExperimentDefaults) -> SandboxPolicy:
-    """The sandbox's limits and isolation: what was asked, else the settings."""
-    return SandboxPolicy(
-        image=asked.image or defaults.image,
-        memory_limit=asked.memory_limit or defaults.memory_limit,
-        cpu_limit=asked.cpu_limit or defaults.cpu_limit,
-        pids_limit=asked.pids_limit or defaults.pids_limit,
-        runtime=asked.runtime if asked.runtime is not None else defaults.runtime,
-        tmpfs_size=asked.tmpfs_size or defaults.tmpfs_size,
-    )
 
 
 def new_run_id() -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from docker.types import LogConfig, Mount, Ulimit
 
+from runner.core.options import RunnerOptions
 from runner.core.settings import ExperimentDefaults
 from runner.core.sizes import SIZE
 from runner.sandbox import facts as sandbox_facts
@@ -167,6 +168,18 @@ _REPORT_EXIT_AND_COLLECT = (
 
 #: Seconds the machine-facts probe may take before the script starts (about 0.1 s).
 FACTS_SECONDS = 20
+
+
+def policy_from(asked: RunnerOptions, defaults: ExperimentDefaults) -> SandboxPolicy:
+    """The sandbox's limits and isolation: what was asked, else the settings."""
+    return SandboxPolicy(
+        image=asked.image or defaults.image,
+        memory_limit=asked.memory_limit or defaults.memory_limit,
+        cpu_limit=asked.cpu_limit or defaults.cpu_limit,
+        pids_limit=asked.pids_limit or defaults.pids_limit,
+        runtime=asked.runtime if asked.runtime is not None else defaults.runtime,
+        tmpfs_size=asked.tmpfs_size or defaults.tmpfs_size,
+    )
 
 
 def _ask_facts(python: str) -> str:
