@@ -555,8 +555,7 @@ def run_in_slot(
     ``readable``: the sandbox user could not read the files in place (they arrive
     readable, as a cold run's copied files do). ``SlotUnusable`` when the slot
     cannot show the files exactly as a cold run would, or died while it waited.
-    ``reaper`` removes the slot of a run that ends with its result
-    (``RunRequest.ends_with_result``) in the background.
+    ``reaper`` removes the slot once the run is over, in the background.
     """
     sandbox = slot.sandbox
     with sandbox, registered(active, token, sandbox):
@@ -585,7 +584,8 @@ def run_in_slot(
             started=started,
             cpu_before=cpu_before,
             outputs=request.outputs,
-            reaper=reaper if request.ends_with_result else None,
+            reaper=reaper,
+            trusted=request.ends_with_result,
         )
         return execution.model_copy(update={"facts": slot.facts})
 

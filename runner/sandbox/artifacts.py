@@ -49,6 +49,8 @@ COLLECT_SECONDS = 60
 MAX_NAME = 1024
 MAX_PART = 255
 _CHUNK = 1024 * 1024
+#: Bytes of the stream's end an ``ArtifactSink`` keeps at hand (for the end record).
+_TAIL = 64
 #: Tar bytes around each file (headers, PAX records, padding), for the stream's cap.
 _PER_ENTRY = 3 * 512
 
@@ -214,6 +216,7 @@ class ArtifactSink:
         self.started = False
         self.overflow = False
         self.received = 0
+        self._tail = b""
         # Closed by close(), once the stream has been extracted.
         self._file: IO[bytes] = tempfile.TemporaryFile(prefix="runner-artifacts-")  # noqa: SIM115
 
@@ -225,6 +228,22 @@ class ArtifactSink:
             chunk = chunk[: max(room, 0)]
         self.received += len(chunk)
         self._file.write(chunk)
+        self._tail = (self._tail + chunk[-_TAIL:])[-_TAIL:]
+
+    def endswith(self, trailer: bytes) -> bool:
+        """Whether the stream so far ends with ``trailer`` (at most 64 bytes)."""
+        return self._tail.endswith(trailer)
+
+    def take_trailer(self, trailer: bytes) -> bool:
+        """Take ``trailer`` (the sandbox's end record) off the end of the stream, if there."""
+        if not self.endswith(trailer):
+            return False
+        self.received -= len(trailer)
+        self._tail = self._tail[: -len(trailer)]
+        self._file.flush()
+        self._file.truncate(self.received)
+        self._file.seek(self.received)
+        return True
 
     def stream(self) -> BinaryIO:
         """The spooled stream from its start (each call rewinds)."""

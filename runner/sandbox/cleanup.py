@@ -16,11 +16,12 @@ from runner.core.exceptions import ExperimentExecutionError
 from runner.core.settings import ExperimentDefaults
 from runner.sandbox import identity
 from runner.sandbox.engine import ContainerInfo, DockerEngine, Engine
+from runner.sandbox.lifeline import OWNER_LABEL
 from runner.sandbox.telemetry import CgroupTelemetry
 
 #: Every container the project starts carries this label (value: "1").
 LABEL = "io.experiment-runner.managed"
-LABEL_OWNER = "io.experiment-runner.owner"
+LABEL_OWNER = OWNER_LABEL
 LABEL_DEADLINE = "io.experiment-runner.deadline"
 #: A warm pool container's host directory (its name under the pool directory).
 LABEL_SLOT = "io.experiment-runner.slot"

@@ -2,7 +2,9 @@
 
 The run's resources (its user ID, its cgroup for telemetry), its labels, its
 files (bound in place, unpacked here, or copied through the engine), then the
-one lifecycle of ``runner.sandbox.lifecycle``. A sandbox that the engine
+one lifecycle of ``runner.sandbox.lifecycle``. The first run asks the machine's
+facts in its sandbox before the script (``runner.sandbox.facts``); later runs
+carry what it saw. A sandbox that the engine
 refused or the runtime failed to start gets one fresh attempt: nothing of the
 script ran.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from runner.core.provenance import SandboxFacts
 from runner.sandbox.artifacts import COLLECT_SECONDS
 from runner.sandbox.cleanup import build_labels, deadline_after
 from runner.sandbox.engine import Engine, SandboxRefused, SandboxStartError
@@ -50,8 +53,11 @@ class ColdRuns:
         self.route = route
         self.active = active
         self.python_executable = python_executable
-        #: Removes the containers of runs that end with their result (None: waited for).
+        #: Removes the containers of finished runs in the background (None: at once).
         self.reaper = reaper
+        #: The machine's facts as the first sandbox that asked saw them: the same engine,
+        #: image, runtime and limits show every later one the same, so it is asked once.
+        self.asked: SandboxFacts | None = None
 
     def run(
         self, request: RunRequest, on_output: OutputCallback | None, token: object
@@ -83,6 +89,7 @@ class ColdRuns:
         token: object,
     ) -> Execution:
         telemetry = self.facts.telemetry
+        known = self.asked
         resources = Resources(
             lease=lease_uid(),
             cgroup_parent=telemetry.new_parent() if telemetry is not None else None,
@@ -106,7 +113,7 @@ class ColdRuns:
                 request.timeout,
                 outputs=outputs,
                 links=request.script.parent,
-                facts=True,
+                facts=known is None,
             ),
             workdir=request.script.parent,
             read_only_paths=bound,
@@ -126,14 +133,20 @@ class ColdRuns:
             registered(self.active, token, sandbox),
         ):
             sandbox.attach()
-            return sandbox.run(
+            execution = sandbox.run(
                 request.timeout,
                 request.output_limit,
                 on_output,
                 outputs=request.outputs,
-                facts=True,
-                reaper=self.reaper if request.ends_with_result else None,
+                facts=known is None,
+                reaper=self.reaper,
+                trusted=request.ends_with_result,
             )
+        if known is not None:
+            return execution.model_copy(update={"facts": known})
+        if execution.facts is not None and execution.facts.kernel:
+            self.asked = execution.facts
+        return execution
 
     def _files(
         self,

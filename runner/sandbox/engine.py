@@ -19,6 +19,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from runner.core.exceptions import ExperimentExecutionError
+from runner.sandbox.lifeline import address_of, lifeline, owned
 
 ENGINE_HINT = (
     "start a Docker engine (as root on Debian or Ubuntu, `bash scripts/setup.sh` installs "
@@ -186,6 +187,8 @@ class DockerEngine:
         self._leftovers: set[tuple[str, str]] = set()
         self._leftovers_lock = threading.Lock()
         self._version: dict[str, Any] | None = None
+        #: How this process's lifeline reaches the engine (``runner.sandbox.lifeline``).
+        self.address = address_of(self._api)
 
     # engine ---------------------------------------------------------------
 
@@ -293,6 +296,8 @@ class DockerEngine:
             ) from e
         except (DockerException, requests.exceptions.RequestException) as e:
             raise self._failed(e) from e
+        if owned(config.get("labels")):
+            lifeline().hold(self.address, "c", str(container.id))
         return str(container.id)
 
     def attach(self, container_id: str) -> OutputStream:
@@ -446,6 +451,7 @@ class DockerEngine:
             with self._leftovers_lock:
                 self._leftovers.add(("container", container_id))
             raise
+        lifeline().release(self.address, "c", container_id)
 
     def _remove(self, container_id: str) -> None:
         for attempt in range(1, REMOVE_ATTEMPTS + 1):
@@ -489,6 +495,8 @@ class DockerEngine:
             data = self._call(self._api.inspect_volume, name)  # Podman refuses a second create
         except (DockerException, requests.exceptions.RequestException) as e:
             raise self._failed(e) from e
+        if owned(labels):
+            lifeline().hold(self.address, "v", str(data["Name"]))
         return VolumeInfo(
             name=str(data["Name"]),
             mountpoint=str(data.get("Mountpoint") or ""),
@@ -501,13 +509,14 @@ class DockerEngine:
         try:
             self._api.remove_volume(name, force=True)
         except NotFound:
-            return
+            pass
         except (DockerException, requests.exceptions.RequestException) as e:
             error = self._failed(e)
             if isinstance(error, EngineUnavailable):
                 with self._leftovers_lock:
                     self._leftovers.add(("volume", name))
             raise error from e
+        lifeline().release(self.address, "v", name)
 
     def answers(self) -> bool:
         """Whether the engine answers now (a ping, at most a few seconds)."""

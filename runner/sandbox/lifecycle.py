@@ -98,8 +98,8 @@ class ActiveRuns:
 
 
 class Reaper:
-    """Removes containers in the background: those of runs that were over before their
-    container had stopped (``Sandbox.result_before_exit``), so no one waits for that.
+    """Removes containers in the background once their runs are over for the caller
+    (``Sandbox.run``): nobody waits for the engine to stop and remove them.
 
     ``drain`` waits until every removal it was given is done (a backend's ``close``).
     A removal that fails is left to the sweep of containers past their deadline
@@ -178,6 +178,8 @@ class Sandbox:
         self._destroyed = False
         #: The memory cap, where the engine never reports an OOM kill itself (Podman).
         self.infer_oom_at: int | None = None
+        #: The memory cap (bytes): peak memory near it may be an OOM kill.
+        self.memory_cap: int | None = None
         #: Removes the container in the background, once the run is over (see ``run``).
         self._reaper: Reaper | None = None
 
@@ -211,7 +213,8 @@ class Sandbox:
             resources.release()
             raise
         sandbox = cls(engine, container_id, image_id, resources)
-        sandbox.infer_oom_at = parse_size(policy.memory_limit) if run.podman else None
+        sandbox.memory_cap = parse_size(policy.memory_limit)
+        sandbox.infer_oom_at = sandbox.memory_cap if run.podman else None
         try:
             missing = gaps(engine.inspect(container_id), policy, run)
             if missing:
@@ -254,7 +257,6 @@ class Sandbox:
         artifacts: ArtifactSink | None = None,
         *,
         facts: bool = False,
-        watch_result: bool = False,
     ) -> OutputCollector:
         """A started collector of the rest of the output (after anything already read);
         with ``facts``, stderr starts with the sandbox's facts record."""
@@ -266,7 +268,6 @@ class Sandbox:
             on_output,
             artifacts=artifacts,
             facts=facts,
-            watch_result=watch_result,
         )
         collector.start()
         return collector
@@ -308,28 +309,51 @@ class Sandbox:
             exit_code = self.engine.wait(self.container_id, 5.0)
         return exit_code, timed_out, collector.finish(DRAIN_GRACE)
 
-    def result_before_exit(
-        self, collector: OutputCollector, timeout: float, started: float, *, warm: bool
+    def completed_run(
+        self,
+        collector: OutputCollector,
+        timeout: float,
+        started: float,
+        *,
+        cpu_before: float = 0.0,
+        warm: bool = False,
+        trusted: bool = False,
     ) -> Execution | None:
-        """The record of a run of the runner's own program, once its result line and its
-        exit of 0 are in (the container may still be stopping); None when the output
-        ended first, or the deadline came: then the run is supervised as any other."""
+        """The record of a run that is complete (``OutputCollector.completed``) while its
+        container may still be stopping; None when it is not, or not surely, over.
+
+        Waits until the run is complete, its output ends, or its deadline comes.
+        A script that exited by itself (a status below 128) is over when the
+        kernel's telemetry, read now (final: the script has exited), shows its peak
+        memory clear of the cap. Otherwise (a signal ended it, an OOM kill may have
+        happened, or there is no telemetry to tell) None: the engine's own record of
+        the exit is waited for (``supervise``). ``trusted``: the runner's own program
+        (``RunRequest.ends_with_result``), whose record alone is enough.
+        """
         collector.settled.wait(max(timeout - (time.monotonic() - started), 0.0))
-        if not collector.result_in:
+        status = collector.completed
+        if status is None or status >= 128:
+            return None
+        usage = self.resources.usage()
+        cap, peak = self.memory_cap, usage.peak_memory_bytes
+        clear = cap is not None and peak is not None and peak < cap * OOM_SHARE
+        if not (clear or trusted):
             return None
         output = collector.finish(0.0)
-        usage = self.resources.usage()
+        cpu = usage.cpu_seconds
         return Execution(
-            exit_code=0,
+            exit_code=status,
             stdout=output.stdout,
             stderr=output.stderr,
             stdout_truncated=output.stdout_truncated,
             stderr_truncated=output.stderr_truncated,
             execution_time=time.monotonic() - started,
             image_id=self.image_id,
-            peak_memory_bytes=usage.peak_memory_bytes,
-            cpu_seconds=usage.cpu_seconds,
+            peak_memory_bytes=peak,
+            cpu_seconds=max(cpu - cpu_before, 0.0) if cpu is not None else None,
             warm_start=warm,
+            exit_reported=output.exit_reported,
+            facts=output.facts,
         )
 
     def record(
@@ -384,6 +408,7 @@ class Sandbox:
         outputs: Outputs | None = None,
         facts: bool = False,
         reaper: Reaper | None = None,
+        trusted: bool = False,
     ) -> Execution:
         """Start the container (or hand it ``hand_over``), supervise it, and record the run.
 
@@ -391,54 +416,53 @@ class Sandbox:
         before this call (a warm hand-over counts its staging). With ``outputs``
         (the container must have been made for them), what the script wrote is
         copied back, however the run ended. With ``facts``, the command asks the
-        machine's facts first (``self_limited(facts=True)``). With a ``reaper`` (the
-        runner's own program, ``RunRequest.ends_with_result``), the run is over once its
-        result line and exit of 0 are in, and ``reaper`` removes the container.
+        machine's facts first (``self_limited(facts=True)``).
+
+        The run is over once it is complete (``completed_run``; ``trusted``: the
+        runner's own program); the engine's wait is needed only when that cannot
+        tell. With a ``reaper``, a run that returns leaves its container (stopping,
+        or still being waited for by nobody) to be removed in the background.
         """
         sink = ArtifactSink(outputs.limits.stream_limit) if outputs is not None else None
         try:
-            watch = reaper is not None and outputs is None
-            collector = self.collector(
-                output_limit, on_output, sink, facts=facts, watch_result=watch
-            )
+            collector = self.collector(output_limit, on_output, sink, facts=facts)
             begun = time.monotonic() if started is None else started
             if hand_over is None:
                 self.start()
             else:
                 self.hand_over(hand_over)
-            if watch:
-                early = self.result_before_exit(
-                    collector, timeout, begun, warm=hand_over is not None
-                )
-                if early is not None:
-                    self._reaper = reaper
-                    return early
-            try:
-                exit_code, timed_out, output = self.supervise(
-                    collector, timeout, begun, outputs=outputs is not None
-                )
-                execution = self.record(
-                    exit_code,
-                    timed_out,
-                    output,
-                    time.monotonic() - begun,
-                    cpu_before=cpu_before,
-                    warm=hand_over is not None,
-                )
-            except EngineUnavailable as e:
-                raise e.while_running() from e  # the script had started: it was cut off
-            except EngineError as e:
-                e.after_start = True
-                raise
-            if outputs is None:
-                return execution
-            collected = outputs.collect(sink)
-            return execution.model_copy(
-                update={
-                    "artifacts": tuple(collected.artifacts),
-                    "artifacts_message": collected.message(),
-                }
+            warm = hand_over is not None
+            execution = self.completed_run(
+                collector, timeout, begun, cpu_before=cpu_before, warm=warm, trusted=trusted
             )
+            if execution is None:
+                try:
+                    exit_code, timed_out, output = self.supervise(
+                        collector, timeout, begun, outputs=outputs is not None
+                    )
+                    execution = self.record(
+                        exit_code,
+                        timed_out,
+                        output,
+                        time.monotonic() - begun,
+                        cpu_before=cpu_before,
+                        warm=warm,
+                    )
+                except EngineUnavailable as e:
+                    raise e.while_running() from e  # the script had started: it was cut off
+                except EngineError as e:
+                    e.after_start = True
+                    raise
+            if outputs is not None:
+                collected = outputs.collect(sink)
+                execution = execution.model_copy(
+                    update={
+                        "artifacts": tuple(collected.artifacts),
+                        "artifacts_message": collected.message(),
+                    }
+                )
+            self._reaper = reaper  # the rest is removal: nobody needs to wait for it
+            return execution
         finally:
             if sink is not None:
                 sink.close()
@@ -448,8 +472,8 @@ class Sandbox:
     def destroy(self) -> None:
         """Remove the container and release what was made for it; safe to call twice.
 
-        A run that was over before its container stopped (``result_before_exit``)
-        leaves that to its reaper, in the background."""
+        After a run that returned with a reaper (``run``), the reaper does it in the
+        background."""
         if self._destroyed:
             return
         self._destroyed = True

@@ -137,10 +137,15 @@ class Run:
 
 #: The last line of a run's stderr, written once the script has exited, with its status.
 EXIT_MARKER = b"\x00experiment-runner-exit "
+#: The last line of a run's stdout, written once the script has exited (with outputs
+#: on, once they are sent): with the exit record, it tells the run is complete.
+END_MARKER = b"\x00experiment-runner-end\n"
+_REPORT_END = "printf '\\000experiment-runner-end\\n'; "
 _REPORT_EXIT = (
     # sh would export PWD to the script: a variable a bare ``python script.py`` lacks.
     'unset PWD OLDPWD; timeout --signal=KILL "$0" "$@"; status=$?; '
-    'printf \'\\000experiment-runner-exit %d\\n\' "$status" >&2; exit "$status"'
+    + _REPORT_END
+    + 'printf \'\\000experiment-runner-exit %d\\n\' "$status" >&2; exit "$status"'
 )
 
 
@@ -162,7 +167,7 @@ _REPORT_EXIT_AND_COLLECT = (
     "trap '' ALRM; "
     "printf '\\000experiment-runner-exit %d\\n' \"$status\" >&2; "
     f'timeout --signal=KILL {COLLECT_SECONDS}s "$python" -I -S -c "$collect" '
-    '"$files" "$size" "$bytes" 2>/dev/null; exit "$status"'
+    '"$files" "$size" "$bytes" 2>/dev/null; ' + _REPORT_END + 'exit "$status"'
 )
 
 
@@ -206,12 +211,14 @@ def self_limited(
     script kills either, tini exits and the container stops, so the wrapper
     cannot be used to escape. ``sh`` then writes ``EXIT_MARKER`` and the status
     to stderr: a run that ends without that line ended with its sandbox (say,
-    gVisor's kernel failed), not by the script's own exit.
+    gVisor's kernel failed), not by the script's own exit. Before it, ``END_MARKER``
+    goes to stdout: once both are in, so is everything the script wrote, and the
+    run is complete without waiting for the engine (``Sandbox.run``).
 
     With ``outputs``, ``sh`` first links the entries of ``links`` (the script's
     directory; None: the warm bootstrap does it) into the working directory,
     and after the exit record runs the collector with the first word of
-    ``command`` (the Python interpreter).
+    ``command`` (the Python interpreter); ``END_MARKER`` then follows the outputs.
 
     With ``facts``, ``sh`` first asks the machine's facts with that interpreter
     (``runner.sandbox.facts``): one line on stderr before the script starts.

@@ -33,10 +33,8 @@ class RunRequest:
     #: Variables the script finds in its environment besides the sandbox's own (the
     #: held-out protocol's file paths), checked by ``runner.sandbox.policy.run_environment``.
     environment: tuple[tuple[str, str], ...] = ()
-    #: The runner's own program, which ends by printing one JSON line (the scorer): the
-    #: run is over once the sandbox records its exit 0 after that line, and the
-    #: container is removed in the background (``runner.sandbox.lifecycle.Reaper``)
-    #: rather than waited for.
+    #: The runner's own program (the scorer): the sandbox's record of its exit is
+    #: enough to end the run, telemetry or not (``Sandbox.completed_run``).
     ends_with_result: bool = False
 
     def __post_init__(self) -> None:

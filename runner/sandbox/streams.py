@@ -10,7 +10,7 @@ from runner.core.provenance import SandboxFacts
 from runner.sandbox import facts as sandbox_facts
 from runner.sandbox.artifacts import ARTIFACTS_MARKER, ArtifactSink
 from runner.sandbox.engine import OutputStream
-from runner.sandbox.policy import EXIT_MARKER
+from runner.sandbox.policy import END_MARKER, EXIT_MARKER
 
 #: Receives ("stdout" or "stderr", one line without its newline) as the script prints.
 OutputCallback = Callable[[str, str], None]
@@ -50,19 +50,30 @@ class TailBuffer:
     def endswith(self, suffix: bytes) -> bool:
         return self._data.endswith(suffix)
 
-    def take_exit_marker(self) -> bool:
-        """Take a final ``EXIT_MARKER`` record off the end; True if the output ended with one.
+    def exit_status(self) -> int | None:
+        """The status of a final ``EXIT_MARKER`` record, if the output ends with one.
 
         Only the very end counts: the record follows whatever the script wrote
         last, newline or not, and one the script printed earlier stays output.
         """
         start = self._data.rfind(EXIT_MARKER)
         if start < 0 or not self._data.endswith(b"\n"):
+            return None
+        digits = self._data[start + len(EXIT_MARKER) : -1]
+        return int(digits) if digits.isdigit() and len(digits) <= 3 else None
+
+    def take_exit_marker(self) -> bool:
+        """Take a final ``EXIT_MARKER`` record off the end; True if the output ended with one."""
+        if self.exit_status() is None:
             return False
-        if not self._data[start + len(EXIT_MARKER) : -1].isdigit():
+        return self.take_trailer(bytes(self._data[self._data.rfind(EXIT_MARKER) :]))
+
+    def take_trailer(self, trailer: bytes) -> bool:
+        """Take ``trailer`` off the very end; True if the output ended with it."""
+        if not self._data.endswith(trailer):
             return False
-        self.total -= len(self._data) - start
-        del self._data[start:]
+        self.total -= len(trailer)
+        del self._data[len(self._data) - len(trailer) :]
         return True
 
     def text(self) -> str:
@@ -72,8 +83,8 @@ class TailBuffer:
 
 #: Room for the sandbox's exit record behind a full stderr tail.
 EXIT_RECORD_SLACK = len(EXIT_MARKER) + 16
-#: How stderr ends once the sandbox has recorded an exit of 0.
-EXIT_ZERO = EXIT_MARKER + b"0\n"
+#: Records the sandbox's wrapper writes: never handed to an output callback as lines.
+RECORDS = (EXIT_MARKER, END_MARKER.rstrip(b"\n"))
 
 
 class LineSplitter:
@@ -103,7 +114,13 @@ class LineSplitter:
             self._partial.clear()
 
     def _emit(self, line: bytes) -> None:
-        if self._callback is None or line.startswith(EXIT_MARKER):
+        for record in RECORDS:  # a record follows the script's last bytes, newline or not
+            at = line.find(record)
+            if at >= 0:
+                line = line[:at]
+                if not line:
+                    return
+        if self._callback is None:
             return
         try:
             self._callback(self._name, line.decode("utf-8", errors="replace"))
@@ -135,24 +152,22 @@ class OutputCollector:
         *,
         artifacts: ArtifactSink | None = None,
         facts: bool = False,
-        watch_result: bool = False,
     ) -> None:
         self._stream = stream
         #: With ``facts``, stderr's first line is the sandbox's facts record
         #: (``runner.sandbox.facts``), held here until it is complete.
         self._facts_head: bytearray | None = bytearray() if facts else None
         self._facts_line: bytes | None = None
-        #: Set once the output has ended, or (``watch_result``) once ``result_in``.
+        #: Set once the output has ended, or once ``completed``.
         self.settled = threading.Event()
-        #: The runner's own program printed its result line and exited with 0 (``stdout``
-        #: ends with ``}`` and a newline, stderr with the exit record of 0); its
-        #: container may still be stopping. Watched for with ``watch_result`` only.
-        self.result_in = False
-        self._watch_result = watch_result
+        #: The script's exit status once the sandbox has recorded it at the end of stderr
+        #: and ended stdout (after the outputs, with outputs on) with ``END_MARKER``: all
+        #: the script wrote is in, though its container may still be stopping.
+        self.completed: int | None = None
         #: With outputs on, stdout after ``ARTIFACTS_MARKER`` goes here, not to the tail.
         self._artifacts = artifacts
         self._held = b""
-        self.stdout = TailBuffer(limit)
+        self.stdout = TailBuffer(limit, slack=len(END_MARKER))
         self.stderr = TailBuffer(limit, slack=EXIT_RECORD_SLACK)
         self._lines = (
             (LineSplitter("stdout", on_output), LineSplitter("stderr", on_output))
@@ -173,8 +188,8 @@ class OutputCollector:
                     self._stdout(out)
                 if err:
                     self._stderr(err)
-                if self._watch_result and not self.result_in and self._result_line_and_exit():
-                    self.result_in = True
+                if self.completed is None and self._complete():
+                    self.completed = self.stderr.exit_status()
                     self.settled.set()
             if self._facts_head is not None:
                 head, self._facts_head = bytes(self._facts_head), None
@@ -190,9 +205,11 @@ class OutputCollector:
         finally:
             self.settled.set()
 
-    def _result_line_and_exit(self) -> bool:
-        # Docker copies stdout and stderr apart: the exit record may come first.
-        return self.stderr.endswith(EXIT_ZERO) and self.stdout.endswith(b"}\n")
+    def _complete(self) -> bool:
+        # Docker copies stdout and stderr apart: either record may come first.
+        sink = self._artifacts
+        ended = self.stdout.endswith(END_MARKER) or (sink is not None and sink.endswith(END_MARKER))
+        return ended and self.stderr.exit_status() is not None
 
     def _stderr(self, err: bytes) -> None:
         head = self._facts_head
@@ -254,6 +271,8 @@ class OutputCollector:
         self._stream.close()
         self._thread.join(1.0)
         exit_reported = self.stderr.take_exit_marker()
+        if not self.stdout.take_trailer(END_MARKER) and self._artifacts is not None:
+            self._artifacts.take_trailer(END_MARKER)
         stderr = self.stderr.text()
         for splitter in self._lines or ():
             if splitter.callback_error is not None:

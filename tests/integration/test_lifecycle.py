@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner import ExperimentDefaults, ExperimentRunner, cleanup
+from runner.sandbox import lifeline
 from runner.sandbox.cleanup import (
     LABEL,
     LABEL_DEADLINE,
@@ -21,7 +23,7 @@ from runner.sandbox.cleanup import (
     process_start_time,
 )
 from runner.sandbox.engine import ContainerInfo, DockerEngine
-from tests.conftest import OURS, our_containers
+from tests.conftest import OURS, our_containers, our_volumes
 from tests.integration.conftest import INTERRUPTIBLE, SPEC
 
 
@@ -45,6 +47,40 @@ def spawn(code: str) -> subprocess.Popen[str]:
         [sys.executable, "-c", INTERRUPTIBLE + textwrap.dedent(code)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def kill_with_lifeline(process: subprocess.Popen[str]) -> None:
+    """SIGKILL a caller and its lifeline helper (``runner.sandbox.lifeline``) together, as
+    a crash of the whole machine would: what it made stays for the sweeps to find."""
+    for helper in lifeline_helpers(process.pid):
+        os.kill(helper, signal.SIGKILL)
+    process.kill()
+    process.wait(timeout=30)
+
+
+def lifeline_helpers(pid: int) -> list[int]:
+    """The lifeline helpers the process ``pid`` started (its children running the helper)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat_line.rsplit(")", 1)[1].split()[1])
+        if parent == pid and lifeline.SOURCE.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until_none_left(engine: DockerEngine, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (our_containers(engine) or our_volumes(engine)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert our_containers(engine) == []
+    assert our_volumes(engine) == []
 
 
 def caller(script: Path) -> subprocess.Popen[str]:
@@ -71,11 +107,11 @@ def test_ctrl_c_removes_the_container(
 def test_cleanup_removes_what_a_killed_caller_left(
     engine: DockerEngine, write_script: Callable[..., Path]
 ) -> None:
-    """After a caller is SIGKILLed, `runner cleanup` removes its orphaned container."""
+    """After a caller is SIGKILLed with its lifeline, `runner cleanup` removes its orphaned
+    container."""
     process = caller(write_script("import time\ntime.sleep(600)\n"))
     orphan = wait_for_container(engine)
-    process.kill()
-    process.wait(timeout=30)
+    kill_with_lifeline(process)
     assert [c.id for c in our_containers(engine)] == [orphan.id]
     out = subprocess.run(
         [sys.executable, "-m", "runner", "cleanup"], capture_output=True, text=True, timeout=60
@@ -84,6 +120,40 @@ def test_cleanup_removes_what_a_killed_caller_left(
     assert f"removed {orphan.name}" in out.stdout
     assert "1 container(s) removed" in out.stdout
     assert our_containers(engine) == []
+
+
+def test_a_caller_killed_mid_run_takes_its_container_with_it(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """SIGKILL (no handler runs) to a caller mid-run: its lifeline removes the container."""
+    process = caller(write_script("import time\ntime.sleep(600)\n"))
+    wait_for_container(engine)
+    process.kill()
+    process.wait(timeout=30)
+    wait_until_none_left(engine)
+
+
+def test_a_caller_killed_right_after_a_result_leaves_no_container(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """The result returns before the container is removed; SIGKILL right after it still
+    leaves nothing (the removal the background thread had no time for, the lifeline does)."""
+    script = write_script("import json\nprint(json.dumps({'success': True}))\n")
+    process = spawn(
+        f"""
+        import os, signal
+        from runner import ExperimentRunner, ExperimentSpec
+        runner = ExperimentRunner(timeout=60)
+        spec = ExperimentSpec(experiment_name="x", model_type="SVC")
+        result = runner.run({str(script)!r}, spec, 0)
+        print(result.success, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGKILL, err
+    assert out.strip() == "True", err
+    wait_until_none_left(engine)
 
 
 def test_cleanup_leaves_runs_in_progress_alone(
@@ -110,7 +180,8 @@ def test_cleanup_leaves_runs_in_progress_alone(
 def test_orphan_stops_itself_and_the_next_runner_removes_it(
     engine: DockerEngine, write_script: Callable[..., Path]
 ) -> None:
-    """With its caller SIGKILLed, a container dies at its own deadline; a new runner sweeps it."""
+    """With its caller (and lifeline) SIGKILLed, a container dies at its own deadline; a new
+    runner sweeps it."""
     script = write_script("import time\ntime.sleep(600)\n")
     process = spawn(
         f"""
@@ -119,8 +190,7 @@ def test_orphan_stops_itself_and_the_next_runner_removes_it(
         """
     )
     orphan = wait_for_container(engine)
-    process.kill()
-    process.wait(timeout=30)
+    kill_with_lifeline(process)
     # The in-container deadline is the runner's timeout plus 10 s of grace.
     deadline = time.monotonic() + 20
     while engine.state(orphan.id).running and time.monotonic() < deadline:

@@ -27,7 +27,7 @@ from runner.sandbox.identity import UID_COUNT, UID_FIRST
 from tests.conftest import our_containers, our_volumes
 from tests.integration.conftest import SPEC, needs_local_engine
 from tests.integration.test_args_and_hints import AWKWARD_ARGS
-from tests.integration.test_lifecycle import spawn, wait_for_container
+from tests.integration.test_lifecycle import spawn, wait_for_container, wait_until_none_left
 
 PROBE = """
 import json, os, sys
@@ -236,6 +236,30 @@ def test_ctrl_c_with_a_pool_leaves_no_container(engine: DockerEngine, pool_root:
     _, err = process.communicate(timeout=60)
     assert "KeyboardInterrupt" in err
     assert our_containers(engine) == []
+
+
+def test_a_caller_killed_right_after_a_warm_result_leaves_no_container(
+    engine: DockerEngine, pool_root: Path
+) -> None:
+    """SIGKILL right after a warm result: the used slot, still being removed in the
+    background, and the idle slot that replaced it both go (the caller's lifeline)."""
+    script = experiment(pool_root, "import json\nprint(json.dumps({'success': True}))\n")
+    process = spawn(
+        f"""
+        import os, signal
+        from runner import ExperimentRunner, ExperimentSpec
+        runner = ExperimentRunner(timeout=60, warm_pool=1, pool_root={str(pool_root)!r})
+        assert runner.wait_for_warm(120)
+        spec = ExperimentSpec(experiment_name="x", model_type="SVC")
+        result = runner.run({str(script)!r}, spec, 0)
+        print(result.success, result.warm_start, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == -signal.SIGKILL, err
+    assert out.split() == ["True", "True"], err
+    wait_until_none_left(engine)
 
 
 @needs_local_engine

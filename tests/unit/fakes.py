@@ -21,7 +21,7 @@ from runner.sandbox.engine import (
     SandboxRefused,
     VolumeInfo,
 )
-from runner.sandbox.policy import EXIT_MARKER
+from runner.sandbox.policy import END_MARKER, EXIT_MARKER
 from runner.sandbox.support import SUPPORT_AT, SUPPORT_VOLUME
 
 
@@ -130,8 +130,9 @@ class FakeEngine:
         self.calls.append("attach")
         # The sandbox's wrapper records the script's exit as the last line of stderr.
         marker = EXIT_MARKER + b"0\n" if self.exit_reported else b""
+        end = END_MARKER if self.exit_reported else b""
         frames: list[tuple[bytes | None, bytes | None]] = [
-            (self.stdout, None),
+            (self.stdout + end, None),
             (None, self.stderr + marker),
         ]
         if self._config(container_id).get("stdin_open"):

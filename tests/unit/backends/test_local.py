@@ -42,6 +42,7 @@ def test_a_warm_run_hands_the_script_to_a_started_slot(
     assert engine.created[0]["stdin_open"] is True
     assert engine.handed_over == {slot_id: hand_over_line(str(script), ())}
     assert staged == [True]  # the script's directory was in the slot when it ran
+    runner.close()  # waits for the removals the run left to the background
     assert slot_id in engine.removed
     assert not Path(slot_dir).exists()
 
