@@ -86,7 +86,9 @@ if left:
 class Lifeline:
     """This process's end of the pipe to its helper (``lifeline()`` gives the one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None = None) -> None:
+        #: How the helper is started (the default: this interpreter, isolated, ``SOURCE``).
+        self.command = command or [sys.executable, "-I", "-c", SOURCE]
         self._lock = threading.Lock()
         self._helper: subprocess.Popen[bytes] | None = None
         self._engines: dict[str, str] = {}
@@ -124,7 +126,7 @@ class Lifeline:
         if self._helper is None:
             try:
                 self._helper = subprocess.Popen(
-                    [sys.executable, "-I", "-c", SOURCE],
+                    self.command,
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -76,10 +77,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.docker)
 
 
+#: Seconds a run's container may take to go after its result (removed in the background).
+REMOVAL_GRACE = 30.0
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_containers(engine: DockerEngine) -> Iterator[None]:
-    """Every integration test must leave no project container or volume behind."""
+    """Every integration test must leave no project container or volume behind (once the
+    removals its runs left to the background are done: seconds at most)."""
     yield
+    deadline = time.monotonic() + REMOVAL_GRACE
+    while (our_containers(engine) or our_volumes(engine)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     left = our_containers(engine)
     for container in left:
         engine.remove(container.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,10 @@ class FakeEngine:
     on_wait: Callable[[], None] | None = None
     create_error: Exception | None = None
     exit_reported: bool = True
+    #: The status the sandbox's wrapper records for the script (with ``exit_reported``).
+    exit_status: int = 0
+    #: Seconds a removal takes (a slow engine).
+    remove_delay: float = 0.0
     created: list[dict[str, Any]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -129,7 +134,7 @@ class FakeEngine:
     def attach(self, container_id: str) -> OutputStream:
         self.calls.append("attach")
         # The sandbox's wrapper records the script's exit as the last line of stderr.
-        marker = EXIT_MARKER + b"0\n" if self.exit_reported else b""
+        marker = EXIT_MARKER + b"%d\n" % self.exit_status if self.exit_reported else b""
         end = END_MARKER if self.exit_reported else b""
         frames: list[tuple[bytes | None, bytes | None]] = [
             (self.stdout + end, None),
@@ -171,6 +176,8 @@ class FakeEngine:
     def remove(self, container_id: str) -> None:
         if container_id.startswith("s"):
             return  # a support helper
+        if self.remove_delay:
+            time.sleep(self.remove_delay)
         self.calls.append("remove")
         self.removed.append(container_id)
         self.finished.add(container_id)

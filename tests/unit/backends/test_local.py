@@ -333,3 +333,18 @@ def test_a_second_cut_off_or_an_engine_that_stays_away_fails_the_job_naming_it(
     assert not result.success
     assert "unix://fake stopped answering" in (result.error_message or "")
     assert "did not answer again within 1 s" in (result.error_message or "")
+
+
+def test_close_waits_for_the_removals_left_to_the_background(tmp_path: Path) -> None:
+    """A run returns before its container is removed; close() returns only once it is."""
+    script = tmp_path / "exp" / "experiment.py"
+    script.parent.mkdir()
+    script.write_text("print(1)\n")
+    engine = FakeEngine(remove_delay=0.3)
+    runner = ExperimentRunner(
+        timeout=5, engine=engine, settings=ExperimentDefaults(cache_dir=tmp_path / "cache")
+    )
+    result = runner.run(script, SPEC, 0)
+    assert result.success
+    runner.close()
+    assert engine.removed == ["c1"]

@@ -8,15 +8,37 @@ import pytest
 
 from runner.core.exceptions import ExperimentExecutionError
 from runner.sandbox.identity import lease_uid
-from runner.sandbox.lifecycle import ActiveRuns, Resources, Sandbox, registered
+from runner.sandbox.lifecycle import ActiveRuns, Reaper, Resources, Sandbox, registered
 from runner.sandbox.policy import Run, SandboxPolicy
+from runner.sandbox.telemetry import CgroupTelemetry, Usage
 from tests.unit.fakes import FakeEngine
 
 POLICY = SandboxPolicy(image="img", memory_limit="1g", cpu_limit=1.0)
 
 
-def make(engine: FakeEngine, tmp_path: Path, released: list[str]) -> Sandbox:
-    resources = Resources(lease=lease_uid(tmp_path / "leases"))
+class FakeTelemetry(CgroupTelemetry):
+    """The kernel's counters of a run's cgroup, as given."""
+
+    def __init__(self, peak: int) -> None:
+        super().__init__(Path("/nonexistent"))
+        self.peak = peak
+
+    def read(self, parent: str) -> Usage:
+        return Usage(self.peak, 0.25)
+
+    def release(self, parent: str) -> None:
+        pass
+
+
+def make(
+    engine: FakeEngine, tmp_path: Path, released: list[str], peak: int | None = None
+) -> Sandbox:
+    telemetry = FakeTelemetry(peak) if peak is not None else None
+    resources = Resources(
+        lease=lease_uid(tmp_path / "leases"),
+        cgroup_parent="/experiment-runner/x" if telemetry else None,
+        telemetry=telemetry,
+    )
     resources.extra.append(lambda: released.append("extra"))
     run = Run(
         command=["python", "x.py"],
@@ -75,3 +97,60 @@ def test_an_aborted_run_is_never_registered(tmp_path: Path) -> None:
     assert active.aborted(token)
     active.forget(token)
     assert not active.aborted(token)
+
+
+GIB = 1024**3
+
+
+def test_a_complete_run_is_over_before_the_engine_says_so(tmp_path: Path) -> None:
+    """Both end records in, the script exited by itself, peak memory clear of the cap: the
+    result returns with no wait, and the removal is the reaper's."""
+    engine, released, reaper = FakeEngine(remove_delay=0.2), [], Reaper()
+    with make(engine, tmp_path, released, peak=GIB // 10) as sandbox:
+        sandbox.attach()
+        execution = sandbox.run(5, 1000, None, reaper=reaper)
+    assert "wait" not in engine.calls and "remove" not in engine.calls  # not yet
+    assert (execution.exit_code, execution.exit_reported, execution.timed_out) == (0, True, False)
+    assert execution.stdout == '{"success": true, "metrics": {"accuracy": 0.9}}\n'
+    assert execution.peak_memory_bytes == GIB // 10 and execution.cpu_seconds == 0.25
+    reaper.drain()
+    assert engine.calls[-1] == "remove" and released == ["extra"]
+
+
+@pytest.mark.parametrize(
+    ("status", "peak", "why"),
+    [
+        (137, GIB // 10, "a signal ended it: the memory cap's kill, or the deadline's"),
+        (1, GIB - 1, "peak memory at the cap: something may have been OOM-killed"),
+        (0, None, "no telemetry: only the engine can tell an OOM kill"),
+    ],
+)
+def test_the_engines_record_is_waited_for_when_the_end_may_not_tell(
+    tmp_path: Path, status: int, peak: int | None, why: str
+) -> None:
+    engine = FakeEngine(exit_status=status, wait_results=[status], oom_killed=status == 137)
+    with make(engine, tmp_path, [], peak=peak) as sandbox:
+        sandbox.attach()
+        execution = sandbox.run(5, 1000, None, reaper=Reaper())
+    assert "wait" in engine.calls, why
+    assert execution.exit_code == status
+    assert execution.oom_killed == (status == 137)
+
+
+def test_the_runners_own_program_needs_no_telemetry(tmp_path: Path) -> None:
+    """``trusted`` (the scorer): its own exit record is enough."""
+    engine = FakeEngine()
+    with make(engine, tmp_path, []) as sandbox:
+        sandbox.attach()
+        execution = sandbox.run(5, 1000, None, trusted=True)
+    assert "wait" not in engine.calls and execution.exit_code == 0
+
+
+def test_without_the_end_record_the_run_is_waited_for(tmp_path: Path) -> None:
+    """A sandbox that ended without its records (gVisor's kernel died, say) is the engine's
+    to describe."""
+    engine = FakeEngine(exit_reported=False, wait_results=[1])
+    with make(engine, tmp_path, [], peak=GIB // 10) as sandbox:
+        sandbox.attach()
+        execution = sandbox.run(5, 1000, None)
+    assert "wait" in engine.calls and not execution.exit_reported

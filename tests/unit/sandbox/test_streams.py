@@ -1,6 +1,9 @@
+import time
+
 import pytest
 
-from runner.sandbox.policy import EXIT_MARKER
+from runner.sandbox.artifacts import ARTIFACTS_MARKER, ArtifactSink
+from runner.sandbox.policy import END_MARKER, EXIT_MARKER
 from runner.sandbox.streams import OutputCollector, TailBuffer
 from tests.unit.fakes import FakeStream
 
@@ -80,3 +83,63 @@ def test_exit_marker_is_taken_only_as_the_last_whole_line() -> None:
     assert buffer.take_exit_marker()
     assert buffer.text() == "err\n" + EXIT_MARKER.decode() + "0\nmore\n"
     assert buffer.total == len(buffer.text())
+
+
+class _Endless(FakeStream):
+    """A stream that never ends by itself (a container still stopping)."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        yield from self.frames
+        while not self.closed:
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("stderr_first", [False, True])
+def test_a_run_is_complete_with_both_end_records_whatever_came_first(stderr_first: bool) -> None:
+    """stdout's end record and stderr's exit record, in either order (the engine copies the
+    streams apart), complete the run before its stream ends; both come off the output."""
+    frames: list[tuple[bytes | None, bytes | None]] = [
+        (b"partial", None),
+        (END_MARKER, None),
+        (None, b"warn\n" + EXIT_MARKER + b"3\n"),
+    ]
+    if stderr_first:
+        frames = [frames[0], frames[2], frames[1]]
+    lines: list[tuple[str, str]] = []
+    collector = OutputCollector(_Endless(frames), 1000, lambda *line: lines.append(line))
+    collector.start()
+    assert collector.settled.wait(5)
+    assert collector.completed == 3
+    output = collector.finish(0.0)
+    assert (output.stdout, output.stderr, output.exit_reported) == ("partial", "warn\n", True)
+    assert sorted(lines) == [("stderr", "warn"), ("stdout", "partial")]
+
+
+def test_an_end_record_printed_earlier_is_the_scripts_output() -> None:
+    """Only records at the very end count: a script that prints them mid-way is not over."""
+    frames: list[tuple[bytes | None, bytes | None]] = [
+        (END_MARKER + b"more\n", None),
+        (None, EXIT_MARKER + b"0\n" + b"later\n"),
+    ]
+    collector = OutputCollector(FakeStream(frames), 1000)
+    collector.start()
+    output = collector.finish(5)
+    assert collector.completed is None
+    assert output.stdout == END_MARKER.decode() + "more\n"
+    assert not output.exit_reported
+
+
+def test_the_end_record_comes_off_the_outputs_stream() -> None:
+    """With outputs on, the end record follows the tar stream: taken off before extraction."""
+    sink = ArtifactSink(10_000)
+    frames: list[tuple[bytes | None, bytes | None]] = [
+        (b"out\n" + ARTIFACTS_MARKER + b"TAR" + END_MARKER, None),
+        (None, EXIT_MARKER + b"0\n"),
+    ]
+    collector = OutputCollector(_Endless(frames), 1000, artifacts=sink)
+    collector.start()
+    assert collector.settled.wait(5) and collector.completed == 0
+    output = collector.finish(0.0)
+    assert output.stdout == "out\n"
+    assert sink.stream().read(100) == b"TAR" and sink.received == 3
+    sink.close()
