@@ -263,14 +263,17 @@ class DockerBackend:
         return True
 
     def close(self) -> None:
-        """Remove the warm pool's containers (and wait for those being removed); runs are
-        cold from then on."""
+        """Remove the warm pool's containers, and wait for the removals of finished runs
+        left to the background (what an engine outage kept from going goes now, if the
+        engine answers); runs are cold from then on."""
         if self._pool is not None:
             for finalizer in self._finalizers:
                 finalizer()
             self._pool = None
             self._kept.clear()
         self._reaper.drain()
+        if self._engine is not None:
+            self._engine.remove_leftovers()
 
     # running ---------------------------------------------------------------
 

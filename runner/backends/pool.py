@@ -283,6 +283,7 @@ class SlotMaker:
         sandbox = Sandbox.create(self.engine, image_id, self.policy, run, resources)
         try:
             sandbox.attach()
+            sandbox.open_stdin()  # the hand-over then costs no request
             sandbox.start()
         except BaseException:
             sandbox.destroy()

@@ -24,6 +24,7 @@ from runner.sandbox.engine import (
     Engine,
     EngineKind,
     OutputStream,
+    StdinChannel,
     VolumeInfo,
 )
 from runner.sandbox.identity import lease_uid
@@ -87,6 +88,9 @@ class DroppingEngine:
 
     def send_stdin(self, container_id: str, data: bytes) -> None:
         self.engine.send_stdin(container_id, data)
+
+    def open_stdin(self, container_id: str) -> StdinChannel | None:
+        return self.engine.open_stdin(container_id)
 
     def wait(self, container_id: str, timeout: float) -> int | None:
         return self.engine.wait(container_id, timeout)

@@ -7,6 +7,7 @@ with a hint, ``from`` the original. Unit tests replace this one object.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -102,6 +103,8 @@ class Engine(Protocol):
 
     def send_stdin(self, container_id: str, data: bytes) -> None: ...
 
+    def open_stdin(self, container_id: str) -> StdinChannel | None: ...
+
     def start(self, container_id: str) -> None: ...
 
     def wait(self, container_id: str, timeout: float) -> int | None: ...
@@ -138,6 +141,25 @@ class Engine(Protocol):
     def answers(self) -> bool: ...
 
     def remove_leftovers(self) -> None: ...
+
+
+class StdinChannel:
+    """A container's stdin, attached ahead: written once, then closed. (The engine keeps
+    such a connection open after the container has gone: it says nothing of liveness.)"""
+
+    def __init__(self, raw: socket.socket, holder: object) -> None:
+        self._raw = raw
+        self._holder = holder  # docker-py's wrapper: closing it closes the connection
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._raw.sendall(data)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._holder.close()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -317,6 +339,18 @@ class DockerEngine:
             raise self._failed(e) from e
         finally:
             sock.close()
+
+    def open_stdin(self, container_id: str) -> StdinChannel | None:
+        """A connection to a created container's stdin, kept for one later write (a warm
+        slot's hand-over, so that it costs no request then); None where the engine offers
+        none that way (Podman: the hand-over then attaches as it is made)."""
+        if self.kind() == "podman":
+            return None
+        try:
+            sock = self._api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+        except (DockerException, requests.exceptions.RequestException):
+            return None
+        return StdinChannel(getattr(sock, "_sock", sock), sock)
 
     def start(self, container_id: str) -> None:
         """Start the container. ``SandboxStartError`` when the runtime failed to set it

@@ -25,7 +25,13 @@ from runner.core.provenance import EngineRecord, SandboxFacts
 from runner.core.sizes import parse_size
 from runner.sandbox.artifacts import COLLECT_SECONDS, ArtifactSink, Outputs
 from runner.sandbox.controls import gaps
-from runner.sandbox.engine import Engine, EngineError, EngineUnavailable, OutputStream
+from runner.sandbox.engine import (
+    Engine,
+    EngineError,
+    EngineUnavailable,
+    OutputStream,
+    StdinChannel,
+)
 from runner.sandbox.identity import UidLease
 from runner.sandbox.podman import adapt, tmpfs_volume_options
 from runner.sandbox.policy import Run, SandboxPolicy, container_config
@@ -182,6 +188,8 @@ class Sandbox:
         self.memory_cap: int | None = None
         #: Removes the container in the background, once the run is over (see ``run``).
         self._reaper: Reaper | None = None
+        #: stdin, attached ahead for a warm slot's hand-over (``open_stdin``).
+        self._stdin: StdinChannel | None = None
 
     @classmethod
     def create(
@@ -277,9 +285,20 @@ class Sandbox:
     def start(self) -> None:
         self.engine.start(self.container_id)
 
+    def open_stdin(self) -> None:
+        """Attach to stdin now (before ``start``), for a ``hand_over`` that costs no request."""
+        self._stdin = self.engine.open_stdin(self.container_id)
+
     def hand_over(self, data: bytes) -> None:
         """Write ``data`` to the started container's stdin (a warm slot's script path)."""
-        self.engine.send_stdin(self.container_id, data)
+        stdin, self._stdin = self._stdin, None
+        if stdin is None:
+            self.engine.send_stdin(self.container_id, data)
+            return
+        try:
+            stdin.send(data)
+        except OSError as e:
+            raise EngineError(f"The hand-over to the sandbox failed: {e}") from e
 
     @property
     def running(self) -> bool:
@@ -485,6 +504,8 @@ class Sandbox:
 
     def _remove(self) -> None:
         try:
+            if self._stdin is not None:
+                self._stdin.close()
             if self._stream is not None:
                 with contextlib.suppress(Exception):
                     self._stream.close()

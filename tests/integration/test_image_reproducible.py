@@ -90,6 +90,7 @@ def test_lightgbm_needs_libgomp1_and_the_build_says_so(
         assert labels[LABEL_DEBIAN_ADDED].startswith("libgomp1 ")
         runner = ExperimentRunner(timeout=120, image=tag, engine=engine)
         result = runner.run(write_script(LIGHTGBM), SPEC, 0)
+        runner.close()  # its container, removed in the background, uses the image
         assert result.success, result.stderr
         assert result.metrics["accuracy"] > 0.9
         assert built.lock is not None

@@ -71,9 +71,11 @@ def test_peak_memory_and_cpu_match_what_the_engine_reports(
 def test_telemetry_cgroups_are_removed_after_the_run(
     runner: ExperimentRunner, write_script: Callable[..., Path]
 ) -> None:
-    """The per-run cgroup parent is gone once the result is back."""
+    """The per-run cgroup parent goes with the container (removed in the background once
+    the result is back: ``close()`` waits for that)."""
     before = set(Path("/sys/fs/cgroup/memory/experiment-runner").glob("*"))
     result = runner.run(write_script("print('{\"success\": true}')\n"), SPEC, 0)
+    runner.close()
     after = set(Path("/sys/fs/cgroup/memory/experiment-runner").glob("*"))
     assert result.peak_memory_bytes is not None
     assert {p for p in after - before if p.is_dir()} == set()

@@ -20,6 +20,7 @@ from runner.sandbox.engine import (
     EngineKind,
     OutputStream,
     SandboxRefused,
+    StdinChannel,
     VolumeInfo,
 )
 from runner.sandbox.policy import END_MARKER, EXIT_MARKER
@@ -143,6 +144,9 @@ class FakeEngine:
         if self._config(container_id).get("stdin_open"):
             frames.insert(0, (READY, None))
         return FakeStream(frames)
+
+    def open_stdin(self, container_id: str) -> StdinChannel | None:
+        return None  # as Podman: each hand-over attaches (``send_stdin``)
 
     def send_stdin(self, container_id: str, data: bytes) -> None:
         self.calls.append("send_stdin")
