@@ -18,8 +18,8 @@ rows' features, then the runner's scorer in a sandbox of its own.
    predictions go into ``task.json`` beside the scorer (``runner.experiment.scorer``)
    in another new directory, written only once the script's sandbox is gone, and
    the scorer runs as any run does (cold, or from a warm slot; bound or copied;
-   under the runner's runtime), its container removed in the background once its
-   result line is in (``RunRequest.ends_with_result``).
+   under the runner's runtime); its own exit record ends the run, telemetry or not
+   (``RunRequest.ends_with_result``), and its container goes in the background.
 
 What the script did wrong (no predictions, bad ones) is a failed result that says
 so; the caller's mistakes (no such data, no target column) raise.

@@ -20,7 +20,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from runner.core.exceptions import ExperimentExecutionError
-from runner.sandbox.lifeline import address_of, lifeline, owned
+from runner.sandbox.lifeline import address_of, lifeline, own_name, owned
 
 ENGINE_HINT = (
     "start a Docker engine (as root on Debian or Ubuntu, `bash scripts/setup.sh` installs "
@@ -211,6 +211,8 @@ class DockerEngine:
         self._version: dict[str, Any] | None = None
         #: How this process's lifeline reaches the engine (``runner.sandbox.lifeline``).
         self.address = address_of(self._api)
+        #: The names containers were announced to the lifeline by, by ID.
+        self._announced: dict[str, str] = {}
 
     # engine ---------------------------------------------------------------
 
@@ -293,9 +295,28 @@ class DockerEngine:
     # containers -------------------------------------------------------------
 
     def create(self, image: str, command: list[str], **config: Any) -> str:
-        """Create (not start) a container and return its ID."""
+        """Create (not start) a container and return its ID.
+
+        One made for a caller (``runner.sandbox.lifeline.owned``) is named by the runner
+        and announced to the caller's lifeline by that name before it exists, so that
+        it goes even if the caller dies while the engine makes it.
+        """
+        announced = None
+        if owned(config.get("labels")) and not config.get("name"):
+            announced = own_name()
+            config = {**config, "name": announced}
+            lifeline().hold(self.address, "c", announced)
+        # Announced still if this fails: the engine may have made it all the same (a
+        # request that timed out); the lifeline's removal of a name never made is harmless.
+        container = self._create(image, command, config)
+        if announced is not None:
+            with self._leftovers_lock:
+                self._announced[str(container.id)] = announced
+        return str(container.id)
+
+    def _create(self, image: str, command: list[str], config: dict[str, Any]) -> Any:
         try:
-            container = self._client.containers.create(image, command, **config)
+            return self._client.containers.create(image, command, **config)
         except ImageNotFound as e:
             raise ExperimentExecutionError(f"Image {image!r} not found.", hint=IMAGE_HINT) from e
         except APIError as e:
@@ -318,9 +339,6 @@ class DockerEngine:
             ) from e
         except (DockerException, requests.exceptions.RequestException) as e:
             raise self._failed(e) from e
-        if owned(config.get("labels")):
-            lifeline().hold(self.address, "c", str(container.id))
-        return str(container.id)
 
     def attach(self, container_id: str) -> OutputStream:
         """Stream stdout and stderr separately; call before ``start`` to miss nothing."""
@@ -485,7 +503,9 @@ class DockerEngine:
             with self._leftovers_lock:
                 self._leftovers.add(("container", container_id))
             raise
-        lifeline().release(self.address, "c", container_id)
+        with self._leftovers_lock:
+            announced = self._announced.pop(container_id, container_id)
+        lifeline().release(self.address, "c", announced)
 
     def _remove(self, container_id: str) -> None:
         for attempt in range(1, REMOVE_ATTEMPTS + 1):
@@ -515,8 +535,18 @@ class DockerEngine:
         """A new volume carrying ``labels``; its name and where the engine keeps it.
 
         ``driver_opts`` go to the local driver (say, a tmpfs with its options).
-        With a ``name`` that exists already, that volume is returned.
+        With a ``name`` that exists already, that volume is returned. One made for a
+        caller without a name is named and announced to its lifeline first (``create``).
         """
+        announced = None
+        if owned(labels) and name is None:
+            name = announced = own_name()
+            lifeline().hold(self.address, "v", announced)
+        return self._create_volume(labels, driver_opts, name)  # announced, as ``create``
+
+    def _create_volume(
+        self, labels: Mapping[str, str], driver_opts: Mapping[str, str] | None, name: str | None
+    ) -> VolumeInfo:
         try:
             data = self._api.create_volume(
                 name=name,
@@ -529,8 +559,6 @@ class DockerEngine:
             data = self._call(self._api.inspect_volume, name)  # Podman refuses a second create
         except (DockerException, requests.exceptions.RequestException) as e:
             raise self._failed(e) from e
-        if owned(labels):
-            lifeline().hold(self.address, "v", str(data["Name"]))
         return VolumeInfo(
             name=str(data["Name"]),
             mountpoint=str(data.get("Mountpoint") or ""),

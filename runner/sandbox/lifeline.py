@@ -6,7 +6,8 @@ is a background thread's, ``runner.sandbox.lifecycle.Reaper``), and warm pool
 containers wait for scripts for up to an hour. Should the process die meanwhile,
 its threads and finalizers die with it. So every container and volume an engine
 makes for this process (those labelled with an owner, ``OWNER_LABEL``) is
-announced to a small helper process, and withdrawn once removed. The helper
+announced to a small helper process, by a name the runner gives it before the
+engine makes it, and withdrawn once removed. The helper
 holds the read end of a pipe whose write end only this process has; when the
 process ends, the pipe closes, and the helper removes what is still announced,
 containers first (killing what still runs), then volumes, then exits. What this
@@ -26,6 +27,7 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -158,6 +160,11 @@ os.register_at_fork(after_in_child=_LIFELINE._forget_in_child)
 def lifeline() -> Lifeline:
     """This process's lifeline."""
     return _LIFELINE
+
+
+def own_name() -> str:
+    """A new name for a container or volume, announced before the engine makes it."""
+    return f"experiment-runner-{uuid.uuid4().hex[:24]}"
 
 
 def owned(labels: Mapping[str, str] | None) -> bool:
