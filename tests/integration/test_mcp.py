@@ -6,9 +6,13 @@ import asyncio
 import base64
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, ImageContent, TextContent
 
@@ -275,3 +279,45 @@ def test_runner_mcp_warm_0_runs_every_call_cold(engine: DockerEngine, tmp_path: 
                 assert our_containers(engine) == []
 
     asyncio.run(session())
+
+
+def test_runner_mcp_over_http_removes_its_warm_sandboxes_when_terminated(
+    engine: DockerEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`runner mcp --http --warm 1` answers warm on loopback; SIGTERM ends it, cleanly, with
+    its sandboxes removed."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):  # loopback stays on loopback
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    words = ["--http", "--port", str(port), "--warm", "1", "--no-record"]
+    params = server(*words)
+    process = subprocess.Popen(
+        [params.command, *params.args], env={**os.environ, **(params.env or {})},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+    async def session() -> None:
+        for _ in range(300):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            break
+        async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=120) as client:
+            await warm_call(client, {"code": ONE_LINE})
+
+    try:
+        asyncio.run(session())
+        assert our_containers(engine)  # the used slot's replacement, at least
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        _, stderr = process.communicate()
+    assert "terminated: removing the sandboxes" in stderr.decode(errors="replace")
+    assert our_containers(engine) == []
