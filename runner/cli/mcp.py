@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +59,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: as many as --max-runs)",
     )  # fmt: skip
     parser.add_argument(
+        "--warm", type=_count, metavar="N",
+        help="keep N single-use sandboxes started ahead, libraries imported, for calls "
+        "under the server's limits (default: as many as --max-runs; 0: every call cold)",
+    )  # fmt: skip
+    parser.add_argument(
         "--http", action="store_true",
         help="serve streamable HTTP instead of stdio (on --host, 127.0.0.1 by default)",
     )  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of sandboxes (0 or more)")
+    return value
 
 
 def data_sets(pairs: Sequence[str]) -> dict[str, Path]:
@@ -94,16 +112,64 @@ def serve(args: argparse.Namespace, history: Path | None, engine: Engine | None 
         max_code_bytes=args.max_code_bytes,
         max_runs=args.max_runs,
         max_waiting=args.max_waiting,
+        warm=args.warm,
     )
     service = SandboxService(policy, engine=engine, settings=settings)
-    server = build_server(service)
-    where = f"http://{args.host}:{args.port}/mcp" if args.http else "stdio"
-    log.info("experiment-runner MCP server on %s", where)
     try:
-        if args.http:
-            server.run("streamable-http", host=args.host, port=args.port)
-        else:
-            server.run("stdio")
+        server = build_server(service)
+        where = f"http://{args.host}:{args.port}/mcp" if args.http else "stdio"
+        log.info(
+            "experiment-runner MCP server on %s, %d warm sandbox(es)",
+            where,
+            service.warm_pool_size,
+        )
+        with _ended_by(signal.SIGTERM):
+            if args.http:
+                server.run("streamable-http", host=args.host, port=args.port)
+            else:
+                server.run("stdio")
     finally:
-        service.close()
+        # A stdio client that closed the session sends SIGTERM soon after: the warm
+        # sandboxes still go (until a SIGKILL; what that leaves, the next runner sweeps).
+        with _deaf_to(signal.SIGTERM):
+            service.close()
     return 0
+
+
+class _Terminated(SystemExit):
+    """The server was asked to end (SIGTERM): it removes its sandboxes first. A
+    ``SystemExit``, which asyncio lets out of any task as it is, never wrapped."""
+
+
+@contextlib.contextmanager
+def _ended_by(signum: signal.Signals) -> Iterator[None]:
+    """``signum`` ends the block with an exception, so that cleanup runs (Python's own
+    default ends the process at once); the HTTP transport's server installs its own
+    handlers meanwhile, which end it gracefully too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(*_: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signum, stop)
+    try:
+        yield
+    except _Terminated:
+        log.info("terminated: removing the sandboxes")
+    finally:
+        signal.signal(signum, previous)
+
+
+@contextlib.contextmanager
+def _deaf_to(signum: signal.Signals) -> Iterator[None]:
+    """``signum`` is ignored during the block (in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)

@@ -50,6 +50,9 @@ class RunnerOptions(BaseModel):
     preload: tuple[str, ...] | None = None
     #: Where the warm pool's slots are mounted; chosen, it stays put (unset: it moves).
     pool_root: Path | None = None
+    #: The warm pool's slots serve runs with outputs on though ``outputs_dir`` is unset:
+    #: for a caller that gives each run its own (``run(..., outputs_dir=...)``).
+    pool_outputs: bool = False
     #: An MLflow tracking URI each result is logged to.
     tracking_uri: str | None = None
     #: A Ray cluster to run on (``HOST:PORT`` or ``auto``); empty: this machine's engine.

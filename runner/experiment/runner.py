@@ -106,6 +106,7 @@ class ExperimentRunner:
         warm_pool: int | None = None,
         preload: Sequence[str] | None = None,
         pool_root: Path | str | None = None,
+        pool_outputs: bool | None = None,
         transfer: Transfer | None = None,
         outputs_dir: Path | str | None = None,
         tracking_uri: str | None = None,
@@ -122,6 +123,7 @@ class ExperimentRunner:
             runtime=runtime, inputs=tuple(inputs) if inputs else None,
             output_limit=output_limit, tmpfs_size=tmpfs_size, warm_pool=warm_pool,
             preload=tuple(preload) if preload is not None else None, pool_root=pool_root,
+            pool_outputs=pool_outputs,
             transfer=transfer, outputs_dir=outputs_dir, tracking_uri=tracking_uri,
             cluster=cluster, build_missing=build_missing,
         )  # fmt: skip
@@ -184,7 +186,9 @@ class ExperimentRunner:
         return PoolSpec(
             size=asked.warm_pool,
             timeout=self.timeout,
-            outputs=self.output_limits if self.outputs_dir is not None else None,
+            outputs=self.output_limits
+            if self.outputs_dir is not None or asked.pool_outputs
+            else None,
             root=Path(asked.pool_root or defaults.experiments_dir).expanduser().resolve(),
             root_fixed=asked.pool_root is not None,
             preload=DEFAULT_PRELOAD if asked.preload is None else asked.preload,

@@ -215,7 +215,8 @@ def text_of(report: RunReport) -> str:
         outcome = f"ran out of memory ({report.limits.memory_limit})"
     else:
         outcome = "failed"
-    lines = [f"{outcome} in {report.execution_time:.2f} s, exit code {report.exit_code}"]
+    where = " in a warm sandbox" if report.warm_start else ""
+    lines = [f"{outcome} in {report.execution_time:.2f} s{where}, exit code {report.exit_code}"]
     if report.metrics:
         lines.append(
             ("verified metrics (the server's scores on held-out rows): " if report.verified

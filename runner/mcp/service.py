@@ -8,6 +8,12 @@ Three tools, each call a fresh hardened container under the server's policy:
 the memory cap, never raise them; oversized requests are refused with a
 message (``Refused``). What a script does, failure included, is an ordinary
 tool result (``isError`` when it failed), never a protocol error.
+
+Calls under the server's own limits run in single-use warm sandboxes when one is
+ready (``ServerPolicy.warm``): every call's files lie in a directory of its own
+below the server's (``CallDirectories``), the root the warm pool's slots are
+mounted at, and each slot shows only the files handed to it for its one run.
+A call that lowers a limit runs cold, in a sandbox made with its own limits.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import shutil
 import tempfile
 import threading
 import uuid
+import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -29,6 +36,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from runner.backends.pool import may_be_pool_root
 from runner.core.exceptions import ExperimentExecutionError
 from runner.core.models import ExperimentResult, ExperimentSpec, TaskType
 from runner.core.options import RunnerOptions
@@ -70,7 +78,8 @@ MAX_FILES_BYTES = 1024 * 1024
 MIN_MEMORY = 32 * 1024**2
 
 
-#: Runners kept for distinct (timeout, memory) requests; each checks its engine once.
+#: Cold runners kept for distinct lower (timeout, memory) requests; each checks its
+#: engine once. The server's own runner (its limits, its warm pool) is kept besides.
 MAX_RUNNERS = 8
 
 
@@ -147,6 +156,18 @@ class ServerPolicy:
     max_runs: int | None = None
     #: Calls one client may have waiting for a run (None: as many as ``max_runs``).
     max_waiting: int | None = None
+    #: Warm sandboxes kept for calls under the server's own limits (None: as many as run
+    #: at once, ``max_runs``; 0: every call cold). A call that lowers a limit runs cold.
+    warm: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.warm is not None and self.warm < 0:
+            raise ValueError("warm is a number of sandboxes: 0 or more")
+        if self.options.warm_pool or self.options.pool_root is not None:
+            raise ValueError(
+                "a server's warm sandboxes are ServerPolicy.warm, mounted at the server's "
+                "own directory: leave options.warm_pool and options.pool_root unset"
+            )
 
     @property
     def timeout(self) -> float:
@@ -194,6 +215,7 @@ class SandboxService:
         self.policy = policy
         self.settings = settings or ExperimentDefaults()
         self._engine = engine
+        #: Cold runners for calls that lowered a limit, by (timeout, memory).
         self._runners: dict[tuple[float, str], ExperimentRunner] = {}
         self._lock = threading.Lock()
         self._history = ResultsHistory(policy.history) if policy.history else None
@@ -205,10 +227,42 @@ class SandboxService:
                     f"Data set {name!r}: {path} is not a file.",
                     hint="pass --data NAME=PATH with an existing CSV file.",
                 )
+        #: Where every call's files lie (each in a directory of its own).
+        self.directories = CallDirectories(policy.workdir)
         # Fail at start, not at the first call, when tracking cannot work at all.
-        runner = self._runner(policy.timeout, policy.memory_limit)
-        limit = policy.max_runs or runner.default_workers()
+        first = self._new_runner(policy.timeout, policy.memory_limit)
+        limit = policy.max_runs or first.default_workers()
         self.gate = RunGate(limit, limit if policy.max_waiting is None else policy.max_waiting)
+        warm = self._warm_size(limit)
+        #: The runner of calls under the server's own limits: the one with a warm pool.
+        self._server = first
+        if warm:
+            # The pool fills in the background: calls before it is ready run cold.
+            self._server = self._new_runner(policy.timeout, policy.memory_limit, warm=warm)
+            first.close()
+
+    def _warm_size(self, runs_at_once: int) -> int:
+        """The warm sandboxes to keep: the policy's, or as many as run at once; none when
+        the server's directory cannot be a pool root."""
+        warm = runs_at_once if self.policy.warm is None else self.policy.warm
+        root = self.directories.root
+        if warm and not may_be_pool_root(root):
+            log.warning(
+                "calls run cold: %s cannot be the warm sandboxes' root (mounted there, it "
+                "would hide the image's own files); choose another --workdir or TMPDIR",
+                root,
+            )
+            return 0
+        return warm
+
+    @property
+    def warm_pool_size(self) -> int:
+        """Warm sandboxes kept for calls under the server's limits (0: every call is cold)."""
+        return self._server.warm_pool_size
+
+    def wait_for_warm(self, timeout: float) -> bool:
+        """Block until every warm sandbox is ready; False on timeout or without any."""
+        return self._server.wait_for_warm(timeout)
 
     # limits --------------------------------------------------------------------
 
@@ -237,27 +291,41 @@ class SandboxService:
                     f"memory_limit {memory_limit} is not allowed: this server allows "
                     f"{MIN_MEMORY // 1024**2}m up to {policy.memory_limit}."
                 )
-            memory = memory_limit.strip()
+            # The server's own cap however it is written: such a call can run warm.
+            memory = policy.memory_limit if asked == ceiling else memory_limit.strip()
         return Limits(timeout=timeout, memory_limit=memory, cpu_limit=policy.cpu_limit)
 
     def _runner(self, timeout: float, memory_limit: str) -> ExperimentRunner:
+        """The runner for a call with these limits: the server's own (warm) for its
+        limits, else a cold one made with exactly these."""
+        if (timeout, memory_limit) == (self.policy.timeout, self.policy.memory_limit):
+            return self._server
         key = (timeout, memory_limit)
         with self._lock:
             runner = self._runners.get(key)
             if runner is None:
-                if self._engine is None:
-                    self._engine = DockerEngine()
                 if len(self._runners) >= MAX_RUNNERS:
-                    oldest = next(iter(self._runners))
-                    self._runners.pop(oldest).close()
-                runner = ExperimentRunner(
-                    options=self.policy.options.merged(timeout=timeout, memory_limit=memory_limit),
-                    history=self._history,
-                    settings=self.settings,
-                    engine=self._engine,
-                )
+                    # Not closed: a call may still be running on it (its held-out
+                    # directory goes with its last reference).
+                    self._runners.pop(next(iter(self._runners)))
+                runner = self._new_runner(timeout, memory_limit)
                 self._runners[key] = runner
             return runner
+
+    def _new_runner(self, timeout: float, memory_limit: str, *, warm: int = 0) -> ExperimentRunner:
+        """A runner with these limits; with ``warm``, that many slots mounted at the
+        server's directory, made for runs with outputs (every call has its own)."""
+        if self._engine is None:
+            self._engine = DockerEngine()
+        pool: dict[str, Any] = {}
+        if warm:
+            pool = {"warm_pool": warm, "pool_root": self.directories.root, "pool_outputs": True}
+        return ExperimentRunner(
+            options=self.policy.options.merged(timeout=timeout, memory_limit=memory_limit, **pool),
+            history=self._history,
+            settings=self.settings,
+            engine=self._engine,
+        )
 
     # the tools -------------------------------------------------------------------
 
@@ -362,11 +430,14 @@ class SandboxService:
         )
 
     def close(self) -> None:
-        """Remove whatever the runners keep (none keeps a pool, so this is quick)."""
+        """Remove the warm sandboxes and whatever the runners keep, and the server's
+        directory unless it is kept (``workdir``); calls after this run cold."""
         with self._lock:
-            for runner in self._runners.values():
-                runner.close()
+            runners = [self._server, *self._runners.values()]
             self._runners.clear()
+        for runner in runners:
+            runner.close()
+        self.directories.close()
 
     # one run -----------------------------------------------------------------------
 
@@ -394,32 +465,56 @@ class SandboxService:
         report = report_of(result, limits, {image.name: image.mime_type for image in images})
         return Outcome(report, text_of(report), images)
 
-    def _call_directory(self, name: str) -> _CallDirectory:
-        return _CallDirectory(self.policy.workdir, name)
+    def _call_directory(self, name: str) -> contextlib.AbstractContextManager[Path]:
+        return self.directories.call(name)
 
 
-class _CallDirectory:
-    """A directory for one call: kept under the workdir, or temporary."""
+class CallDirectories:
+    """The server's directory, and one directory below it for each call.
 
-    def __init__(self, workdir: Path | None, name: str) -> None:
-        self.workdir = workdir
-        self.name = name
-        self.path: Path | None = None
+    Without a ``workdir`` the server's directory is temporary (removed with
+    ``close`` or at exit) and so is each call's; with one, a new directory below
+    it keeps every call's script and outputs. Either way every call's files lie
+    below one ``root`` of this server's: the warm sandboxes are mounted there.
+    """
 
-    def __enter__(self) -> Path:
-        if self.workdir is None:
-            self.path = Path(tempfile.mkdtemp(prefix="runner-mcp-"))
+    def __init__(self, workdir: Path | None) -> None:
+        #: Calls' directories are kept (below a ``workdir``), not removed after the call.
+        self.keep = workdir is not None
+        if workdir is None:
+            root = Path(tempfile.mkdtemp(prefix="runner-mcp-")).resolve()
         else:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-            slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.name)[:40]
-            self.path = self.workdir.resolve() / f"{stamp}-{slug}-{uuid.uuid4().hex[:6]}"
-            self.path.mkdir(parents=True)
-        self.path.chmod(0o755)  # the sandbox's user reads the script in place
-        return self.path
+            top = workdir.expanduser().resolve()
+            top.mkdir(parents=True, exist_ok=True)
+            root = top / f"server-{_stamp()}-{uuid.uuid4().hex[:6]}"
+            root.mkdir()
+        root.chmod(0o755)  # as each call's directory: the way down to the script is open
+        self.root = root
+        self._finalizer = (
+            None if self.keep else weakref.finalize(self, shutil.rmtree, str(root), True)
+        )
 
-    def __exit__(self, *exc: object) -> None:
-        if self.workdir is None and self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
+    @contextlib.contextmanager
+    def call(self, name: str) -> Iterator[Path]:
+        """A new directory for one call (``name`` in it), removed after unless kept."""
+        slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+        path = self.root / f"{_stamp()}-{slug}-{uuid.uuid4().hex[:6]}"
+        path.mkdir()
+        path.chmod(0o755)  # the sandbox's user reads the script in place
+        try:
+            yield path
+        finally:
+            if not self.keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove the server's directory, unless it is kept."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
 
 
 def spec_of(**fields: Any) -> ExperimentSpec:

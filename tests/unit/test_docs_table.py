@@ -149,7 +149,9 @@ def _docs_sections(script: Path) -> tuple[str, ...]:
     raise AssertionError(f"{script.name} declares no DOCS_SECTIONS")
 
 
-@pytest.mark.parametrize("script", ["bench_sandbox.py", "bench_hand_over.py", "bench_ray.py"])
+@pytest.mark.parametrize(
+    "script", ["bench_sandbox.py", "bench_hand_over.py", "bench_ray.py", "bench_mcp.py"]
+)
 def test_the_performance_page_has_every_section_a_benchmark_writes(script: str) -> None:
     """docs/performance.md holds, once each, the markers of every section --docs writes."""
     sections = _docs_sections(BENCHMARKS / script)

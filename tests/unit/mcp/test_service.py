@@ -42,10 +42,13 @@ def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
 def serve(
     engine: FakeEngine, tmp_path: Path, **policy: Any
 ) -> Callable[[Callable[[Call], Awaitable[None]]], None]:
-    """Run a test body against a server on ``engine``, through the SDK's client."""
+    """Run a test body against a server on ``engine``, through the SDK's client (cold,
+    unless ``policy`` says ``warm``)."""
     settings = ExperimentDefaults(cache_dir=tmp_path / "cache")
     service = SandboxService(
-        ServerPolicy.from_settings(settings, timeout=30.0, memory_limit="1g", **policy),
+        ServerPolicy.from_settings(
+            settings, timeout=30.0, memory_limit="1g", **{"warm": 0, **policy}
+        ),
         engine=engine,
         settings=settings,
     )
@@ -55,7 +58,10 @@ def serve(
             async with Client(build_server(service)) as client:
                 await body(client.call_tool)
 
-        asyncio.run(session())
+        try:
+            asyncio.run(session())
+        finally:
+            service.close()
 
     return run
 
@@ -70,7 +76,7 @@ def test_the_three_tools_are_listed_with_output_schemas(tmp_path: Path) -> None:
     """list_tools shows run_python, run_experiment and list_results, each with a schema."""
     settings = ExperimentDefaults(cache_dir=tmp_path / "cache")
     service = SandboxService(
-        ServerPolicy.from_settings(settings), engine=FakeEngine(), settings=settings
+        ServerPolicy.from_settings(settings, warm=0), engine=FakeEngine(), settings=settings
     )
 
     async def body() -> None:
@@ -312,7 +318,7 @@ def test_streamable_http_serves_on_loopback_by_default(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     settings = ExperimentDefaults(cache_dir=tmp_path / "cache")
     service = SandboxService(
-        ServerPolicy.from_settings(settings), engine=FakeEngine(), settings=settings
+        ServerPolicy.from_settings(settings, warm=0), engine=FakeEngine(), settings=settings
     )
     server = build_server(service)
 
@@ -356,7 +362,7 @@ def test_runs_are_capped_server_wide_and_a_flooding_client_is_refused(tmp_path: 
     settings = ExperimentDefaults(cache_dir=tmp_path / "cache")
     service = SandboxService(
         ServerPolicy.from_settings(
-            settings, timeout=30.0, memory_limit="1g", max_runs=1, max_waiting=1
+            settings, timeout=30.0, memory_limit="1g", max_runs=1, max_waiting=1, warm=0
         ),
         engine=engine,
         settings=settings,
@@ -414,9 +420,10 @@ def test_the_server_wide_cap_defaults_to_what_the_engine_holds(tmp_path: Path) -
     settings = ExperimentDefaults(cache_dir=tmp_path / "cache")
     engine = FakeEngine()
     service = SandboxService(
-        ServerPolicy.from_settings(settings, cpu_limit=1.0, memory_limit="1g"),
+        ServerPolicy.from_settings(settings, cpu_limit=1.0, memory_limit="1g", warm=0),
         engine=engine,
         settings=settings,
     )
     fits = ExperimentRunner(engine=engine, settings=settings, memory_limit="1g").default_workers()
     assert (service.gate.limit, service.gate.backlog) == (fits, fits)
+    service.close()

@@ -395,6 +395,34 @@ def test_a_pool_made_with_outputs_serves_runs_with_outputs_only(tmp_path: Path) 
         assert not cold.warm_start
 
 
+def test_pool_outputs_makes_slots_for_runs_that_give_their_own_outputs(tmp_path: Path) -> None:
+    """With pool_outputs and no outputs_dir, slots have /outputs and a run's own outputs_dir
+    goes warm; without it, that run is cold (the slots were made without outputs)."""
+    from runner.core.settings import ExperimentDefaults
+
+    root = tmp_path / "experiments"
+    script = root / "exp" / "experiment.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("print(1)\n")
+    for pool_outputs in (True, False):
+        stream = ARTIFACTS_MARKER + tar_of(file("plot.png"))
+        engine = FakeEngine(wait_results=[0, 0], stdout=b"{}\n" + stream)
+        with ExperimentRunner(
+            timeout=5,
+            engine=engine,
+            warm_pool=1,
+            pool_root=root,
+            pool_outputs=pool_outputs,
+            settings=ExperimentDefaults(cache_dir=tmp_path / "cache"),
+        ) as runner:
+            assert runner.outputs_dir is None
+            assert runner.wait_for_warm(10)
+            assert ("/outputs" in engine.created[0]["tmpfs"]) is pool_outputs
+            result = runner.run(script, SPEC, 0, outputs_dir=tmp_path / f"out-{pool_outputs}")
+            assert result.warm_start is pool_outputs
+            assert [a.name for a in result.artifacts] == ["plot.png"]
+
+
 def test_artifacts_are_recorded_in_the_history(script: Path, tmp_path: Path) -> None:
     """The history keeps each result's artifacts and message; run_many gives each job a dir."""
     from runner.results.history import ResultsHistory
