@@ -123,17 +123,22 @@ def _support_files() -> list[tuple[str, bytes]]:
 
 
 def _read_back(engine: Engine, helper: str) -> dict[str, bytes]:
-    """The files now in the support volume (none, if it is new)."""
+    """The files now in the support volume (none, if it is new).
+
+    Docker names each file of the archive below the directory's own name
+    (``support/hosts``), Podman below the root of the archive (``/hosts``).
+    """
     try:
         data = engine.get_archive(helper, SUPPORT_AT)
     except ExperimentExecutionError:
         return {}
     found = {}
+    directory = SUPPORT_AT.strip("/") + "/"
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for member in tar.getmembers():
             extracted = tar.extractfile(member) if member.isfile() else None
             if extracted is not None:
-                found[member.name.removeprefix(SUPPORT_AT.strip("/") + "/")] = extracted.read()
+                found[member.name.lstrip("/").removeprefix(directory)] = extracted.read()
     return found
 
 

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from runner import ExperimentDefaults, ExperimentRunner, cleanup
 from runner.sandbox.cleanup import (
@@ -21,6 +22,7 @@ from runner.sandbox.cleanup import (
     process_start_time,
 )
 from runner.sandbox.engine import ContainerInfo, DockerEngine
+from runner.sandbox.support import SUPPORT_AT
 from tests.conftest import OURS, our_containers
 from tests.integration.conftest import INTERRUPTIBLE, SPEC
 
@@ -147,6 +149,28 @@ def test_cleanup_all_under_a_live_runner_costs_its_next_run_nothing(
 
     assert result.success, result.error_message
     assert len(support_volumes(engine)) == 1
+
+
+def test_a_support_volume_in_place_is_read_back_not_written_again(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """Each new runner reads the support files back through the engine's archive API
+    (whose naming differs between engines) and, finding them as expected, writes nothing."""
+    script = write_script("import json\nprint(json.dumps({'success': True}))\n")
+    assert ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 0).success
+    written: list[str] = []
+    put_archive = engine.put_archive
+
+    def spied(container_id: str, path: str, data: bytes | BinaryIO) -> None:
+        written.append(path)
+        put_archive(container_id, path, data)
+
+    engine.put_archive = spied  # type: ignore[method-assign]
+    try:
+        assert ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 1).success
+    finally:
+        del engine.put_archive
+    assert SUPPORT_AT not in written
 
 
 def support_volumes(engine: DockerEngine) -> list[str]:

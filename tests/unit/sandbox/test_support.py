@@ -74,6 +74,11 @@ def test_the_support_volume_is_the_engines_and_only_cleanup_all_removes_it(
     assert support.name in engine.volumes_removed
 
 
+#: How each engine names the files of a directory's archive: below the directory's own
+#: name (Docker), or below the archive's root, with the directory itself as "" (Podman).
+READ_BACK_PREFIX: dict[EngineKind, str] = {"docker": "support/", "podman": "/"}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_support_volume_is_shared_and_written_only_when_it_differs(
     script: Path, kind: EngineKind
@@ -84,7 +89,7 @@ def test_the_support_volume_is_shared_and_written_only_when_it_differs(
 
     def written_back(container_id: str, path: str) -> bytes:
         if path == SUPPORT_AT and engine.support_archives:
-            return _as_read_back(engine.support_archives[0])
+            return _as_read_back(engine.support_archives[0], READ_BACK_PREFIX[kind])
         return original(container_id, path)
 
     engine.get_archive = written_back  # type: ignore[method-assign]
@@ -95,16 +100,19 @@ def test_the_support_volume_is_shared_and_written_only_when_it_differs(
     assert len(engine.support_helpers) == 2  # one look per runner, each removed
 
 
-def _as_read_back(archive: bytes) -> bytes:
+def _as_read_back(archive: bytes, prefix: str) -> bytes:
     """The tar the engine gives back for the directory the archive was unpacked into."""
     out = io.BytesIO()
     with (
         tarfile.open(fileobj=io.BytesIO(archive)) as source,
         tarfile.open(fileobj=out, mode="w") as tar,
     ):
+        directory = tarfile.TarInfo(prefix.rstrip("/"))
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
         for member in source.getmembers():
             data = source.extractfile(member)
-            member.name = "support/" + member.name
+            member.name = prefix + member.name
             tar.addfile(member, data)
     return out.getvalue()
 
