@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 
 import docker
 import requests
+from docker.constants import DEFAULT_DOCKER_API_VERSION
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from runner.core.exceptions import ExperimentExecutionError
@@ -41,6 +42,8 @@ RUNTIME_FAILURES = ("OCI runtime start failed", "OCI runtime create failed")
 #: Which product answers the Docker API: Docker itself, or Podman's compatible service.
 EngineKind = Literal["docker", "podman"]
 PODMAN_PRODUCT = "Podman Engine"
+#: A header only Podman's answers carry (its own API's version): its ping names it.
+PODMAN_HEADER = "Libpod-Api-Version"
 #: How often Podman's own wait endpoint checks the container (its compatible one spins).
 PODMAN_WAIT_INTERVAL = "100ms"
 #: Podman may answer 500 to removing a container that is just exiting; it works soon after.
@@ -171,14 +174,9 @@ class DockerEngine:
     """A thin, typed wrapper around ``docker.DockerClient``."""
 
     def __init__(self, client: docker.DockerClient | None = None) -> None:
+        ping: Mapping[str, str] | None = None
         if client is None:
-            try:
-                # Parallel runs each hold an attach stream and a wait request.
-                client = docker.from_env(max_pool_size=64)
-            except DockerException as e:
-                raise ExperimentExecutionError(
-                    f"Cannot reach a Docker engine: {e}", hint=ENGINE_HINT
-                ) from e
+            client, ping = _client_from_env()
         self._client = client
         self._api = client.api
         self._description: str | None = None
@@ -186,12 +184,18 @@ class DockerEngine:
         self._leftovers: set[tuple[str, str]] = set()
         self._leftovers_lock = threading.Lock()
         self._version: dict[str, Any] | None = None
+        self._info: dict[str, Any] | None = None
+        self._kind: EngineKind | None = None if ping is None else _kind_from(ping)
 
     # engine ---------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        """The engine's ``docker info``."""
-        return dict(self._call(self._client.info))
+        """The engine's ``docker info``, asked once: Podman's takes a fifth of a second or
+        more (it asks its runtime and conmon their versions), and a runner asks it for its
+        probe and again for each result's provenance."""
+        if self._info is None:
+            self._info = dict(self._call(self._client.info))
+        return dict(self._info)
 
     def runtimes(self) -> set[str]:
         """Names of the OCI runtimes registered with the engine."""
@@ -416,9 +420,22 @@ class DockerEngine:
         return self._description
 
     def kind(self) -> EngineKind:
-        """Whether Docker or Podman answers (they differ in what they apply; see podman.py)."""
-        components = self._engine_version().get("Components") or []
-        return "podman" if any(c.get("Name") == PODMAN_PRODUCT for c in components) else "docker"
+        """Whether Docker or Podman answers (they differ in what they apply; see podman.py).
+
+        Told by the engine's ping, which names Podman (``PODMAN_HEADER``), rather than
+        its ``version``, which Podman takes half a second to answer; an answer without
+        the header is checked against the version's components.
+        """
+        if self._kind is None:
+            api = self._api
+            ping = self._call(lambda: api._get(api._url("/_ping"), timeout=30))
+            kind = _kind_from(ping.headers)
+            if kind == "docker":
+                components = self._engine_version().get("Components") or []
+                if any(c.get("Name") == PODMAN_PRODUCT for c in components):
+                    kind = "podman"
+            self._kind = kind
+        return self._kind
 
     def _engine_version(self) -> dict[str, Any]:
         if self._version is None:
@@ -587,6 +604,37 @@ class DockerEngine:
             ) from e
         except (DockerException, requests.exceptions.RequestException) as e:
             raise self._failed(e) from e
+
+
+def _client_from_env() -> tuple[docker.DockerClient, Mapping[str, str]]:
+    """``docker.from_env()``, on the API version the engine's ping names; and that ping.
+
+    docker-py would ask the engine's ``version`` for it, which Podman takes half a
+    second to answer; its ping says the same (``Api-Version``) at once.
+    """
+    client: docker.DockerClient | None = None
+    try:
+        # With a version given docker-py asks nothing. Parallel runs each hold an attach
+        # stream and a wait request.
+        client = docker.from_env(version=DEFAULT_DOCKER_API_VERSION, max_pool_size=64)
+        api = client.api
+        ping = api._get(api._url("/_ping", versioned_api=False), timeout=60)
+        api._raise_for_status(ping)
+        version = ping.headers.get("Api-Version") or "auto"  # without it, as docker-py does
+        if version != DEFAULT_DOCKER_API_VERSION:
+            client.close()
+            client = docker.from_env(version=version, max_pool_size=64)
+        return client, ping.headers
+    except (DockerException, requests.exceptions.RequestException) as e:
+        if client is not None:
+            client.close()
+        raise ExperimentExecutionError(
+            f"Cannot reach a Docker engine: {e}", hint=ENGINE_HINT
+        ) from e
+
+
+def _kind_from(ping_headers: Mapping[str, str]) -> EngineKind:
+    return "podman" if ping_headers.get(PODMAN_HEADER) else "docker"
 
 
 def _engine_error(e: Exception, where: str) -> ExperimentExecutionError:
