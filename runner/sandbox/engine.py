@@ -18,6 +18,7 @@ import docker
 import requests
 from docker.constants import DEFAULT_DOCKER_API_VERSION
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import _create_container_args
 
 from runner.core.exceptions import ExperimentExecutionError
 
@@ -274,7 +275,12 @@ class DockerEngine:
     def create(self, image: str, command: list[str], **config: Any) -> str:
         """Create (not start) a container and return its ID."""
         try:
-            container = self._client.containers.create(image, command, **config)
+            # As ``containers.create`` does, without the inspect it adds to make a model:
+            # only the ID is used (the check after create inspects once, in full).
+            args = _create_container_args(
+                {**config, "image": image, "command": command, "version": self._api._version}
+            )
+            created = self._api.create_container(**args)
         except ImageNotFound as e:
             raise ExperimentExecutionError(f"Image {image!r} not found.", hint=IMAGE_HINT) from e
         except APIError as e:
@@ -297,14 +303,26 @@ class DockerEngine:
             ) from e
         except (DockerException, requests.exceptions.RequestException) as e:
             raise self._failed(e) from e
-        return str(container.id)
+        return str(created["Id"])
 
     def attach(self, container_id: str) -> OutputStream:
-        """Stream stdout and stderr separately; call before ``start`` to miss nothing."""
-        stream = self._call(
-            self._api.attach, container_id, stdout=True, stderr=True, stream=True, demux=True
-        )
-        return stream  # type: ignore[no-any-return]
+        """Stream stdout and stderr separately; call before ``start`` to miss nothing.
+
+        As docker-py's ``attach`` does, without the inspect it makes to learn whether the
+        container has a terminal: a sandbox never has one (``container_config``).
+        """
+        api = self._api
+
+        def attached() -> OutputStream:
+            response = api._post(
+                api._url("/containers/{0}/attach", container_id),
+                headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+                params={"logs": 0, "stdout": 1, "stderr": 1, "stream": 1},
+                stream=True,
+            )
+            return api._read_from_socket(response, True, tty=False, demux=True)  # type: ignore[no-any-return]
+
+        return self._call(attached)  # type: ignore[no-any-return]
 
     def send_stdin(self, container_id: str, data: bytes) -> None:
         """Write ``data`` to a running container's stdin (it must be created stdin_open)."""
@@ -391,22 +409,22 @@ class DockerEngine:
     def inspect(self, container_id: str) -> dict[str, Any]:
         """The engine's full record of a container (``docker inspect``).
 
-        From Podman, with what only its own API tells: the OCI runtime really
-        used (the compatible answer says "oci"), the capability sets, and mounts
-        with their options.
+        From Podman, its own API's record, which tells what the compatible one
+        does not: the OCI runtime really used (the compatible answer says "oci"),
+        the capability sets, and mounts with their options. Its ``HostConfig``
+        and ``Config`` are what the compatible answer is made from, with the
+        same names and values (capabilities keep their ``CAP_`` prefix).
         """
-        data = dict(self._call(self._api.inspect_container, container_id))
-        if self.kind() == "podman":
-            api = self._api
-            own = self._call(
+        if self.kind() != "podman":
+            return dict(self._call(self._api.inspect_container, container_id))
+        api = self._api
+        return dict(
+            self._call(
                 lambda: api._result(
-                    api._get(api._url("/libpod/containers/{0}/json", container_id)),
-                    json=True,
+                    api._get(api._url("/libpod/containers/{0}/json", container_id)), json=True
                 )
             )
-            for key in ("OCIRuntime", "EffectiveCaps", "BoundingCaps", "Mounts"):
-                data[key] = own.get(key)
-        return data
+        )
 
     def describe(self) -> str:
         """Which engine this is, for messages: product, version and address."""
