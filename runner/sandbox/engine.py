@@ -17,7 +17,10 @@ from typing import Any, BinaryIO, Literal, Protocol
 
 import docker
 import requests
+from docker.constants import DEFAULT_DOCKER_API_VERSION
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import _create_container_args
+from docker.types.daemon import CancellableStream
 
 from runner.core.exceptions import ExperimentExecutionError
 from runner.sandbox.lifeline import address_of, lifeline, own_name, owned
@@ -43,6 +46,8 @@ RUNTIME_FAILURES = ("OCI runtime start failed", "OCI runtime create failed")
 #: Which product answers the Docker API: Docker itself, or Podman's compatible service.
 EngineKind = Literal["docker", "podman"]
 PODMAN_PRODUCT = "Podman Engine"
+#: A header only Podman's answers carry (its own API's version): its ping names it.
+PODMAN_HEADER = "Libpod-Api-Version"
 #: How often Podman's own wait endpoint checks the container (its compatible one spins).
 PODMAN_WAIT_INTERVAL = "100ms"
 #: Podman may answer 500 to removing a container that is just exiting; it works soon after.
@@ -194,14 +199,9 @@ class DockerEngine:
     """A thin, typed wrapper around ``docker.DockerClient``."""
 
     def __init__(self, client: docker.DockerClient | None = None) -> None:
+        ping: Mapping[str, str] | None = None
         if client is None:
-            try:
-                # Parallel runs each hold an attach stream and a wait request.
-                client = docker.from_env(max_pool_size=64)
-            except DockerException as e:
-                raise ExperimentExecutionError(
-                    f"Cannot reach a Docker engine: {e}", hint=ENGINE_HINT
-                ) from e
+            client, ping = _client_from_env()
         self._client = client
         self._api = client.api
         self._description: str | None = None
@@ -213,12 +213,18 @@ class DockerEngine:
         self.address = address_of(self._api)
         #: The names containers were announced to the lifeline by, by ID.
         self._announced: dict[str, str] = {}
+        self._info: dict[str, Any] | None = None
+        self._kind: EngineKind | None = None if ping is None else _kind_from(ping)
 
     # engine ---------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        """The engine's ``docker info``."""
-        return dict(self._call(self._client.info))
+        """The engine's ``docker info``, asked once: Podman's takes a fifth of a second or
+        more (it asks its runtime and conmon their versions), and a runner asks it for its
+        probe and again for each result's provenance."""
+        if self._info is None:
+            self._info = dict(self._call(self._client.info))
+        return dict(self._info)
 
     def runtimes(self) -> set[str]:
         """Names of the OCI runtimes registered with the engine."""
@@ -308,15 +314,20 @@ class DockerEngine:
             lifeline().hold(self.address, "c", announced)
         # Announced still if this fails: the engine may have made it all the same (a
         # request that timed out); the lifeline's removal of a name never made is harmless.
-        container = self._create(image, command, config)
+        container_id = self._create(image, command, config)
         if announced is not None:
             with self._leftovers_lock:
-                self._announced[str(container.id)] = announced
-        return str(container.id)
+                self._announced[container_id] = announced
+        return container_id
 
-    def _create(self, image: str, command: list[str], config: dict[str, Any]) -> Any:
+    def _create(self, image: str, command: list[str], config: dict[str, Any]) -> str:
         try:
-            return self._client.containers.create(image, command, **config)
+            # As ``containers.create`` does, without the inspect it adds to make a model:
+            # only the ID is used (the check after create inspects once, in full).
+            args = _create_container_args(
+                {**config, "image": image, "command": command, "version": self._api._version}
+            )
+            created = self._api.create_container(**args)
         except ImageNotFound as e:
             raise ExperimentExecutionError(f"Image {image!r} not found.", hint=IMAGE_HINT) from e
         except APIError as e:
@@ -339,13 +350,28 @@ class DockerEngine:
             ) from e
         except (DockerException, requests.exceptions.RequestException) as e:
             raise self._failed(e) from e
+        return str(created["Id"])
 
     def attach(self, container_id: str) -> OutputStream:
-        """Stream stdout and stderr separately; call before ``start`` to miss nothing."""
-        stream = self._call(
-            self._api.attach, container_id, stdout=True, stderr=True, stream=True, demux=True
-        )
-        return stream  # type: ignore[no-any-return]
+        """Stream stdout and stderr separately; call before ``start`` to miss nothing.
+
+        As docker-py's ``attach`` does, without the inspect it makes to learn whether the
+        container has a terminal: a sandbox never has one (``container_config``).
+        """
+        api = self._api
+
+        def attached() -> OutputStream:
+            response = api._post(
+                api._url("/containers/{0}/attach", container_id),
+                headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+                params={"logs": 0, "stdout": 1, "stderr": 1, "stream": 1},
+                stream=True,
+            )
+            output = api._read_from_socket(response, True, tty=False, demux=True)
+            # Closable from another thread while it is read, as docker-py's own is.
+            return CancellableStream(output, response)  # type: ignore[no-any-return]
+
+        return self._call(attached)  # type: ignore[no-any-return]
 
     def send_stdin(self, container_id: str, data: bytes) -> None:
         """Write ``data`` to a running container's stdin (it must be created stdin_open)."""
@@ -444,22 +470,22 @@ class DockerEngine:
     def inspect(self, container_id: str) -> dict[str, Any]:
         """The engine's full record of a container (``docker inspect``).
 
-        From Podman, with what only its own API tells: the OCI runtime really
-        used (the compatible answer says "oci"), the capability sets, and mounts
-        with their options.
+        From Podman, its own API's record, which tells what the compatible one
+        does not: the OCI runtime really used (the compatible answer says "oci"),
+        the capability sets, and mounts with their options. Its ``HostConfig``
+        and ``Config`` are what the compatible answer is made from, with the
+        same names and values (capabilities keep their ``CAP_`` prefix).
         """
-        data = dict(self._call(self._api.inspect_container, container_id))
-        if self.kind() == "podman":
-            api = self._api
-            own = self._call(
+        if self.kind() != "podman":
+            return dict(self._call(self._api.inspect_container, container_id))
+        api = self._api
+        return dict(
+            self._call(
                 lambda: api._result(
-                    api._get(api._url("/libpod/containers/{0}/json", container_id)),
-                    json=True,
+                    api._get(api._url("/libpod/containers/{0}/json", container_id)), json=True
                 )
             )
-            for key in ("OCIRuntime", "EffectiveCaps", "BoundingCaps", "Mounts"):
-                data[key] = own.get(key)
-        return data
+        )
 
     def describe(self) -> str:
         """Which engine this is, for messages: product, version and address."""
@@ -473,9 +499,22 @@ class DockerEngine:
         return self._description
 
     def kind(self) -> EngineKind:
-        """Whether Docker or Podman answers (they differ in what they apply; see podman.py)."""
-        components = self._engine_version().get("Components") or []
-        return "podman" if any(c.get("Name") == PODMAN_PRODUCT for c in components) else "docker"
+        """Whether Docker or Podman answers (they differ in what they apply; see podman.py).
+
+        Told by the engine's ping, which names Podman (``PODMAN_HEADER``), rather than
+        its ``version``, which Podman takes half a second to answer; an answer without
+        the header is checked against the version's components.
+        """
+        if self._kind is None:
+            api = self._api
+            ping = self._call(lambda: api._get(api._url("/_ping"), timeout=30))
+            kind = _kind_from(ping.headers)
+            if kind == "docker":
+                components = self._engine_version().get("Components") or []
+                if any(c.get("Name") == PODMAN_PRODUCT for c in components):
+                    kind = "podman"
+            self._kind = kind
+        return self._kind
 
     def _engine_version(self) -> dict[str, Any]:
         if self._version is None:
@@ -658,6 +697,37 @@ class DockerEngine:
             ) from e
         except (DockerException, requests.exceptions.RequestException) as e:
             raise self._failed(e) from e
+
+
+def _client_from_env() -> tuple[docker.DockerClient, Mapping[str, str]]:
+    """``docker.from_env()``, on the API version the engine's ping names; and that ping.
+
+    docker-py would ask the engine's ``version`` for it, which Podman takes half a
+    second to answer; its ping says the same (``Api-Version``) at once.
+    """
+    client: docker.DockerClient | None = None
+    try:
+        # With a version given docker-py asks nothing. Parallel runs each hold an attach
+        # stream and a wait request.
+        client = docker.from_env(version=DEFAULT_DOCKER_API_VERSION, max_pool_size=64)
+        api = client.api
+        ping = api._get(api._url("/_ping", versioned_api=False), timeout=60)
+        api._raise_for_status(ping)
+        version = ping.headers.get("Api-Version") or "auto"  # without it, as docker-py does
+        if version != DEFAULT_DOCKER_API_VERSION:
+            client.close()
+            client = docker.from_env(version=version, max_pool_size=64)
+        return client, ping.headers
+    except (DockerException, requests.exceptions.RequestException) as e:
+        if client is not None:
+            client.close()
+        raise ExperimentExecutionError(
+            f"Cannot reach a Docker engine: {e}", hint=ENGINE_HINT
+        ) from e
+
+
+def _kind_from(ping_headers: Mapping[str, str]) -> EngineKind:
+    return "podman" if ping_headers.get(PODMAN_HEADER) else "docker"
 
 
 def _engine_error(e: Exception, where: str) -> ExperimentExecutionError:

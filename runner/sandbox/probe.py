@@ -79,7 +79,8 @@ def probe(engine: Engine, policy: SandboxPolicy, transfer: Transfer) -> EngineFa
         memory=int(info.get("MemTotal") or 0),
         # The engine's cgroups are readable here only if it runs on this machine.
         telemetry=telemetry if shares_files and telemetry.available(info) else None,
-        support=SupportVolume(engine, image_id),
+        # Read in place only where that was seen to work, not where transfer='bind' says so.
+        support=SupportVolume(engine, image_id, here=shares_files and transfer != "bind"),
     )
 
 

@@ -5,7 +5,8 @@ A sandbox gets its own ``/etc/hosts`` (``localhost`` and its host name) and
 bound read-only from one labelled volume of the engine; on Podman, which reads
 a seccomp profile only from a file on its machine, the profile too. The files
 are written through the archive API (``runner.sandbox.files.transfer.unstarted``), so this
-works on an engine that cannot see this machine's files.
+works on an engine that cannot see this machine's files; one that does (a local engine)
+has them read back where it keeps the volume, without a helper container.
 
 On Docker this lets the engine make no network at all for a sandbox
 (``network_disabled``): the runtime gives the container a fresh network
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 import threading
 import time
@@ -39,17 +41,25 @@ SUPPORT_AT = "/support"
 #: by every runner of the engine, so it has no owner; `runner cleanup --all` removes it.
 SUPPORT_VOLUME = "experiment-runner-support"
 SUPPORT_LABELS = {LABEL: "support"}
+#: More than any support file holds (the seccomp profile, about 10 KB): what is read of one.
+MAX_FILE_BYTES = 1 << 20
 RESOLV_CONF = "nameserver 127.0.0.1\n"
 HOSTS = "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
-def ensure_support(engine: Engine, image_id: str, helper_labels: Mapping[str, str]) -> SupportFiles:
+def ensure_support(
+    engine: Engine, image_id: str, helper_labels: Mapping[str, str], *, here: bool = False
+) -> SupportFiles:
     """The engine's support volume, created and filled if missing or not as expected.
 
     One volume per engine and content (its name carries the content's digest),
     shared by every runner (of this process's group, which has one of its own): runs
     only read it. It is written only when what is there differs, so a runner never
     rewrites a file another is reading.
+
+    ``here``: the engine sees this machine's files (``engine_sees_local_files``), so
+    what the volume holds is first read where the engine keeps it; only when that
+    cannot be read, or differs, is it read (and written) through a helper container.
     """
     files = _support_files()
     digest = hashlib.sha256(b"".join(name.encode() + data for name, data in files)).hexdigest()
@@ -58,6 +68,8 @@ def ensure_support(engine: Engine, image_id: str, helper_labels: Mapping[str, st
     if group is not None:
         name, labels[LABEL_GROUP] = f"{name}-{group}", group
     volume = engine.create_volume(labels, name=name)
+    if here and _read_here(volume.mountpoint) == dict(files):
+        return SupportFiles(volume.name, volume.mountpoint)
     helper = unstarted(
         engine, image_id, helper_labels, Mount(target=SUPPORT_AT, source=volume.name, type="volume")
     )
@@ -77,10 +89,12 @@ class SupportVolume:
     machine: what holds ``files`` (a warm pool's slot maker) stays right.
     """
 
-    def __init__(self, engine: Engine, image_id: str) -> None:
+    def __init__(self, engine: Engine, image_id: str, *, here: bool = False) -> None:
         self._engine = engine
         self._image_id = image_id
-        self.files = ensure_support(engine, image_id, build_labels(deadline_after(60)))
+        #: The engine sees this machine's files (``ensure_support``).
+        self._here = here
+        self.files = ensure_support(engine, image_id, build_labels(deadline_after(60)), here=here)
         #: Counts the times it was made again: a caller notes it before an attempt.
         self.remade = 0
         self._lock = threading.Lock()
@@ -102,7 +116,9 @@ class SupportVolume:
             ):
                 return False  # refused for another reason: the error stands
             helper_labels = build_labels(deadline_after(60))
-            self.files = ensure_support(self._engine, self._image_id, helper_labels)
+            self.files = ensure_support(
+                self._engine, self._image_id, helper_labels, here=self._here
+            )
             self.remade += 1
             return True
 
@@ -122,18 +138,42 @@ def _support_files() -> list[tuple[str, bytes]]:
     ]
 
 
+def _read_here(mountpoint: str) -> dict[str, bytes] | None:
+    """The regular files at the top of the volume's directory on this machine; None
+    when it cannot be read here or holds anything else (a link, a directory, ...)."""
+    if not mountpoint:
+        return None
+    found = {}
+    try:
+        with os.scandir(mountpoint) as entries:
+            for entry in entries:
+                if not entry.is_file(follow_symlinks=False):
+                    return None
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                with os.fdopen(fd, "rb") as file:
+                    found[entry.name] = file.read(MAX_FILE_BYTES + 1)
+    except OSError:
+        return None
+    return found
+
+
 def _read_back(engine: Engine, helper: str) -> dict[str, bytes]:
-    """The files now in the support volume (none, if it is new)."""
+    """The files now in the support volume (none, if it is new).
+
+    Docker names each file of the archive below the directory's own name
+    (``support/hosts``), Podman below the root of the archive (``/hosts``).
+    """
     try:
         data = engine.get_archive(helper, SUPPORT_AT)
     except ExperimentExecutionError:
         return {}
     found = {}
+    directory = SUPPORT_AT.strip("/") + "/"
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for member in tar.getmembers():
             extracted = tar.extractfile(member) if member.isfile() else None
             if extracted is not None:
-                found[member.name.removeprefix(SUPPORT_AT.strip("/") + "/")] = extracted.read()
+                found[member.name.lstrip("/").removeprefix(directory)] = extracted.read()
     return found
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from runner import ExperimentDefaults, ExperimentRunner, cleanup
 from runner.sandbox import lifeline
@@ -23,8 +24,9 @@ from runner.sandbox.cleanup import (
     process_start_time,
 )
 from runner.sandbox.engine import ContainerInfo, DockerEngine
+from runner.sandbox.support import SUPPORT_AT
 from tests.conftest import OURS, our_containers, our_volumes
-from tests.integration.conftest import INTERRUPTIBLE, SPEC
+from tests.integration.conftest import INTERRUPTIBLE, LOCAL_ENGINE, SPEC
 
 
 def wait_for_container(engine: DockerEngine, timeout: float = 30) -> ContainerInfo:
@@ -217,6 +219,37 @@ def test_cleanup_all_under_a_live_runner_costs_its_next_run_nothing(
 
     assert result.success, result.error_message
     assert len(support_volumes(engine)) == 1
+
+
+def test_a_support_volume_in_place_is_read_back_not_written_again(
+    engine: DockerEngine, write_script: Callable[..., Path]
+) -> None:
+    """Each new runner reads the support files back (in place on an engine that sees this
+    machine's files, else through the engine's archive API, whose naming differs between
+    engines) and, finding them as expected, writes nothing."""
+    script = write_script("import json\nprint(json.dumps({'success': True}))\n")
+    assert ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 0).success
+    written: list[str] = []
+    helpers: list[str] = []
+    put_archive, create = engine.put_archive, engine.create
+
+    def spied_put(container_id: str, path: str, data: bytes | BinaryIO) -> None:
+        written.append(path)
+        put_archive(container_id, path, data)
+
+    def spied_create(image: str, command: list[str], **config: Any) -> str:
+        if any(m["Target"] == SUPPORT_AT for m in config.get("mounts") or []):
+            helpers.append(image)
+        return create(image, command, **config)
+
+    engine.put_archive = spied_put  # type: ignore[method-assign]
+    engine.create = spied_create  # type: ignore[method-assign]
+    try:
+        assert ExperimentRunner(timeout=30, engine=engine).run(script, SPEC, 1).success
+    finally:
+        del engine.put_archive, engine.create
+    assert SUPPORT_AT not in written
+    assert len(helpers) == (0 if LOCAL_ENGINE else 1)
 
 
 def support_volumes(engine: DockerEngine) -> list[str]:

@@ -13,8 +13,11 @@ PODMAN_VERSION = {"Version": "4.3.1", "Components": [{"Name": "Podman Engine"}]}
 
 
 def engine_with(api: mock.Mock, version: dict[str, object] = DOCKER_VERSION) -> DockerEngine:
+    """An engine on ``api``, whose ping and version answer as Docker's or Podman's do."""
     client = mock.Mock(spec=docker.DockerClient)
     api.version.return_value = version
+    podman = version is PODMAN_VERSION
+    api._get.return_value.headers = {"Libpod-Api-Version": "4.3.1"} if podman else {}
     client.api = api
     return DockerEngine(client)
 
@@ -68,9 +71,9 @@ def test_other_engine_errors_are_wrapped() -> None:
 def test_a_bind_source_the_engine_lacks_points_at_transfer() -> None:
     """A remote engine's "bind source path does not exist" hints at copying, not at limits."""
     client = mock.Mock(spec=docker.DockerClient)
-    client.api = mock.Mock()
+    client.api = mock.Mock(_version="1.41")
     response = mock.Mock(status_code=400)
-    client.containers.create.side_effect = APIError(
+    client.api.create_container.side_effect = APIError(
         "400",
         response=response,
         explanation='invalid mount config for type "bind": '
@@ -128,15 +131,123 @@ def test_docker_removal_errors_are_not_retried() -> None:
     assert api.remove_container.call_count == 1
 
 
-def test_podman_inspect_adds_what_only_its_own_api_tells() -> None:
-    """The runtime really used and the capability sets come from Podman's own inspect."""
+def test_podman_inspect_reads_its_own_record_alone() -> None:
+    """On Podman one call reads its own API's record (the runtime really used, the capability
+    sets, mounts with options, and the same HostConfig and Config); the compatible one is
+    not asked."""
     api = mock.Mock()
-    api.inspect_container.return_value = {"HostConfig": {"Runtime": "oci"}}
-    api._result.return_value = {"OCIRuntime": "runc", "EffectiveCaps": None, "BoundingCaps": None}
+    api._url.side_effect = lambda path, *args: path.format(*args)
+    own = {"OCIRuntime": "runc", "EffectiveCaps": [], "HostConfig": {"ReadonlyRootfs": True}}
+    api._result.return_value = own
     inspected = engine_with(api, PODMAN_VERSION).inspect("c")
-    assert inspected["OCIRuntime"] == "runc"
-    assert "EffectiveCaps" in inspected
-    assert inspected["HostConfig"] == {"Runtime": "oci"}
+    assert inspected == own
+    api._get.assert_called_with("/libpod/containers/c/json")
+    api.inspect_container.assert_not_called()
+
+
+def test_docker_inspect_is_the_compatible_record() -> None:
+    """On Docker the one record is Docker's inspect."""
+    api = mock.Mock()
+    api.inspect_container.return_value = {"HostConfig": {"Runtime": "runc"}}
+    assert engine_with(api).inspect("c") == {"HostConfig": {"Runtime": "runc"}}
+
+
+def test_podman_is_told_by_its_ping_without_asking_its_version() -> None:
+    """Podman's ping names it; its version (half a second to answer) is not asked."""
+    api = mock.Mock()
+    engine = engine_with(api, PODMAN_VERSION)
+    assert engine.kind() == "podman"
+    assert engine.kind() == "podman"
+    api.version.assert_not_called()
+    assert api._get.call_count == 1  # asked once
+
+
+def test_an_answer_without_podmans_header_is_checked_against_the_version() -> None:
+    """A ping without the header: the version's components still tell Podman from Docker."""
+    api = mock.Mock()
+    client = mock.Mock(spec=docker.DockerClient, api=api)
+    api._get.return_value.headers = {}
+    api.version.return_value = PODMAN_VERSION
+    assert DockerEngine(client).kind() == "podman"
+    api.version.return_value = DOCKER_VERSION
+    assert DockerEngine(client).kind() == "docker"
+
+
+def test_the_engines_info_is_asked_once() -> None:
+    """info() is asked once per engine (a probe and each result's provenance read it)."""
+    client = mock.Mock(spec=docker.DockerClient, api=mock.Mock())
+    client.info.return_value = {"Runtimes": {"runc": {}}}
+    engine = DockerEngine(client)
+    assert engine.runtimes() == {"runc"}
+    engine.info()["Runtimes"] = {}  # a caller's change stays the caller's
+    assert engine.info() == {"Runtimes": {"runc": {}}}
+    client.info.assert_called_once_with()
+
+
+def test_create_asks_the_engine_once_and_translates_the_options() -> None:
+    """create is one request (no read-back to make a model), with docker-py's translation
+    of the keyword arguments."""
+    api = mock.Mock(_version="1.41")
+    api.create_container.return_value = {"Id": "abc"}
+    engine = engine_with(api)
+    assert engine.create("img", ["python"], mem_limit="1g", user="7:7") == "abc"
+    (call,) = api.create_container.call_args_list
+    assert (call.kwargs["image"], call.kwargs["command"], call.kwargs["user"]) == (
+        "img",
+        ["python"],
+        "7:7",
+    )
+    assert call.kwargs["host_config"]["Memory"] == 1 << 30
+    api.inspect_container.assert_not_called()
+
+
+def test_attach_streams_both_sides_apart_without_an_inspect() -> None:
+    """attach asks once: a sandbox never has a terminal, so nothing is inspected to find out."""
+    api = mock.Mock()
+    api._url.side_effect = lambda path, *args: path.format(*args)
+    engine_with(api).attach("c")
+    api._post.assert_called_once_with(
+        "/containers/c/attach",
+        headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+        params={"logs": 0, "stdout": 1, "stderr": 1, "stream": 1},
+        stream=True,
+    )
+    api._read_from_socket.assert_called_once_with(
+        api._post.return_value, True, tty=False, demux=True
+    )
+    api.inspect_container.assert_not_called()
+
+
+def test_a_client_from_the_environment_takes_the_api_version_from_the_ping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DockerEngine() learns the API version and the engine's kind from one ping, not from
+    the engine's version (which docker-py would ask, and Podman takes half a second to
+    answer)."""
+    made: list[str | None] = []
+
+    def from_env(version: str | None = None, **kwargs: object) -> mock.Mock:
+        made.append(version)
+        client = mock.Mock(spec=docker.DockerClient, api=mock.Mock())
+        client.api._get.return_value.headers = {"Api-Version": "1.41", "Libpod-Api-Version": "4"}
+        return client
+
+    monkeypatch.setattr(docker, "from_env", from_env)
+    engine = DockerEngine()
+    assert made == [docker.constants.DEFAULT_DOCKER_API_VERSION, "1.41"]
+    assert engine.kind() == "podman"
+    engine._api.version.assert_not_called()
+
+
+def test_an_engine_whose_ping_fails_cannot_be_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket nobody answers on: the same error and hint as before any request."""
+    client = mock.Mock(spec=docker.DockerClient, api=mock.Mock())
+    client.api._get.side_effect = requests.exceptions.ConnectionError("refused")
+    monkeypatch.setattr(docker, "from_env", lambda **kwargs: client)
+    with pytest.raises(ExperimentExecutionError, match="Cannot reach a Docker engine") as info:
+        DockerEngine()
+    assert isinstance(info.value.__cause__, requests.exceptions.ConnectionError)
+    client.close.assert_called_once_with()
 
 
 def test_an_error_the_engine_answered_does_not_say_start_an_engine() -> None:

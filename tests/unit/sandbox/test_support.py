@@ -2,14 +2,16 @@
 
 import io
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runner import ExperimentExecutionError, ExperimentRunner, ExperimentSpec
 from runner.sandbox.cleanup import cleanup
-from runner.sandbox.engine import EngineKind, SandboxRefused
-from runner.sandbox.support import HOSTS, RESOLV_CONF, SUPPORT_AT
+from runner.sandbox.engine import EngineKind, SandboxRefused, VolumeInfo
+from runner.sandbox.support import HOSTS, RESOLV_CONF, SUPPORT_AT, ensure_support
 from tests.unit.fakes import FakeEngine
 
 SPEC = ExperimentSpec(experiment_name="support", model_type="SVC")
@@ -74,6 +76,11 @@ def test_the_support_volume_is_the_engines_and_only_cleanup_all_removes_it(
     assert support.name in engine.volumes_removed
 
 
+#: How each engine names the files of a directory's archive: below the directory's own
+#: name (Docker), or below the archive's root, with the directory itself as "" (Podman).
+READ_BACK_PREFIX: dict[EngineKind, str] = {"docker": "support/", "podman": "/"}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_support_volume_is_shared_and_written_only_when_it_differs(
     script: Path, kind: EngineKind
@@ -84,7 +91,7 @@ def test_the_support_volume_is_shared_and_written_only_when_it_differs(
 
     def written_back(container_id: str, path: str) -> bytes:
         if path == SUPPORT_AT and engine.support_archives:
-            return _as_read_back(engine.support_archives[0])
+            return _as_read_back(engine.support_archives[0], READ_BACK_PREFIX[kind])
         return original(container_id, path)
 
     engine.get_archive = written_back  # type: ignore[method-assign]
@@ -95,16 +102,19 @@ def test_the_support_volume_is_shared_and_written_only_when_it_differs(
     assert len(engine.support_helpers) == 2  # one look per runner, each removed
 
 
-def _as_read_back(archive: bytes) -> bytes:
+def _as_read_back(archive: bytes, prefix: str) -> bytes:
     """The tar the engine gives back for the directory the archive was unpacked into."""
     out = io.BytesIO()
     with (
         tarfile.open(fileobj=io.BytesIO(archive)) as source,
         tarfile.open(fileobj=out, mode="w") as tar,
     ):
+        directory = tarfile.TarInfo(prefix.rstrip("/"))
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
         for member in source.getmembers():
             data = source.extractfile(member)
-            member.name = "support/" + member.name
+            member.name = prefix + member.name
             tar.addfile(member, data)
     return out.getvalue()
 
@@ -159,3 +169,67 @@ def test_a_refusal_naming_a_support_file_fills_the_volume_again(script: Path) ->
     result = runner.run(script, SPEC, 1)
     assert result.success, result.error_message
     assert refused and len(engine.support_archives) == 2
+
+
+def local_support(tmp_path: Path, kind: EngineKind = "podman") -> tuple[FakeEngine, Path]:
+    """A fake engine whose support volume is kept in a directory of this machine, filled
+    once through the engine (a first runner's doing), as the engine would keep it."""
+    engine = FakeEngine(engine_kind=kind)
+    kept = tmp_path / "volume"
+    kept.mkdir()
+    create_volume = engine.create_volume
+
+    def here(*args: Any, **kwargs: Any) -> VolumeInfo:
+        made = create_volume(*args, **kwargs)
+        return VolumeInfo(made.name, str(kept), made.labels)
+
+    engine.create_volume = here  # type: ignore[method-assign]
+    ensure_support(engine, "img", {})
+    with tarfile.open(fileobj=io.BytesIO(engine.support_archives[0])) as archive:
+        archive.extractall(kept, filter="data")
+    engine.support_helpers.clear()
+    engine.support_archives.clear()
+    return engine, kept
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_support_files_in_place_on_this_machine_need_no_helper(
+    tmp_path: Path, kind: EngineKind
+) -> None:
+    """An engine that sees this machine's files: the volume is read where it is kept; as
+    expected, nothing is made or written through the engine."""
+    engine, kept = local_support(tmp_path, kind)
+    files = ensure_support(engine, "img", {}, here=True)
+    assert files.mountpoint == str(kept)
+    assert engine.support_helpers == []
+    assert engine.support_archives == []
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda kept: ((kept / "hosts").unlink(), (kept / "hosts").write_text("10.0.0.1 x\n")),
+        lambda kept: (kept / "hosts").unlink(),
+        lambda kept: ((kept / "hosts").unlink(), (kept / "hosts").symlink_to(kept / "resolv.conf")),
+        lambda kept: (kept / "extra").mkdir(),
+    ],
+    ids=["changed", "missing", "a symlink", "a directory"],
+)
+def test_support_files_not_as_expected_here_go_through_the_engine(
+    tmp_path: Path, spoil: Callable[[Path], object]
+) -> None:
+    """A file that differs, is missing, is a link (never followed) or anything else there:
+    the volume is read back and written through a helper, as on any engine."""
+    engine, kept = local_support(tmp_path)
+    spoil(kept)
+    ensure_support(engine, "img", {}, here=True)
+    assert len(engine.support_helpers) == 1
+    assert len(engine.support_archives) == 1
+
+
+def test_support_files_are_not_read_here_unless_the_engine_sees_them(tmp_path: Path) -> None:
+    """Without ``here`` (a remote engine, or one not seen to share files) the directory a
+    volume's mountpoint names on this machine is not taken for the volume."""
+    engine, _ = local_support(tmp_path)
+    ensure_support(engine, "img", {})
+    assert len(engine.support_helpers) == 1
