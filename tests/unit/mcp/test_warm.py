@@ -219,6 +219,8 @@ def test_the_servers_shutdown_removes_its_warm_sandboxes(
     monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
     engine = FakeEngine(ncpu=4)
     servers: list[FakeServer] = []
+    # What was there before (a test session that ran Ray has Ray's own handler).
+    before = signal.getsignal(signal.SIGTERM)
 
     def build(service: SandboxService) -> FakeServer:
         servers.append(FakeServer(service, terminate))
@@ -234,4 +236,4 @@ def test_the_servers_shutdown_removes_its_warm_sandboxes(
     assert servers[0].ran == [(name, 2, True)]
     made = [f"c{i}" for i, c in enumerate(engine.created, 1) if c.get("stdin_open")]
     assert len(made) == 2 and set(made) <= set(engine.removed)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
