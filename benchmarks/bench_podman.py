@@ -16,7 +16,9 @@ the local engine; stopped and removed at the end), then, on each engine, under a
 
 Prints the median and p95 of each on each engine and the ratio of the medians
 (Podman / Docker). With ``--calls``, also each engine API call of a run: its
-median time and how often a run makes it, side by side. With ``--docs``, the
+median time and how often a run makes it, side by side; a call made by another
+thread while a run was timed (a container's removal after the run's result) is
+marked as in the background. With ``--docs``, the
 tables go into ``docs/performance.md`` (sections ``podman``, ``podman-calls`` and
 ``podman-first-calls``), with the machine and this command under each.
 
@@ -52,6 +54,8 @@ ONE_LINE = "print('{\"success\": true}')\n"
 SPEC = ExperimentSpec(experiment_name="bench", model_type="script")
 ENGINES = ("docker", "podman")
 WAYS = ("cold", "first")
+#: Marks a call another thread made while a run was timed: not on the run's path.
+BACKGROUND = " (background)"
 #: The sections of docs/performance.md that ``--docs`` writes.
 DOCS_SECTIONS = ("podman", "podman-calls", "podman-first-calls")
 #: What varies between calls of one kind: the API version, IDs and names, the query.
@@ -140,6 +144,7 @@ class CallLog:
         """Record what is sent in the ``with`` block as ``way`` on ``engine``."""
         send = APIClient.request
         log = self
+        caller = threading.current_thread()
 
         def request(client: APIClient, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
@@ -147,8 +152,11 @@ class CallLog:
                 return send(client, method, url, *args, **kwargs)
             finally:
                 spent = time.perf_counter() - started
+                name = call_name(method, url)
+                if threading.current_thread() is not caller:
+                    name += BACKGROUND  # off the run's path (a removal after its result)
                 with log._lock:
-                    log._calls[way][engine][call_name(method, url)].append(spent)
+                    log._calls[way][engine][name].append(spent)
 
         APIClient.request = request
         try:
