@@ -132,16 +132,25 @@ def call_name(method: str, url: str) -> str:
 
 
 class CallLog:
-    """Times every request of every docker-py client, into the way and engine being timed."""
+    """Times every request of every docker-py client to the engine being timed, into the
+    way it is timed for; ``podman_socket`` tells the Podman service's clients apart."""
 
-    def __init__(self, calls: dict[str, dict[str, dict[str, list[float]]]]) -> None:
+    def __init__(
+        self, calls: dict[str, dict[str, dict[str, list[float]]]], podman_socket: str
+    ) -> None:
         self._calls = calls
-        self._now: tuple[str, str] | None = None
+        self._podman_socket = podman_socket
         self._lock = threading.Lock()
+
+    def engine_of(self, client: APIClient) -> str:
+        adapter = getattr(client, "_custom_adapter", None)
+        return (
+            "podman" if getattr(adapter, "socket_path", None) == self._podman_socket else "docker"
+        )
 
     @contextlib.contextmanager
     def timing(self, way: str, engine: str) -> Iterator[None]:
-        """Record what is sent in the ``with`` block as ``way`` on ``engine``."""
+        """Record what is sent to ``engine`` in the ``with`` block, as ``way``."""
         send = APIClient.request
         log = self
         caller = threading.current_thread()
@@ -152,11 +161,12 @@ class CallLog:
                 return send(client, method, url, *args, **kwargs)
             finally:
                 spent = time.perf_counter() - started
-                name = call_name(method, url)
-                if threading.current_thread() is not caller:
-                    name += BACKGROUND  # off the run's path (a removal after its result)
-                with log._lock:
-                    log._calls[way][engine][name].append(spent)
+                if log.engine_of(client) == engine:
+                    name = call_name(method, url)
+                    if threading.current_thread() is not caller:
+                        name += BACKGROUND  # off the run's path (a removal after its result)
+                    with log._lock:
+                        log._calls[way][engine][name].append(spent)
 
         APIClient.request = request
         try:
@@ -177,8 +187,8 @@ def measure(runs: int, first_runs: int = 5) -> Comparison:
     """
     os.environ.setdefault("RUNNER_GROUP", "bench-podman")
     result = Comparison(runs, first_runs)
-    log = CallLog(result.calls)
     with tempfile.TemporaryDirectory(prefix="bench-podman-") as tmp, podman_engine() as host:
+        log = CallLog(result.calls, host.removeprefix("unix://"))
         directory = Path(tmp)
         directory.chmod(0o755)  # the sandbox's user reads the script in place
         script = directory / "one_line.py"
