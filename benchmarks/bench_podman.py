@@ -16,7 +16,9 @@ the local engine; stopped and removed at the end), then, on each engine, under a
 
 Prints the median and p95 of each on each engine and the ratio of the medians
 (Podman / Docker). With ``--calls``, also each engine API call of a run: its
-median time and how often a run makes it, side by side. With ``--docs``, the
+median time and how often a run makes it, side by side; a call made by another
+thread while a run was timed (a container's removal after the run's result) is
+marked as in the background. With ``--docs``, the
 tables go into ``docs/performance.md`` (sections ``podman``, ``podman-calls`` and
 ``podman-first-calls``), with the machine and this command under each.
 
@@ -52,6 +54,8 @@ ONE_LINE = "print('{\"success\": true}')\n"
 SPEC = ExperimentSpec(experiment_name="bench", model_type="script")
 ENGINES = ("docker", "podman")
 WAYS = ("cold", "first")
+#: Marks a call another thread made while a run was timed: not on the run's path.
+BACKGROUND = " (background)"
 #: The sections of docs/performance.md that ``--docs`` writes.
 DOCS_SECTIONS = ("podman", "podman-calls", "podman-first-calls")
 #: What varies between calls of one kind: the API version, IDs and names, the query.
@@ -128,18 +132,28 @@ def call_name(method: str, url: str) -> str:
 
 
 class CallLog:
-    """Times every request of every docker-py client, into the way and engine being timed."""
+    """Times every request of every docker-py client to the engine being timed, into the
+    way it is timed for; ``podman_socket`` tells the Podman service's clients apart."""
 
-    def __init__(self, calls: dict[str, dict[str, dict[str, list[float]]]]) -> None:
+    def __init__(
+        self, calls: dict[str, dict[str, dict[str, list[float]]]], podman_socket: str
+    ) -> None:
         self._calls = calls
-        self._now: tuple[str, str] | None = None
+        self._podman_socket = podman_socket
         self._lock = threading.Lock()
+
+    def engine_of(self, client: APIClient) -> str:
+        adapter = getattr(client, "_custom_adapter", None)
+        return (
+            "podman" if getattr(adapter, "socket_path", None) == self._podman_socket else "docker"
+        )
 
     @contextlib.contextmanager
     def timing(self, way: str, engine: str) -> Iterator[None]:
-        """Record what is sent in the ``with`` block as ``way`` on ``engine``."""
+        """Record what is sent to ``engine`` in the ``with`` block, as ``way``."""
         send = APIClient.request
         log = self
+        caller = threading.current_thread()
 
         def request(client: APIClient, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
@@ -147,8 +161,12 @@ class CallLog:
                 return send(client, method, url, *args, **kwargs)
             finally:
                 spent = time.perf_counter() - started
-                with log._lock:
-                    log._calls[way][engine][call_name(method, url)].append(spent)
+                if log.engine_of(client) == engine:
+                    name = call_name(method, url)
+                    if threading.current_thread() is not caller:
+                        name += BACKGROUND  # off the run's path (a removal after its result)
+                    with log._lock:
+                        log._calls[way][engine][name].append(spent)
 
         APIClient.request = request
         try:
@@ -169,8 +187,8 @@ def measure(runs: int, first_runs: int = 5) -> Comparison:
     """
     os.environ.setdefault("RUNNER_GROUP", "bench-podman")
     result = Comparison(runs, first_runs)
-    log = CallLog(result.calls)
     with tempfile.TemporaryDirectory(prefix="bench-podman-") as tmp, podman_engine() as host:
+        log = CallLog(result.calls, host.removeprefix("unix://"))
         directory = Path(tmp)
         directory.chmod(0o755)  # the sandbox's user reads the script in place
         script = directory / "one_line.py"

@@ -20,8 +20,11 @@ accepts it does not apply (``runner.sandbox.controls`` catches those). Found on 
 - ``OOMKilled`` is never set: an exit of 137 with peak memory at the cap is an
   OOM kill (see ``Sandbox.record``); without telemetry it cannot be told.
 
-Waiting (the compatible ``wait`` polls in a busy loop) and removal (which may
-answer 500 while the container is still exiting) are handled in ``engine.py``.
+Waiting (the compatible ``wait`` polls in a busy loop), removal (which may
+answer 500 while the container is still exiting), telling Podman from Docker
+(by a header of its ping: its ``version`` is slow) and reading a container back
+(from Podman's own API, which reports what the compatible one leaves out) are
+handled in ``engine.py``.
 """
 
 from __future__ import annotations
