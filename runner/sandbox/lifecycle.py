@@ -136,7 +136,9 @@ class Reaper:
         """Wait (up to ``timeout`` seconds) until every removal handed over is done."""
         until = time.monotonic() + timeout
         with self._lock:
-            threads = list(self._threads)
+            # A backend collected by the garbage collector inside a removal thread
+            # drains from that thread (its finalizer): it cannot wait for itself.
+            threads = [t for t in self._threads if t is not threading.current_thread()]
         for thread in threads:
             thread.join(max(until - time.monotonic(), 0.0))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,24 @@ def test_without_the_end_record_the_run_is_waited_for(tmp_path: Path) -> None:
         sandbox.attach()
         execution = sandbox.run(5, 1000, None)
     assert "wait" in engine.calls and not execution.exit_reported
+
+
+def test_a_drain_from_inside_a_removal_does_not_wait_for_itself() -> None:
+    # The garbage collector may collect a backend inside a removal thread; its
+    # finalizer drains from there and must neither raise nor wait for itself.
+    reaper, errors, done = Reaper(), [], threading.Event()
+
+    def step() -> None:
+        try:
+            reaper.drain(timeout=5)
+        except Exception as error:  # noqa: BLE001 - the test records any
+            errors.append(error)
+        finally:
+            done.set()
+
+    started = time.monotonic()
+    reaper.remove(step)
+    assert done.wait(5)
+    reaper.drain(timeout=5)
+    assert errors == []
+    assert time.monotonic() - started < 4
