@@ -14,9 +14,13 @@ containers first (killing what still runs), then volumes, then exits. What this
 process removed itself is never touched, nor anything another process made.
 
 The helper is started on the first announcement, in a session of its own (a
-Ctrl-C to the terminal's process group does not reach it), and imports nothing
-until the pipe closes with something left: idle, it is a bare interpreter
-(about 10 MB). A process that forks gets a lifeline of its own in the child.
+Ctrl-C to the terminal's process group does not reach it) and not as this
+process's child: it forks once more and goes on in the grandchild, so that an
+end which kills the process's children with it (a Ray worker's exit does) leaves
+it alone. Its command line ends with ``MARKER`` and the PID of the process it
+watches (``helpers`` finds it). It imports nothing until the pipe closes with
+something left: idle, it is a bare interpreter (about 10 MB). A process that
+forks gets a lifeline of its own in the child.
 """
 
 from __future__ import annotations
@@ -29,16 +33,24 @@ import sys
 import threading
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 #: Every container and volume made for one caller carries it (``runner.sandbox.cleanup``).
 OWNER_LABEL = "io.experiment-runner.owner"
 
+#: The helper's command line ends with it and the PID of the process it watches.
+MARKER = "experiment-runner-lifeline"
+
 #: The helper: reads announcements until the pipe closes, then removes what is left.
 SOURCE = r"""
-import json, signal, sys, time
+import json, os, signal, sys, time
 for name in ("SIGINT", "SIGHUP", "SIGTERM"):
     signal.signal(getattr(signal, name), signal.SIG_IGN)
+# Not the caller's child: the one it started exits at once, this goes on (reparented).
+if os.fork():
+    os._exit(0)
+os.setsid()
 engines, held = {}, {}
 for line in sys.stdin.buffer:
     try:
@@ -89,7 +101,8 @@ class Lifeline:
     """This process's end of the pipe to its helper (``lifeline()`` gives the one)."""
 
     def __init__(self, command: list[str] | None = None) -> None:
-        #: How the helper is started (the default: this interpreter, isolated, ``SOURCE``).
+        #: How the helper is started (the default: this interpreter, isolated, ``SOURCE``);
+        #: ``MARKER`` and this process's PID follow.
         self.command = command or [sys.executable, "-I", "-c", SOURCE]
         self._lock = threading.Lock()
         self._helper: subprocess.Popen[bytes] | None = None
@@ -123,12 +136,14 @@ class Lifeline:
             except OSError:
                 # The helper is gone (killed by someone): a new one takes the next ones.
                 self._helper, self._engines = None, {}
+            else:
+                helper.poll()  # the process started exits at once (the helper is its child)
 
     def _started(self) -> subprocess.Popen[bytes] | None:
         if self._helper is None:
             try:
                 self._helper = subprocess.Popen(
-                    self.command,
+                    [*self.command, MARKER, str(os.getpid())],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -160,6 +175,20 @@ os.register_at_fork(after_in_child=_LIFELINE._forget_in_child)
 def lifeline() -> Lifeline:
     """This process's lifeline."""
     return _LIFELINE
+
+
+def helpers(pid: int) -> list[int]:
+    """The PIDs of the lifeline helpers watching the process ``pid`` (read from /proc)."""
+    tail = f"\0{MARKER}\0{pid}\0".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().endswith(tail):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def own_name() -> str:

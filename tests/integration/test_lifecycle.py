@@ -54,27 +54,10 @@ def spawn(code: str) -> subprocess.Popen[str]:
 def kill_with_lifeline(process: subprocess.Popen[str]) -> None:
     """SIGKILL a caller and its lifeline helper (``runner.sandbox.lifeline``) together, as
     a crash of the whole machine would: what it made stays for the sweeps to find."""
-    for helper in lifeline_helpers(process.pid):
+    for helper in lifeline.helpers(process.pid):
         os.kill(helper, signal.SIGKILL)
     process.kill()
     process.wait(timeout=30)
-
-
-def lifeline_helpers(pid: int) -> list[int]:
-    """The lifeline helpers the process ``pid`` started (its children running the helper)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat_line = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        parent = int(stat_line.rsplit(")", 1)[1].split()[1])
-        if parent == pid and lifeline.SOURCE.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def wait_until_none_left(engine: DockerEngine, timeout: float = 60) -> None:

@@ -252,6 +252,35 @@ def test_a_node_killed_mid_batch_has_its_jobs_run_once_elsewhere(
     wait_until_none_left(engine)
 
 
+def _make_a_container_and_return() -> str:
+    """In a Ray worker: make and start a container of this process's, return its ID, and
+    leave its removal to later (a run's removal still under way in the background)."""
+    from runner.core.settings import ExperimentDefaults
+    from runner.sandbox.cleanup import build_labels, deadline_after
+
+    engine = DockerEngine()
+    image = engine.image_id(ExperimentDefaults().image)
+    labels = build_labels(deadline_after(600))
+    container = engine.create(image, ["sleep", "600"], labels=labels, network_mode="none")
+    engine.start(container)
+    return container
+
+
+def test_a_worker_that_exits_with_a_removal_under_way_leaves_no_container(
+    cluster: Cluster, engine: DockerEngine
+) -> None:
+    """A Ray worker that exits (here: after its one call) kills its child processes first:
+    the lifeline helper is not one of them, so what the worker left goes all the same, with
+    no sweep (the container's deadline is ten minutes away)."""
+    task = ray.remote(num_cpus=0, max_calls=1)(_make_a_container_and_return)
+    container = ray.get(task.remote(), timeout=120)
+    assert container in [c.id for c in our_containers(engine)]
+    deadline = time.monotonic() + 60
+    while container in [c.id for c in our_containers(engine)]:
+        assert time.monotonic() < deadline, "the worker's container outlived it"
+        time.sleep(0.2)
+
+
 def _running_script(container: Any) -> bool:
     """Whether the container runs a script's ``sleep`` (SLEEPER's), cold or warm.
 
