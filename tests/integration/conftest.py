@@ -6,6 +6,7 @@ import itertools
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 #: Seconds a run's container may take to go after its result (removed in the background).
 REMOVAL_GRACE = 30.0
+#: Seconds more for a container the engine is removing still (a loaded engine can take
+#: that long to kill and unmount one): the runner did its part, the engine finishes it.
+ENGINE_REMOVAL_GRACE = 120.0
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +93,19 @@ def no_leftover_containers(engine: DockerEngine) -> Iterator[None]:
     deadline = time.monotonic() + REMOVAL_GRACE
     while (our_containers(engine) or our_volumes(engine)) and time.monotonic() < deadline:
         time.sleep(0.1)
+    removing = time.monotonic()
+    deadline = removing + ENGINE_REMOVAL_GRACE
+    while (
+        any(c.status == "Removal In Progress" for c in our_containers(engine))
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    if time.monotonic() - removing > 1:
+        warnings.warn(
+            f"the engine took {REMOVAL_GRACE + time.monotonic() - removing:.0f} s to remove "
+            "a container after the test",
+            stacklevel=1,
+        )
     left = our_containers(engine)
     for container in left:
         engine.remove(container.id)
