@@ -136,8 +136,6 @@ class Lifeline:
             except OSError:
                 # The helper is gone (killed by someone): a new one takes the next ones.
                 self._helper, self._engines = None, {}
-            else:
-                helper.poll()  # the process started exits at once (the helper is its child)
 
     def _started(self) -> subprocess.Popen[bytes] | None:
         if self._helper is None:
@@ -152,6 +150,9 @@ class Lifeline:
                 )
             except OSError:
                 return None
+            # What was started exits at once (the helper is its child): collected off the
+            # caller's path, so it leaves no zombie behind.
+            threading.Thread(target=self._helper.wait, name="runner-lifeline", daemon=True).start()
         return self._helper
 
     def _forget_in_child(self) -> None:
